@@ -1,0 +1,86 @@
+//! Raft command payloads: what a coordinator leader proposes and what `apply` answers.
+//!
+//! Encoded with postcard inside Raft log entries, so the rules of a persisted format hold:
+//! variants are only ever appended (postcard encodes the variant index), never reordered or
+//! removed; a field change means a new variant. `Proposal::version` names the layout.
+
+use serde::{Deserialize, Serialize};
+
+use crate::beans::{BuildBean, EnvironBean};
+
+/// Layout version of [`Proposal`]; bumped when a variant's fields change meaning.
+pub const PROPOSAL_VERSION: u16 = 1;
+
+/// Upper bound on operations the leader packs into one proposal (one Raft entry, one fsync).
+pub const MAX_OPS_PER_PROPOSAL: usize = 1024;
+
+/// One Raft entry's payload: a batch of operations stamped with the leader's clock.
+///
+/// `apply` must be deterministic: it reads time only from `now_ms` and ids only from the
+/// operations, which the leader generated before proposing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub version: u16,
+    /// Leader wall clock, milliseconds since the Unix epoch.
+    pub now_ms: i64,
+    pub ops: Vec<Op>,
+}
+
+/// A state change. Append-only enum (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
+    /// Does nothing; used to probe the write path and by benchmarks.
+    Noop,
+    /// Create a stage. The bean carries the leader-generated id and normalized defaults.
+    CreateEnv { env: EnvironBean },
+    /// Update a stage: fields of `patch` that are `None` stay unchanged (Teletraan's PUT).
+    UpdateEnv { env_name: String, stage_name: String, patch: EnvironBean, operator: String },
+    /// Delete a stage (refused while it has capacity or agents, or a current deploy).
+    DeleteEnv { env_name: String, stage_name: String },
+    /// Publish a build. The bean carries the leader-generated id and defaults.
+    PublishBuild { build: BuildBean },
+    /// Delete a build that no deploy references.
+    DeleteBuild { build_id: String },
+}
+
+impl Op {
+    /// Short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Noop => "noop",
+            Op::CreateEnv { .. } => "create_env",
+            Op::UpdateEnv { .. } => "update_env",
+            Op::DeleteEnv { .. } => "delete_env",
+            Op::PublishBuild { .. } => "publish_build",
+            Op::DeleteBuild { .. } => "delete_build",
+        }
+    }
+}
+
+/// What `apply` returns for one Raft entry: one result per operation, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProposalResponse {
+    pub results: Vec<OpResult>,
+}
+
+/// The outcome of one operation.
+pub type OpResult = Result<OpOutput, OpError>;
+
+/// What a successful operation produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OpOutput {
+    Done,
+    Env(EnvironBean),
+    Build(BuildBean),
+}
+
+/// Why an operation was refused. Refusals change nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("conflict: {reason}")]
+    Conflict { reason: String },
+    #[error("invalid: {reason}")]
+    Invalid { reason: String },
+}
