@@ -1,0 +1,340 @@
+//! Node configuration: a TOML file, overridden by `TT_*` environment variables and flags
+//! (flags win), validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::raft::{NodeId, NodeInfo};
+
+/// Default largest HTTP request body the API accepts.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything a node needs to run. Built by [`Config::from_sources`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id in the cluster (> 0, unique).
+    pub node_id: NodeId,
+    /// Directory for RocksDB and snapshots.
+    pub data_dir: PathBuf,
+    /// Directory holding `ca.pem`, `node.pem`, `node.key` (see `coordinator certs`).
+    pub tls_dir: PathBuf,
+    /// HTTP API listen address (Teletraan's default port is 8080).
+    #[serde(default = "default_http")]
+    pub http_addr: SocketAddr,
+    /// QUIC (UDP) listen address for Raft traffic.
+    #[serde(default = "default_raft")]
+    pub raft_addr: SocketAddr,
+    /// Address other nodes and clients use for this node's HTTP API, if not `http_addr`.
+    #[serde(default)]
+    pub advertise_http: Option<String>,
+    /// Address other nodes use for this node's Raft endpoint, if not `raft_addr`.
+    #[serde(default)]
+    pub advertise_raft: Option<String>,
+    /// Members of a new cluster: `id=http_addr,raft_addr`. Set on every founding node; the node
+    /// with the smallest id initialises the cluster once, when its store is empty.
+    #[serde(default)]
+    pub initial_members: Vec<String>,
+    #[serde(default)]
+    pub raft: RaftTimings,
+    /// Largest HTTP request body, in bytes.
+    #[serde(default = "default_body")]
+    pub max_body_bytes: usize,
+}
+
+/// Raft timing and log-retention settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot for lagging followers (raft-anchors P2).
+    pub keep_entries_after_snapshot: u64,
+    /// Purge the log only once this many entries can go at once.
+    pub purge_batch_entries: u64,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every_entries: 20_000,
+            keep_entries_after_snapshot: 10_000,
+            purge_batch_entries: 256,
+        }
+    }
+}
+
+fn default_http() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("literal")
+}
+fn default_raft() -> SocketAddr {
+    "127.0.0.1:7400".parse().expect("literal")
+}
+fn default_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// Why a configuration was refused. Each message names the setting and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line or in `TT_*` variables; each overrides the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "TT_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "TT_NODE_ID")]
+    pub node_id: Option<NodeId>,
+    #[arg(long, env = "TT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "TT_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    #[arg(long, env = "TT_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "TT_RAFT_ADDR")]
+    pub raft_addr: Option<SocketAddr>,
+    #[arg(long, env = "TT_ADVERTISE_HTTP")]
+    pub advertise_http: Option<String>,
+    #[arg(long, env = "TT_ADVERTISE_RAFT")]
+    pub advertise_raft: Option<String>,
+    /// Founding members, `id=http_addr,raft_addr`; repeat or separate with ';'.
+    #[arg(long = "initial-member", env = "TT_INITIAL_MEMBERS", value_delimiter = ';')]
+    pub initial_members: Vec<String>,
+    #[arg(long, env = "TT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    #[arg(long, env = "TT_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    #[arg(long, env = "TT_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    #[arg(long, env = "TT_SNAPSHOT_EVERY_ENTRIES")]
+    pub snapshot_every_entries: Option<u64>,
+    #[arg(long, env = "TT_KEEP_ENTRIES_AFTER_SNAPSHOT")]
+    pub keep_entries_after_snapshot: Option<u64>,
+    #[arg(long, env = "TT_PURGE_BATCH_ENTRIES")]
+    pub purge_batch_entries: Option<u64>,
+    #[arg(long, env = "TT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<NodeId>,
+    data_dir: Option<PathBuf>,
+    tls_dir: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+    raft_addr: Option<SocketAddr>,
+    advertise_http: Option<String>,
+    advertise_raft: Option<String>,
+    #[serde(default)]
+    initial_members: Vec<String>,
+    #[serde(default)]
+    raft: Option<RaftTimings>,
+    max_body_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Reads the file named by `o.config` (if any), applies the overrides, and validates.
+    pub fn from_sources(o: &Overrides) -> Result<Config, ConfigError> {
+        let file = match &o.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut raft = file.raft.unwrap_or_default();
+        macro_rules! over {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { raft.$f = v; } )* };
+        }
+        over!(
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            snapshot_every_entries,
+            keep_entries_after_snapshot,
+            purge_batch_entries
+        );
+        let missing = |name: &str, flag: &str, env: &str| {
+            ConfigError::Invalid(format!(
+                "{name} is not set: pass --{flag}, set {env}, or put `{name} = ...` in the config file"
+            ))
+        };
+        let cfg = Config {
+            node_id: o
+                .node_id
+                .or(file.node_id)
+                .ok_or_else(|| missing("node_id", "node-id", "TT_NODE_ID"))?,
+            data_dir: o
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .ok_or_else(|| missing("data_dir", "data-dir", "TT_DATA_DIR"))?,
+            tls_dir: o
+                .tls_dir
+                .clone()
+                .or(file.tls_dir)
+                .ok_or_else(|| missing("tls_dir", "tls-dir", "TT_TLS_DIR"))?,
+            http_addr: o.http_addr.or(file.http_addr).unwrap_or_else(default_http),
+            raft_addr: o.raft_addr.or(file.raft_addr).unwrap_or_else(default_raft),
+            advertise_http: o.advertise_http.clone().or(file.advertise_http),
+            advertise_raft: o.advertise_raft.clone().or(file.advertise_raft),
+            initial_members: if o.initial_members.is_empty() {
+                file.initial_members
+            } else {
+                o.initial_members.clone()
+            },
+            raft,
+            max_body_bytes: o
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return bad("node_id must be greater than 0".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_timeout_min_ms <= 2 * r.heartbeat_ms {
+            return bad(format!(
+                "raft.election_timeout_min_ms ({}) must exceed twice raft.heartbeat_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return bad(format!(
+                "raft.election_timeout_max_ms ({}) must exceed raft.election_timeout_min_ms ({})",
+                r.election_timeout_max_ms, r.election_timeout_min_ms
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return bad(format!("max_body_bytes ({}) must be at least 1024", self.max_body_bytes));
+        }
+        let members = self.parsed_members()?;
+        if !members.is_empty() && !members.iter().any(|(id, _)| *id == self.node_id) {
+            return bad(format!(
+                "initial_members does not include this node's id {}; list every founding node",
+                self.node_id
+            ));
+        }
+        Ok(())
+    }
+
+    /// `initial_members` parsed into ids and addresses.
+    pub fn parsed_members(&self) -> Result<Vec<(NodeId, NodeInfo)>, ConfigError> {
+        self.initial_members.iter().map(|m| parse_member(m)).collect()
+    }
+
+    pub fn node_info(&self) -> NodeInfo {
+        NodeInfo {
+            http_addr: self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string()),
+            raft_addr: self.advertise_raft.clone().unwrap_or_else(|| self.raft_addr.to_string()),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.raft.heartbeat_ms)
+    }
+}
+
+/// Parses `id=http_addr,raft_addr`.
+pub fn parse_member(s: &str) -> Result<(NodeId, NodeInfo), ConfigError> {
+    let err = || {
+        ConfigError::Invalid(format!(
+            "initial member {s:?} is not of the form id=http_host:port,raft_host:port"
+        ))
+    };
+    let (id, addrs) = s.split_once('=').ok_or_else(err)?;
+    let id: NodeId = id.trim().parse().map_err(|_| err())?;
+    let (http, raft) = addrs.split_once(',').ok_or_else(err)?;
+    if id == 0 || http.trim().is_empty() || raft.trim().is_empty() {
+        return Err(err());
+    }
+    Ok((id, NodeInfo { http_addr: http.trim().to_string(), raft_addr: raft.trim().to_string() }))
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            node_id: Some(1),
+            data_dir: Some("/tmp/d".into()),
+            tls_dir: Some("/tmp/t".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn flags_override_file_and_validation_names_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\ndata_dir = \"/x\"\ntls_dir = \"/y\"\n[raft]\nheartbeat_ms = 50\n",
+        )
+        .unwrap();
+        let o = Overrides { config: Some(path.clone()), node_id: Some(3), ..Default::default() };
+        let c = Config::from_sources(&o).unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+
+        std::fs::write(&path, "node_id = 2\nbogus = 1\n").unwrap();
+        let e = Config::from_sources(&Overrides { config: Some(path), ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+
+        let e = Config::from_sources(&Overrides { node_id: Some(1), ..Default::default() })
+            .unwrap_err();
+        assert!(e.to_string().contains("data_dir is not set"), "{e}");
+    }
+
+    #[test]
+    fn bad_timings_and_members_are_refused() {
+        let mut o = base();
+        o.heartbeat_ms = Some(400);
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("heartbeat_ms"), "{e}");
+
+        let mut o = base();
+        o.initial_members = vec!["2=127.0.0.1:1,127.0.0.1:2".into()];
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("does not include this node"), "{e}");
+
+        let mut o = base();
+        o.initial_members = vec!["1=nope".into()];
+        assert!(Config::from_sources(&o).is_err());
+
+        let mut o = base();
+        o.initial_members = vec!["1=127.0.0.1:1,127.0.0.1:2".into()];
+        let c = Config::from_sources(&o).unwrap();
+        assert_eq!(c.parsed_members().unwrap()[0].1.raft_addr, "127.0.0.1:2");
+    }
+}

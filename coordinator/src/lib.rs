@@ -1,0 +1,14 @@
+//! The coordinator: one node of the three-node Raft cluster that stores Teletraan's state
+//! (stages, builds, deploys) and serves the `/v1` API. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod config;
+pub mod ids;
+pub mod metrics;
+pub mod node;
+pub mod proposer;
+pub mod raft;
+pub mod rpc;
+pub mod state;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,119 @@
+//! `coordinator`: run a node, or make the cluster's TLS material.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use coordinator::config::{Config, Overrides};
+use coordinator::tls::{self, ClusterCa};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "A coordinator node of the tt deploy service (Raft + Teletraan /v1 API)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node. Settings come from --config, TT_* variables and flags (flags win).
+    Run {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Log as JSON lines instead of text.
+        #[arg(long, env = "TT_LOG_JSON")]
+        log_json: bool,
+    },
+    /// Create and inspect the cluster's TLS material.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create a new cluster CA in DIR (ca.pem, ca.key mode 0600).
+    InitCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "tt cluster CA")]
+        name: String,
+    },
+    /// Issue a node certificate signed by the CA in --ca-dir into --out (node.pem, node.key, ca.pem).
+    Issue {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate subject name, e.g. node-1.
+        #[arg(long)]
+        name: String,
+        /// IP addresses and DNS names the node is reached at (repeatable).
+        #[arg(long = "san", default_values_t = vec!["127.0.0.1".to_string(), "localhost".to_string()])]
+        sans: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run { overrides, log_json } => {
+            init_tracing(log_json);
+            let cfg = Config::from_sources(&overrides).context("invalid configuration")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async move {
+                let shutdown = async {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("installing a SIGTERM handler");
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                    tracing::info!("shutting down");
+                };
+                coordinator::node::run(cfg, shutdown).await
+            })
+            .context("node stopped with an error")?;
+        }
+        Cmd::Certs(CertsCmd::InitCa { dir, name }) => {
+            tls::install_crypto_provider();
+            let ca = ClusterCa::generate(&name).context("generating the CA")?;
+            ca.write(&dir).with_context(|| format!("writing the CA to {}", dir.display()))?;
+            println!("cluster CA written to {}", dir.display());
+        }
+        Cmd::Certs(CertsCmd::Issue { ca_dir, out, name, sans }) => {
+            tls::install_crypto_provider();
+            for san in &sans {
+                if san.parse::<IpAddr>().is_err() && san.contains(char::is_whitespace) {
+                    anyhow::bail!("--san {san:?} is neither an IP address nor a DNS name");
+                }
+            }
+            let ca = ClusterCa::load(&ca_dir)
+                .with_context(|| format!("loading the CA from {}", ca_dir.display()))?;
+            let cert =
+                tls::issue_node_cert(&ca, &name, &sans).context("issuing the certificate")?;
+            cert.write(&out).with_context(|| format!("writing to {}", out.display()))?;
+            ca.write_cert(&out).with_context(|| format!("writing ca.pem to {}", out.display()))?;
+            println!("certificate for {name} written to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,172 @@
+//! Starting a node: storage, TLS, the Raft endpoint, the cluster bootstrap, group commit and the
+//! HTTP API, wired together.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use tracing::{info, warn};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proposer::Proposer;
+use crate::raft::{Network, Raft, RaftRpcHandler};
+use crate::rpc::{RAFT_ALPN, RpcServer, make_client_endpoint};
+use crate::tls::{self, ClientAuth, ClusterCa, NodeCert};
+use crate::{ids, store};
+
+/// How long the founding node waits for its peers before retrying `initialize`.
+pub const INIT_RETRY: Duration = Duration::from_millis(500);
+/// Timeout of openraft's snapshot chunk RPC.
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 5_000;
+/// Largest snapshot chunk sent in one RPC.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Log entries per AppendEntries RPC.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 512;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] store::OpenError),
+    #[error("TLS material in {dir}: {source}")]
+    Tls { dir: std::path::PathBuf, source: tls::TlsError },
+    #[error("TLS configuration: {0}")]
+    TlsConfig(#[from] tls::TlsConfigError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("invalid Raft configuration: {0}")]
+    RaftConfig(String),
+    #[error("Raft failed to start: {0}")]
+    Raft(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    tls::install_crypto_provider();
+    let metrics = Metrics::new();
+    let (log_store, sm_store) = store::open(&cfg.data_dir).await?;
+    let fsync_metrics = metrics.clone();
+    let log_store = log_store
+        .with_fsync_observer(Arc::new(move |s| fsync_metrics.log_fsync_seconds.observe(s)));
+    let committed = log_store.committed_index();
+    let applied = sm_store.applied();
+
+    let tls_err = |source| StartError::Tls { dir: cfg.tls_dir.clone(), source };
+    let ca_cert = ClusterCa::load_cert(&cfg.tls_dir).map_err(tls_err)?;
+    let node_cert = NodeCert::load(&cfg.tls_dir).map_err(tls_err)?;
+    let server_cfg = tls::server_config(&node_cert, &ca_cert, &[RAFT_ALPN], ClientAuth::Required)?;
+    let client_cfg = tls::client_config(Some(&node_cert), &ca_cert, &[RAFT_ALPN])?;
+    let rpc_server = RpcServer::bind(cfg.raft_addr, server_cfg).map_err(|e| StartError::Bind {
+        what: "Raft QUIC endpoint",
+        addr: e.addr,
+        source: e.source,
+    })?;
+    let client_ep = make_client_endpoint(client_cfg)
+        .map_err(|e| StartError::Raft(format!("client endpoint: {e}")))?;
+
+    let raft_cfg = openraft::Config {
+        cluster_name: "tt-coordinator".into(),
+        heartbeat_interval: cfg.raft.heartbeat_ms,
+        election_timeout_min: cfg.raft.election_timeout_min_ms,
+        election_timeout_max: cfg.raft.election_timeout_max_ms,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: cfg.raft.keep_entries_after_snapshot,
+        purge_batch_size: cfg.raft.purge_batch_entries.max(1),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::RaftConfig(e.to_string()))?;
+    let raft = Raft::new(
+        cfg.node_id,
+        Arc::new(raft_cfg),
+        Network::new(client_ep, cfg.node_id),
+        log_store,
+        sm_store,
+    )
+    .await
+    .map_err(|e| StartError::Raft(e.to_string()))?;
+    let handler = Arc::new(RaftRpcHandler { raft: raft.clone() });
+    tokio::spawn(async move { rpc_server.serve(handler).await });
+    info!(node = cfg.node_id, raft_addr = %cfg.raft_addr, http_addr = %cfg.http_addr, "node started");
+
+    let members = cfg.parsed_members()?;
+    if let Some(first) = members.iter().map(|(id, _)| *id).min()
+        && first == cfg.node_id
+    {
+        let raft = raft.clone();
+        let members: BTreeMap<_, _> = members.into_iter().collect();
+        tokio::spawn(bootstrap(raft, members));
+    }
+
+    let proposer = Proposer::spawn(raft.clone(), now_ms, metrics.clone());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| StartError::Raft(format!("HTTP client: {e}")))?;
+    let app = Arc::new(AppState {
+        node_id: cfg.node_id,
+        raft: raft.clone(),
+        applied,
+        proposer,
+        metrics,
+        committed,
+        http,
+        max_body_bytes: cfg.max_body_bytes,
+        ids: ids::IdGen,
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;
+    let served = axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await;
+    if let Err(e) = raft.shutdown().await {
+        warn!(error = %e, "raft shutdown");
+    }
+    served.map_err(StartError::Http)
+}
+
+/// Initialises a new cluster once, from the founding node, when its log is empty.
+async fn bootstrap(raft: Raft, members: BTreeMap<u64, crate::raft::NodeInfo>) {
+    match raft.is_initialized().await {
+        Ok(true) => return,
+        Ok(false) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot tell whether the cluster is initialised");
+            return;
+        }
+    }
+    loop {
+        match raft.initialize(members.clone()).await {
+            Ok(()) => {
+                info!(members = members.len(), "cluster initialised");
+                return;
+            }
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => return,
+            Err(e) => {
+                warn!(error = %e, "initialise failed; retrying");
+                tokio::time::sleep(INIT_RETRY).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The replicated state: Teletraan's stages, builds and deploys, and the deterministic `apply`
+//! of [`Op`]s to them.
+//!
+//! **Invariant:** `apply` is a pure function of the state and the operation: no clock (time is
+//! `now_ms`, stamped by the leader), no randomness (ids come in the operation), and only
+//! ordered maps, so every replica reaches byte-identical state. A refused operation changes
+//! nothing.
+//!
+//! Persistence: every record `apply` touches is marked dirty; the store drains
+//! [`State::take_dirty`] into the same RocksDB `WriteBatch` as `last_applied`. Keys are a
+//! one-letter table prefix and the record id (`e/`, `b/`, `d/`); values are postcard beans.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proto::beans::{BuildBean, DeployBean, EnvironBean};
+use proto::command::{Op, OpError, OpOutput, OpResult};
+use proto::ids::{BuildId, DeployId, EnvId};
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Env(EnvId),
+    Build(BuildId),
+    #[allow(dead_code, reason = "deploys are created by the deploy operations (next issue)")]
+    Deploy(DeployId),
+}
+
+impl Key {
+    fn encode(&self) -> Vec<u8> {
+        let (prefix, id) = match self {
+            Key::Env(id) => (b"e/", id.as_str()),
+            Key::Build(id) => (b"b/", id.as_str()),
+            Key::Deploy(id) => (b"d/", id.as_str()),
+        };
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(id.as_bytes());
+        k
+    }
+}
+
+/// Stage, build and deploy records with their secondary indexes.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct State {
+    envs: BTreeMap<EnvId, EnvironBean>,
+    env_by_name: BTreeMap<(String, String), EnvId>,
+    builds: BTreeMap<BuildId, BuildBean>,
+    /// (name, publish date, id): builds of a name in publish order.
+    builds_by_name: BTreeSet<(String, i64, BuildId)>,
+    deploys: BTreeMap<DeployId, DeployBean>,
+    deploys_by_build: BTreeMap<BuildId, BTreeSet<DeployId>>,
+    dirty: BTreeSet<Key>,
+}
+
+fn invalid(reason: impl Into<String>) -> OpError {
+    OpError::Invalid { reason: reason.into() }
+}
+
+fn env_key(env: &EnvironBean) -> Option<(String, String)> {
+    Some((env.env_name.clone()?, env.stage_name.clone()?))
+}
+
+impl State {
+    // ----- apply -------------------------------------------------------------------------
+
+    /// Applies one operation at leader time `now_ms`.
+    pub fn apply(&mut self, now_ms: i64, op: Op) -> OpResult {
+        match op {
+            Op::Noop => Ok(OpOutput::Done),
+            Op::CreateEnv { env } => self.create_env(now_ms, env),
+            Op::UpdateEnv { env_name, stage_name, patch, operator } => {
+                self.update_env(now_ms, &env_name, &stage_name, &patch, operator)
+            }
+            Op::DeleteEnv { env_name, stage_name } => self.delete_env(&env_name, &stage_name),
+            Op::PublishBuild { build } => self.publish_build(now_ms, build),
+            Op::DeleteBuild { build_id } => self.delete_build(&BuildId::new(build_id)),
+        }
+    }
+
+    fn create_env(&mut self, now_ms: i64, mut env: EnvironBean) -> OpResult {
+        let id = env.id.clone().ok_or_else(|| invalid("a new stage needs an id"))?;
+        let name = env_key(&env).ok_or_else(|| invalid("envName and stageName are required"))?;
+        if self.env_by_name.contains_key(&name) {
+            return Err(OpError::Conflict {
+                reason: format!("stage {}/{} already exists", name.0, name.1),
+            });
+        }
+        if self.envs.contains_key(&id) {
+            return Err(OpError::Conflict { reason: format!("stage id {id} already exists") });
+        }
+        env.last_update = Some(now_ms);
+        self.env_by_name.insert(name, id.clone());
+        self.envs.insert(id.clone(), env.clone());
+        self.dirty.insert(Key::Env(id));
+        Ok(OpOutput::Env(env))
+    }
+
+    fn update_env(
+        &mut self,
+        now_ms: i64,
+        env_name: &str,
+        stage_name: &str,
+        patch: &EnvironBean,
+        operator: String,
+    ) -> OpResult {
+        let id = self
+            .env_id(env_name, stage_name)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_name}/{stage_name}") })?;
+        let env = self.envs.get_mut(&id).expect("env_by_name points at a stage");
+        let mut next = env.clone();
+        if next.apply_update(patch) {
+            next.last_operator = Some(operator);
+            next.last_update = Some(now_ms);
+            *env = next.clone();
+            self.dirty.insert(Key::Env(id));
+        }
+        Ok(OpOutput::Env(next))
+    }
+
+    fn delete_env(&mut self, env_name: &str, stage_name: &str) -> OpResult {
+        let key = (env_name.to_string(), stage_name.to_string());
+        let id =
+            self.env_by_name.get(&key).cloned().ok_or_else(|| OpError::NotFound {
+                what: format!("stage {env_name}/{stage_name}"),
+            })?;
+        self.env_by_name.remove(&key);
+        self.envs.remove(&id);
+        self.dirty.insert(Key::Env(id));
+        Ok(OpOutput::Done)
+    }
+
+    fn publish_build(&mut self, now_ms: i64, mut build: BuildBean) -> OpResult {
+        let id = build.id.clone().ok_or_else(|| invalid("a new build needs an id"))?;
+        let name = build.name.clone().ok_or_else(|| invalid("name is required"))?;
+        if self.builds.contains_key(&id) {
+            return Err(OpError::Conflict { reason: format!("build {id} already exists") });
+        }
+        let published = *build.publish_date.get_or_insert(now_ms);
+        build.commit_date.get_or_insert(now_ms);
+        self.builds_by_name.insert((name, published, id.clone()));
+        self.builds.insert(id.clone(), build.clone());
+        self.dirty.insert(Key::Build(id));
+        Ok(OpOutput::Build(build))
+    }
+
+    fn delete_build(&mut self, id: &BuildId) -> OpResult {
+        let build =
+            self.builds.get(id).ok_or_else(|| OpError::NotFound { what: format!("build {id}") })?;
+        if let Some(deploys) = self.deploys_by_build.get(id).filter(|d| !d.is_empty()) {
+            return Err(OpError::Conflict {
+                reason: format!(
+                    "build {id} is referenced by {} deploy(s), e.g. {}; builds that were ever deployed cannot be deleted",
+                    deploys.len(),
+                    deploys.iter().next().expect("non-empty")
+                ),
+            });
+        }
+        let index = (
+            build.name.clone().unwrap_or_default(),
+            build.publish_date.unwrap_or_default(),
+            id.clone(),
+        );
+        self.builds_by_name.remove(&index);
+        self.builds.remove(id);
+        self.dirty.insert(Key::Build(id.clone()));
+        Ok(OpOutput::Done)
+    }
+
+    // ----- persistence ---------------------------------------------------------------------
+
+    /// Records changed since the last call, encoded for RocksDB (`None` = deleted).
+    pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty
+            .into_iter()
+            .map(|key| {
+                let value = match &key {
+                    Key::Env(id) => self.envs.get(id).map(encode),
+                    Key::Build(id) => self.builds.get(id).map(encode),
+                    Key::Deploy(id) => self.deploys.get(id).map(encode),
+                };
+                (key.encode(), value)
+            })
+            .collect()
+    }
+
+    /// Loads one persisted record (at start-up or after installing a snapshot).
+    pub fn load_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let bad = |e: postcard::Error| format!("record {}: {e}", String::from_utf8_lossy(key));
+        let id = std::str::from_utf8(key.get(2..).unwrap_or_default())
+            .map_err(|_| format!("record key {key:?} is not UTF-8"))?;
+        match key.get(..2) {
+            Some(b"e/") => {
+                self.envs.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"b/") => {
+                self.builds.insert(BuildId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"d/") => {
+                self.deploys.insert(DeployId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the secondary indexes after [`State::load_record`] calls.
+    pub fn finish_load(&mut self) {
+        self.env_by_name =
+            self.envs.iter().filter_map(|(id, env)| Some((env_key(env)?, id.clone()))).collect();
+        self.builds_by_name = self
+            .builds
+            .iter()
+            .map(|(id, b)| {
+                (b.name.clone().unwrap_or_default(), b.publish_date.unwrap_or_default(), id.clone())
+            })
+            .collect();
+        self.deploys_by_build.clear();
+        for (id, d) in &self.deploys {
+            if let Some(b) = &d.build_id {
+                self.deploys_by_build.entry(b.clone()).or_default().insert(id.clone());
+            }
+        }
+    }
+
+    // ----- queries ---------------------------------------------------------------------------
+
+    pub fn env_id(&self, env_name: &str, stage_name: &str) -> Option<&EnvId> {
+        self.env_by_name.get(&(env_name.to_string(), stage_name.to_string()))
+    }
+
+    pub fn env(&self, env_name: &str, stage_name: &str) -> Option<&EnvironBean> {
+        self.envs.get(self.env_id(env_name, stage_name)?)
+    }
+
+    pub fn env_by_id(&self, id: &EnvId) -> Option<&EnvironBean> {
+        self.envs.get(id)
+    }
+
+    /// Stages ordered by (env, stage) name.
+    pub fn envs(&self) -> impl Iterator<Item = &EnvironBean> {
+        self.env_by_name.values().filter_map(|id| self.envs.get(id))
+    }
+
+    pub fn build(&self, id: &BuildId) -> Option<&BuildBean> {
+        self.builds.get(id)
+    }
+
+    /// Builds, newest first, optionally of one name.
+    pub fn builds_newest_first(
+        &self,
+        name: Option<&str>,
+    ) -> Box<dyn Iterator<Item = &BuildBean> + '_> {
+        match name {
+            Some(name) => {
+                let lo = (name.to_string(), i64::MIN, BuildId::new(""));
+                Box::new(
+                    self.builds_by_name
+                        .range(lo..)
+                        .take_while(move |(n, _, _)| n == name)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .filter_map(|(_, _, id)| self.builds.get(id)),
+                )
+            }
+            None => {
+                let mut all: Vec<&BuildBean> = self.builds.values().collect();
+                all.sort_by(|a, b| b.publish_date.cmp(&a.publish_date).then(b.id.cmp(&a.id)));
+                Box::new(all.into_iter())
+            }
+        }
+    }
+
+    /// Distinct build names, in order.
+    pub fn build_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.builds_by_name.iter().map(|(n, _, _)| n.as_str()).collect();
+        names.dedup();
+        names
+    }
+
+    pub fn deploy(&self, id: &DeployId) -> Option<&DeployBean> {
+        self.deploys.get(id)
+    }
+
+    pub fn deploys(&self) -> impl Iterator<Item = &DeployBean> {
+        self.deploys.values()
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.envs.len(), self.builds.len(), self.deploys.len())
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("beans always encode")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! The `/v1` API on a real node: Teletraan shapes and status codes, and bad input answered with
+//! a clear error that changes nothing.
+
+use std::time::Duration;
+
+mod common;
+
+use common::spec;
+use ops::devcluster::DevCluster;
+use serde_json::{Value, json};
+
+async fn body(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_builds_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 1, vec![("TT_MAX_BODY_BYTES", "4096")])).unwrap();
+    cluster.wait_leader(&[1], Duration::from_secs(30)).await.unwrap();
+    let base = cluster.base_url(1);
+    let c = reqwest::Client::new();
+    let post = |path: &str, v: Value| c.post(format!("{base}{path}")).json(&v).send();
+
+    // Create a stage: 201, Location, Teletraan defaults and exact field names.
+    let (s, env) =
+        body(post("/v1/envs", json!({"envName": "svc", "stageName": "prod"})).await.unwrap()).await;
+    assert_eq!(s, 201, "{env}");
+    assert_eq!(env["id"].as_str().unwrap().len(), 22);
+    assert_eq!(env["buildName"], "svc");
+    assert_eq!(env["maxParallel"], 1);
+    assert_eq!(env["successThreshold"], 10000);
+    assert_eq!(env["stuckThreshold"], 600);
+    assert_eq!(env["description"], "svc stage for env prod");
+    assert_eq!(env["acceptanceType"], "AUTO");
+    assert!(env.get("deployId").is_some_and(Value::is_null), "unset fields are null: {env}");
+    // Same name again: 409, nothing changes.
+    let (s, e) = body(
+        post("/v1/envs", json!({"envName": "svc", "stageName": "prod", "maxParallel": 9}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    assert_eq!(e["code"], 409);
+    let (_, again) = body(c.get(format!("{base}/v1/envs/svc/prod")).send().await.unwrap()).await;
+    assert_eq!(again["maxParallel"], 1);
+    // By id, list, names.
+    let (s, by_id) = body(
+        c.get(format!("{base}/v1/envs/{}", env["id"].as_str().unwrap())).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!((s, by_id["stageName"].clone()), (200, json!("prod")));
+    let (_, list) = body(c.get(format!("{base}/v1/envs?envName=svc")).send().await.unwrap()).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    // PUT with null = unchanged; percentage mode zeroes the absolute one.
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod"))
+        .json(&json!({"maxParallelPct": 20, "description": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, env2) = body(c.get(format!("{base}/v1/envs/svc/prod")).send().await.unwrap()).await;
+    assert_eq!(
+        (env2["maxParallelPct"].clone(), env2["maxParallel"].clone()),
+        (json!(20), json!(0))
+    );
+    assert_eq!(env2["description"], "svc stage for env prod");
+
+    // Bad input: each a clear 4xx naming what was wrong, and no change.
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"envName": "svc", "stageName": "x", "maxParallel": "lots"}), "maxParallel"),
+        (
+            json!({"envName": "svc", "stageName": "x", "acceptanceType": "SOMETIMES"}),
+            "acceptanceType",
+        ),
+        (json!({"envName": "s v c", "stageName": "x"}), "envName"),
+        (json!({"stageName": "x"}), "envName is required"),
+        (
+            json!({"envName": "svc", "stageName": "x", "successThreshold": 10001}),
+            "successThreshold",
+        ),
+    ];
+    for (payload, needle) in bad {
+        let (s, e) = body(post("/v1/envs", payload.clone()).await.unwrap()).await;
+        assert_eq!(s, 400, "{payload} -> {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{payload}: {e} should mention {needle}"
+        );
+    }
+    let r = c
+        .post(format!("{base}/v1/envs"))
+        .header("content-type", "application/json")
+        .body("{\"envName\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(8192);
+    let (s, e) = body(
+        post("/v1/envs", json!({"envName": "svc", "stageName": "big", "description": big}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 413, "{e}");
+    let (s, _) = body(c.get(format!("{base}/v1/envs/svc/x")).send().await.unwrap()).await;
+    assert_eq!(s, 404);
+    let (_, list) = body(c.get(format!("{base}/v1/envs")).send().await.unwrap()).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "no bad request created a stage");
+
+    // Builds: required fields, id shape, filters, delete.
+    let (s, e) =
+        body(post("/v1/builds", json!({"name": "svc", "artifactUrl": "file:///a"})).await.unwrap())
+            .await;
+    assert_eq!(s, 400);
+    assert!(e["message"].as_str().unwrap().contains("required"), "{e}");
+    let mut ids = Vec::new();
+    for (i, branch) in ["main", "main", "dev"].iter().enumerate() {
+        let (s, b) = body(
+            post("/v1/builds", json!({"name": "svc", "artifactUrl": format!("file:///a/{i}"), "repo": "r", "branch": branch, "commit": format!("abcdef{i}123456")}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+        let id = b["id"].as_str().unwrap().to_string();
+        assert!(id.ends_with(&format!("_abcdef{i}")), "id is uuid_commit7: {id}");
+        assert_eq!(b["commitShort"], format!("abcdef{i}"));
+        assert_eq!(b["publishInfo"], "UNKNOWN");
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, main) =
+        body(c.get(format!("{base}/v1/builds?name=svc&branch=main")).send().await.unwrap()).await;
+    let got: Vec<&str> =
+        main.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
+    assert_eq!(got, vec![ids[1].as_str(), ids[0].as_str()], "newest first, filtered by branch");
+    let (_, names) = body(c.get(format!("{base}/v1/builds/names")).send().await.unwrap()).await;
+    assert_eq!(names, json!(["svc"]));
+    let r = c.delete(format!("{base}/v1/builds/{}", ids[2])).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let (s, _) = body(c.get(format!("{base}/v1/builds/{}", ids[2])).send().await.unwrap()).await;
+    assert_eq!(s, 404);
+    let (s, _) =
+        body(c.get(format!("{base}/v1/envs/svc/prod/deploys/current")).send().await.unwrap()).await;
+    assert_eq!(s, 404, "a stage that never deployed has no current deploy");
+    let (s, d) = body(c.get(format!("{base}/v1/deploys")).send().await.unwrap()).await;
+    assert_eq!((s, d["total"].clone()), (200, json!(0)));
+
+    // Health and metrics.
+    assert_eq!(c.get(format!("{base}/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "tt_coordinator_raft_term",
+        "tt_coordinator_raft_commit_index",
+        "tt_coordinator_proposals_total",
+        "tt_coordinator_log_fsync_seconds",
+        "tt_coordinator_http_request_seconds",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_without_a_quorum_get_503_with_a_retry_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster::start(spec(dir.path().into(), 3, vec![])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await.unwrap();
+    let others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+    let alone = others[0];
+    cluster.kill9(leader);
+    cluster.kill9(others[1]);
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c
+            .post(format!("{}/v1/envs", cluster.base_url(alone)))
+            .json(&json!({"envName": "svc", "stageName": "prod"}))
+            .send()
+            .await
+            .unwrap();
+        let retry = r.headers().get("retry-after").cloned();
+        let (s, e) = body(r).await;
+        assert_ne!(s, 201, "a lone node must not accept writes");
+        if s == 503 && e["message"].as_str().unwrap().contains("no Raft leader") {
+            assert_eq!(retry.unwrap(), "1");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never answered 503 no-leader: {s} {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c.get(format!("{}/readyz", cluster.base_url(alone))).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    // Stale reads still work; linearizable ones refuse.
+    assert_eq!(
+        c.get(format!("{}/v1/envs?stale=true", cluster.base_url(alone)))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/v1/envs", cluster.base_url(alone))).send().await.unwrap().status(),
+        503
+    );
+}
