@@ -1,0 +1,117 @@
+//! Write-path benchmark: our coordinator's Raft writes against a three-member etcd.
+//!
+//! [`loadgen::run`] drives any [`WriteTarget`] with N closed-loop clients, one connection each;
+//! [`ours::BuildPublish`] and [`etcd::EtcdPut`] are the two targets, and [`etcd::EtcdCluster`]
+//! launches the baseline. [`write_path_compare`] runs both at each client count and prints them
+//! side by side.
+//!
+//! Goals: the same load shape on both sides (`reference/baselines.md`: sequential 256-byte writes
+//! to distinct keys, 2 s warm-up, 12 s measured), both durable (etcd keeps its fsync), measured in
+//! the same run so that the noisy shared machine affects both alike.
+//!
+//! Non-goals: launching our own cluster (the caller passes a URL), and comparing reads.
+
+pub mod etcd;
+pub mod loadgen;
+pub mod ours;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+pub use loadgen::{LoadReport, LoadSpec, WriteTarget};
+
+#[cfg(test)]
+mod tests;
+
+/// `LoadReport::target` of [`ours::BuildPublish`].
+pub const OURS_TARGET: &str = "ours";
+/// `LoadReport::target` of [`etcd::EtcdPut`].
+pub const ETCD_TARGET: &str = "etcd";
+
+/// First port of the etcd cluster [`write_path_compare`] launches; it uses six from here.
+pub const ETCD_BASE_PORT: u16 = 23790;
+
+/// Runs `spec_template` at each client count in `clients`, against our coordinator at
+/// `ours_base_url` and against an etcd cluster launched in `etcd_dir`, whichever are given;
+/// prints a side-by-side table and returns the reports in run order.
+///
+/// At each client count ours runs first, then etcd, so drift in the machine's load shows up as a
+/// difference between client counts rather than between targets. etcd's leader is looked up
+/// again before each run, in case an election moved it.
+pub async fn write_path_compare(
+    ours_base_url: Option<String>,
+    etcd_dir: Option<PathBuf>,
+    clients: &[usize],
+    spec_template: &LoadSpec,
+) -> anyhow::Result<Vec<LoadReport>> {
+    let etcd = match &etcd_dir {
+        Some(dir) => Some(etcd::EtcdCluster::start(dir, ETCD_BASE_PORT).await?),
+        None => None,
+    };
+
+    let mut reports = Vec::new();
+    for &concurrency in clients {
+        let spec = LoadSpec { concurrency, ..spec_template.clone() };
+        if let Some(base_url) = &ours_base_url {
+            let target = ours::BuildPublish { base_url: base_url.clone() };
+            reports.push(loadgen::run(&spec, Arc::new(target)).await);
+        }
+        if let Some(cluster) = &etcd {
+            let base_url = cluster.leader_client_url().await?;
+            let key_prefix = format!("bench/n{concurrency}/");
+            let target = etcd::EtcdPut { base_url, key_prefix };
+            reports.push(loadgen::run(&spec, Arc::new(target)).await);
+        }
+    }
+    print!("{}", format_table(&reports));
+    Ok(reports)
+}
+
+/// Writes `reports` to `path` as a pretty-printed JSON array.
+pub fn write_json(path: &Path, reports: &[LoadReport]) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(reports).expect("reports serialize");
+    std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One row per report. Our rows also carry ours/etcd ratios of ops/s and p99 when etcd ran at the
+/// same client count: above 1 is better for ops/s, below 1 is better for p99.
+pub(crate) fn format_table(reports: &[LoadReport]) -> String {
+    let mut table = String::new();
+    writeln!(
+        table,
+        "{:<8} {:>7} {:>10} {:>9} {:>9} {:>8} {:>12} {:>12}",
+        "target", "clients", "ops/s", "p50 ms", "p99 ms", "errors", "ops/s ratio", "p99 ratio"
+    )
+    .unwrap();
+    for report in reports {
+        let baseline = reports.iter().find(|other| {
+            report.target == OURS_TARGET
+                && other.target == ETCD_TARGET
+                && other.concurrency == report.concurrency
+        });
+        let (ops_ratio, p99_ratio) = match baseline {
+            Some(etcd) => (
+                format!("{:.2}", report.ops_per_sec / etcd.ops_per_sec),
+                format!("{:.2}", report.p99_ms / etcd.p99_ms),
+            ),
+            None => (String::new(), String::new()),
+        };
+        writeln!(
+            table,
+            "{:<8} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>12} {:>12}",
+            report.target,
+            report.concurrency,
+            report.ops_per_sec,
+            report.p50_ms,
+            report.p99_ms,
+            report.errors,
+            ops_ratio,
+            p99_ratio
+        )
+        .unwrap();
+    }
+    table
+}

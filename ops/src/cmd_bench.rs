@@ -1,0 +1,197 @@
+//! `tt bench ...`: benchmarks that start what they measure, print figures and write JSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use ops::bench::{self, LoadSpec};
+use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use serde::Serialize;
+use serde_json::json;
+
+/// Per-attempt timeout of a write while the cluster fails over.
+const FAILOVER_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Give up on one failover after this long.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Raft write path: commits/s and latency at N concurrent clients, ours and etcd side by side.
+    Write {
+        /// Client counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 64, 256])]
+        clients: Vec<usize>,
+        /// Warm-up per run, seconds.
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Measured time per run, seconds.
+        #[arg(long, default_value_t = 12)]
+        duration: u64,
+        /// Size of each written value, bytes.
+        #[arg(long, default_value_t = 256)]
+        value_bytes: usize,
+        /// Skip the etcd baseline.
+        #[arg(long)]
+        no_etcd: bool,
+        /// Working directory (data of both clusters); a fresh one under /var/tmp by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Write the reports here as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Failover: kill -9 the leader repeatedly; time until a write is accepted again.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn work_dir(dir: Option<PathBuf>, what: &str) -> anyhow::Result<PathBuf> {
+    let dir = dir.unwrap_or_else(|| {
+        PathBuf::from(format!("/var/tmp/tt-bench-{what}-{}", std::process::id()))
+    });
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn start_cluster(dir: PathBuf) -> anyhow::Result<DevCluster> {
+    DevCluster::start(Spec {
+        nodes: 3,
+        dir,
+        base_http_port: None,
+        base_raft_port: None,
+        coordinator_bin: find_coordinator_bin()?,
+        env: vec![("TT_LOG".into(), "warn".into())],
+    })
+}
+
+pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
+    match cmd {
+        BenchCmd::Write { clients, warmup, duration, value_bytes, no_etcd, dir, json } => {
+            let dir = work_dir(dir, "write")?;
+            let mut cluster = start_cluster(dir.join("ours"))?;
+            let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await?;
+            println!("ours: 3 nodes up, leader {leader}; writes go to the leader");
+            let spec = LoadSpec {
+                concurrency: 1,
+                warmup: Duration::from_secs(warmup),
+                duration: Duration::from_secs(duration),
+                value_bytes,
+            };
+            let etcd_dir = (!no_etcd).then(|| dir.join("etcd"));
+            let reports = bench::write_path_compare(
+                Some(cluster.base_url(leader)),
+                etcd_dir,
+                &clients,
+                &spec,
+            )
+            .await?;
+            cluster.stop_all();
+            if let Some(path) = json {
+                bench::write_json(&path, &reports)?;
+                println!("wrote {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        BenchCmd::Failover { kills, dir, json } => {
+            let dir = work_dir(dir, "failover")?;
+            let report = failover(dir.clone(), kills).await?;
+            println!(
+                "failover over {} kills: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (target p99 <= 1500 ms)",
+                report.kills, report.p50_ms, report.p99_ms, report.max_ms
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+                println!("wrote {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct FailoverReport {
+    kills: usize,
+    samples_ms: Vec<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    election_timeout_ms: &'static str,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn try_write(c: &reqwest::Client, base: &str, n: u64) -> bool {
+    let body = json!({"name": "failover", "artifactUrl": format!("file:///f/{n}"), "repo": "r", "branch": "main", "commit": format!("{n:040x}")});
+    matches!(
+        c.post(format!("{base}/v1/builds")).json(&body).timeout(FAILOVER_WRITE_TIMEOUT).send().await,
+        Ok(r) if r.status().as_u16() == 201
+    )
+}
+
+async fn failover(dir: PathBuf, kills: usize) -> anyhow::Result<FailoverReport> {
+    let mut cluster = start_cluster(dir)?;
+    let c = reqwest::Client::new();
+    let mut samples = Vec::new();
+    let mut n = 0u64;
+    for k in 1..=kills {
+        let all = cluster.ids();
+        let leader = cluster.wait_leader(&all, FAILOVER_LIMIT).await?;
+        // Make sure the cluster takes writes before the kill.
+        n += 1;
+        anyhow::ensure!(
+            try_write(&c, &cluster.base_url(leader), n).await,
+            "cluster does not take writes before kill {k}"
+        );
+        let survivors: Vec<String> =
+            all.iter().filter(|i| **i != leader).map(|i| cluster.base_url(*i)).collect();
+        let killed_at = Instant::now();
+        cluster.kill9(leader);
+        let elapsed = loop {
+            n += 1;
+            let base = &survivors[(n as usize) % survivors.len()];
+            if try_write(&c, base, n).await {
+                break killed_at.elapsed();
+            }
+            anyhow::ensure!(
+                killed_at.elapsed() < FAILOVER_LIMIT,
+                "no write accepted within {FAILOVER_LIMIT:?} after kill {k}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        println!("kill {k:>2}: leader {leader} killed; writes accepted again after {ms:.0} ms");
+        samples.push(ms);
+        cluster.restart(leader)?;
+        cluster.wait_leader(&all, FAILOVER_LIMIT).await?;
+        // Let the restarted node catch up before the next kill.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cluster.stop_all();
+    let mut sorted = samples.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(FailoverReport {
+        kills,
+        p50_ms: percentile(&sorted, 50.0),
+        p99_ms: percentile(&sorted, 99.0),
+        max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+        samples_ms: samples,
+        election_timeout_ms: "500-1000",
+    })
+}

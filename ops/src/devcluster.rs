@@ -1,0 +1,327 @@
+//! A local coordinator cluster of real processes: TLS material, data directories, ports, and
+//! the operations tests and benchmarks need (kill -9, restart, wipe, wait for a leader).
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+/// How long `stop` waits after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often cluster status is polled while waiting.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub nodes: usize,
+    pub dir: PathBuf,
+    /// First HTTP port; node i gets base + i - 1. `None` picks free ports.
+    pub base_http_port: Option<u16>,
+    /// First Raft (UDP) port; `None` picks free ports.
+    pub base_raft_port: Option<u16>,
+    pub coordinator_bin: PathBuf,
+    /// Extra `TT_*` settings for every node (e.g. snapshot thresholds in tests).
+    pub env: Vec<(String, String)>,
+}
+
+/// One node of the cluster, as written to `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEntry {
+    pub id: u64,
+    pub pid: Option<u32>,
+    pub http_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub nodes: Vec<NodeEntry>,
+}
+
+pub struct DevCluster {
+    spec: Spec,
+    pub nodes: Vec<NodeEntry>,
+    children: Vec<Option<Child>>,
+    members: Vec<String>,
+}
+
+/// Finds the `coordinator` binary: `TT_COORDINATOR_BIN`, else next to the running executable
+/// (or its parent, for test binaries in `target/*/deps`).
+pub fn find_coordinator_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("TT_COORDINATOR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("coordinator");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "cannot find the `coordinator` binary next to {}; build it with `cargo build -p coordinator` or set TT_COORDINATOR_BIN",
+        exe.display()
+    )
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+impl DevCluster {
+    /// Creates TLS material and directories, and starts every node.
+    pub fn start(spec: Spec) -> anyhow::Result<DevCluster> {
+        fs::create_dir_all(&spec.dir)
+            .with_context(|| format!("creating {}", spec.dir.display()))?;
+        let ca_dir = spec.dir.join("ca");
+        if !ca_dir.join("ca.pem").exists() {
+            run_checked(
+                Command::new(&spec.coordinator_bin)
+                    .args(["certs", "init-ca", "--dir"])
+                    .arg(&ca_dir),
+            )?;
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=spec.nodes as u64 {
+            let http_port = match spec.base_http_port {
+                Some(b) => b + (i as u16) - 1,
+                None => free_tcp_port()?,
+            };
+            let raft_port = match spec.base_raft_port {
+                Some(b) => b + (i as u16) - 1,
+                None => free_udp_port()?,
+            };
+            let node_dir = spec.dir.join(format!("node-{i}"));
+            let tls_dir = node_dir.join("tls");
+            if !tls_dir.join("node.pem").exists() {
+                run_checked(
+                    Command::new(&spec.coordinator_bin)
+                        .args(["certs", "issue", "--ca-dir"])
+                        .arg(&ca_dir)
+                        .arg("--out")
+                        .arg(&tls_dir)
+                        .args(["--name", &format!("node-{i}")]),
+                )?;
+            }
+            nodes.push(NodeEntry {
+                id: i,
+                pid: None,
+                http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
+                data_dir: node_dir.join("data"),
+                tls_dir,
+                log: node_dir.join("coordinator.log"),
+            });
+        }
+        let members =
+            nodes.iter().map(|n| format!("{}={},{}", n.id, n.http_addr, n.raft_addr)).collect();
+        let children = nodes.iter().map(|_| None).collect();
+        let mut cluster = DevCluster { spec, nodes, children, members };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i)?;
+        }
+        cluster.write_manifest()?;
+        Ok(cluster)
+    }
+
+    fn index(&self, id: u64) -> usize {
+        self.nodes.iter().position(|n| n.id == id).unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &self.nodes[i];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&n.log)
+            .with_context(|| format!("opening {}", n.log.display()))?;
+        let mut cmd = Command::new(&self.spec.coordinator_bin);
+        cmd.arg("run")
+            .arg("--node-id")
+            .arg(n.id.to_string())
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .arg("--tls-dir")
+            .arg(&n.tls_dir)
+            .arg("--http-addr")
+            .arg(n.http_addr.to_string())
+            .arg("--raft-addr")
+            .arg(n.raft_addr.to_string())
+            .arg("--initial-member")
+            .arg(self.members.join(";"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.spec.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting node {}", n.id))?;
+        self.nodes[i].pid = Some(child.id());
+        self.children[i] = Some(child);
+        Ok(())
+    }
+
+    /// Writes `DIR/cluster.json` describing every node.
+    pub fn write_manifest(&self) -> anyhow::Result<PathBuf> {
+        let path = self.spec.dir.join("cluster.json");
+        let manifest = Manifest { nodes: self.nodes.clone() };
+        fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    pub fn base_url(&self, id: u64) -> String {
+        format!("http://{}", self.nodes[self.index(id)].http_addr)
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// `kill -9` a node and reap it.
+    pub fn kill9(&mut self, id: u64) {
+        let i = self.index(id);
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.nodes[i].pid = None;
+    }
+
+    /// Starts a stopped node again with its data directory as it is.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let i = self.index(id);
+        self.kill9(id);
+        self.spawn(i)?;
+        self.write_manifest()?;
+        Ok(())
+    }
+
+    /// Kills a node and deletes its data directory (its certificates stay).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill9(id);
+        let dir = &self.nodes[self.index(id)].data_dir;
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        let i = self.index(id);
+        match &mut self.children[i] {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Stops every node: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub fn stop_all(&mut self) {
+        for child in self.children.iter().flatten() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for slot in &mut self.children {
+            if let Some(child) = slot {
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(POLL_INTERVAL);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            *slot = None;
+        }
+        for n in &mut self.nodes {
+            n.pid = None;
+        }
+    }
+
+    pub fn node(&self, id: u64) -> &NodeEntry {
+        &self.nodes[self.index(id)]
+    }
+
+    pub fn log_tail(&self, id: u64, bytes: usize) -> String {
+        let text = fs::read(&self.node(id).log).unwrap_or_default();
+        let start = text.len().saturating_sub(bytes);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// Waits until a node among `among` reports a leader that is itself among `among` and
+    /// that every node in `among` agrees on; returns the leader's id.
+    pub async fn wait_leader(&self, among: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        crate::ensure_crypto_provider();
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            for id in among {
+                let url = format!("{}/v1/cluster", self.base_url(*id));
+                let leader = async {
+                    let v: serde_json::Value = client
+                        .get(&url)
+                        .timeout(Duration::from_millis(500))
+                        .send()
+                        .await
+                        .ok()?
+                        .json()
+                        .await
+                        .ok()?;
+                    v.get("leaderId")?.as_u64()
+                }
+                .await;
+                seen.push(leader);
+            }
+            if let Some(Some(l)) = seen.first()
+                && among.contains(l)
+                && seen.iter().all(|s| *s == Some(*l))
+            {
+                return Ok(*l);
+            }
+            if Instant::now() > deadline {
+                bail!("no agreed leader among {among:?} within {timeout:?}; saw {seen:?}");
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for slot in &mut self.children {
+            if let Some(child) = slot {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Operator CLI library: the `tt` binary is glue over these modules.
+//!
+//! `bench` holds the write-path benchmark against etcd.
+
+pub mod bench;
+pub mod client;
+pub mod devcluster;
+
+/// Installs rustls' ring crypto provider for this process (idempotent). reqwest is built without
+/// a provider of its own, so every client needs this first.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,460 @@
+//! `tt`: the operator CLI for the tt deploy service.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 4 not found, 5 service unavailable (no leader or
+//! unreachable).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use ops::client::{Client, ClientError, table};
+use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use serde_json::{Value, json};
+
+mod cmd_bench;
+
+#[derive(Parser)]
+#[command(version, about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)")]
+struct Cli {
+    /// Coordinator HTTP address (any node).
+    #[arg(long, global = true, env = "TT_ADDR", default_value = "http://127.0.0.1:8080")]
+    addr: String,
+    /// API token.
+    #[arg(long, global = true, env = "TT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Local development: run a cluster on this machine.
+    #[command(subcommand)]
+    Dev(DevCmd),
+    /// The coordinator cluster: status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Environments and their stages.
+    #[command(subcommand)]
+    Env(EnvCmd),
+    /// Builds.
+    #[command(subcommand)]
+    Build(BuildCmd),
+    /// Benchmarks that print figures and write JSON.
+    #[command(subcommand)]
+    Bench(cmd_bench::BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Start a local coordinator cluster in the foreground; Ctrl-C stops it.
+    Cluster {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Directory for TLS material, data and logs; DIR/cluster.json describes the nodes.
+        #[arg(long, default_value = ".tt-dev")]
+        dir: PathBuf,
+        /// HTTP port of node 1 (node i gets PORT + i - 1).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Raft QUIC port of node 1.
+        #[arg(long, default_value_t = 7400)]
+        raft_port: u16,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, roles and indexes (like `nomad operator raft list-peers`).
+    Status,
+    /// Add a node: it joins as a learner, catches up, then becomes a voter.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        http_addr: String,
+        #[arg(long)]
+        raft_addr: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum EnvCmd {
+    /// Create a stage: ENV/STAGE.
+    Create {
+        stage: String,
+        #[arg(long)]
+        build_name: Option<String>,
+        #[arg(long)]
+        max_parallel: Option<i32>,
+        #[arg(long)]
+        max_parallel_pct: Option<i32>,
+        /// DEV, LATEST, CANARY, CONTROL, PRODUCTION, STAGING, ...
+        #[arg(long)]
+        stage_type: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List stages, optionally of one environment.
+    List { env: Option<String> },
+    /// Show one stage: ENV/STAGE.
+    Get { stage: String },
+    /// Change a stage's settings (unset options stay unchanged).
+    Update {
+        stage: String,
+        #[arg(long)]
+        build_name: Option<String>,
+        #[arg(long)]
+        max_parallel: Option<i32>,
+        #[arg(long)]
+        max_parallel_pct: Option<i32>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a stage.
+    Delete { stage: String },
+}
+
+#[derive(Subcommand)]
+enum BuildCmd {
+    /// Publish build metadata.
+    Publish {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        artifact_url: String,
+        #[arg(long)]
+        commit: String,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long, default_value = "local")]
+        repo: String,
+    },
+    /// List builds, newest first.
+    List {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Show one build.
+    Get { id: String },
+    /// Delete a build no deploy references.
+    Delete { id: String },
+}
+
+fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
+    s.split_once('/')
+        .filter(|(e, st)| !e.is_empty() && !st.is_empty())
+        .with_context(|| format!("{s:?} is not ENV/STAGE (for example: myservice/prod)"))
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
+}
+
+fn main() {
+    let cli = Cli::parse();
+    ops::ensure_crypto_provider();
+    let rt = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let code = match rt.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.downcast_ref::<ClientError>().map_or(1, ClientError::exit_code)
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::new(&cli.addr, cli.token.clone());
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Dev(DevCmd::Cluster { nodes, dir, http_port, raft_port }) => {
+            dev_cluster(nodes, dir, http_port, raft_port).await
+        }
+        Cmd::Cluster(c) => cluster(&client, out, c).await,
+        Cmd::Env(c) => env(&client, out, c).await,
+        Cmd::Build(c) => build(&client, out, c).await,
+        Cmd::Bench(c) => cmd_bench::run(c).await,
+    }
+}
+
+async fn dev_cluster(
+    nodes: usize,
+    dir: PathBuf,
+    http_port: u16,
+    raft_port: u16,
+) -> anyhow::Result<()> {
+    let bin = find_coordinator_bin()?;
+    let dir = std::path::absolute(&dir).context("resolving --dir")?;
+    let mut cluster = DevCluster::start(Spec {
+        nodes,
+        dir: dir.clone(),
+        base_http_port: Some(http_port),
+        base_raft_port: Some(raft_port),
+        coordinator_bin: bin,
+        env: vec![],
+    })?;
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await.with_context(|| {
+        format!("the cluster did not elect a leader; see the logs in {}", dir.display())
+    })?;
+    println!("cluster of {nodes} nodes is up; leader is node {leader}");
+    let rows: Vec<Vec<String>> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.to_string(),
+                n.pid.map_or("-".into(), |p| p.to_string()),
+                format!("http://{}", n.http_addr),
+                n.raft_addr.to_string(),
+                n.log.display().to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["ID", "PID", "HTTP", "RAFT (QUIC)", "LOG"], &rows));
+    println!("\nmanifest: {}", dir.join("cluster.json").display());
+    println!("try:      TT_ADDR=http://{} tt cluster status", cluster.nodes[0].http_addr);
+    println!("Ctrl-C stops the cluster (data stays in {}).", dir.display());
+    let mut watch = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = watch.tick() => {
+                for id in cluster.ids() {
+                    if !cluster.is_running(id) {
+                        eprintln!("node {id} exited; last log lines:\n{}", cluster.log_tail(id, 2000));
+                        cluster.stop_all();
+                        anyhow::bail!("node {id} exited unexpectedly");
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping the cluster...");
+    cluster.stop_all();
+    println!("stopped.");
+    Ok(())
+}
+
+async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCmd::Status => {
+            let v: Value = client.get("/v1/cluster").await?;
+            if out == Output::Json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!(
+                "answered by node {}: leader {}, term {}, commit index {}, applied index {}",
+                s(&v, "nodeId"),
+                s(&v, "leaderId"),
+                s(&v, "term"),
+                s(&v, "commitIndex"),
+                s(&v, "appliedIndex")
+            );
+            let rows: Vec<Vec<String>> = v["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    vec![
+                        s(m, "id"),
+                        s(m, "role"),
+                        s(m, "httpAddr"),
+                        s(m, "raftAddr"),
+                        s(m, "matchedIndex"),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["ID", "ROLE", "HTTP", "RAFT", "MATCHED"], &rows));
+        }
+        ClusterCmd::AddNode { id, http_addr, raft_addr, learner } => {
+            let body = json!({"id": id, "httpAddr": http_addr, "raftAddr": raft_addr, "learnerOnly": learner});
+            let _: Option<Value> = client.post("/v1/cluster/nodes", &body).await?;
+            println!("node {id} added as {}", if learner { "learner" } else { "voter" });
+        }
+        ClusterCmd::RemoveNode { id } => {
+            client.delete(&format!("/v1/cluster/nodes/{id}")).await?;
+            println!("node {id} removed");
+        }
+    }
+    Ok(())
+}
+
+fn env_rows(envs: &[Value]) -> Vec<Vec<String>> {
+    envs.iter()
+        .map(|e| {
+            vec![
+                format!("{}/{}", s(e, "envName"), s(e, "stageName")),
+                s(e, "stageType"),
+                s(e, "buildName"),
+                s(e, "maxParallel"),
+                s(e, "maxParallelPct"),
+                s(e, "envState"),
+                s(e, "deployId"),
+            ]
+        })
+        .collect()
+}
+
+const ENV_HEADERS: &[&str] =
+    &["STAGE", "TYPE", "BUILD NAME", "MAX PARALLEL", "MAX %", "STATE", "CURRENT DEPLOY"];
+
+async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
+    match cmd {
+        EnvCmd::Create {
+            stage,
+            build_name,
+            max_parallel,
+            max_parallel_pct,
+            stage_type,
+            description,
+        } => {
+            let (e, st) = split_stage(&stage)?;
+            let body = json!({
+                "envName": e, "stageName": st, "buildName": build_name, "maxParallel": max_parallel,
+                "maxParallelPct": max_parallel_pct, "stageType": stage_type, "description": description,
+            });
+            let created: Option<Value> = client.post("/v1/envs", &body).await?;
+            match (out, created) {
+                (Output::Json, Some(v)) => print_json(&v),
+                (_, v) => println!(
+                    "created {stage} (id {})",
+                    v.as_ref().map_or("-".into(), |v| s(v, "id"))
+                ),
+            }
+        }
+        EnvCmd::List { env } => {
+            let path = match &env {
+                Some(e) => format!("/v1/envs?envName={e}"),
+                None => "/v1/envs".to_string(),
+            };
+            let envs: Vec<Value> = client.get(&path).await?;
+            if out == Output::Json {
+                print_json(&envs);
+            } else {
+                print!("{}", table(ENV_HEADERS, &env_rows(&envs)));
+            }
+        }
+        EnvCmd::Get { stage } => {
+            let (e, st) = split_stage(&stage)?;
+            let v: Value = client.get(&format!("/v1/envs/{e}/{st}")).await?;
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                print!("{}", table(ENV_HEADERS, &env_rows(std::slice::from_ref(&v))));
+            }
+        }
+        EnvCmd::Update { stage, build_name, max_parallel, max_parallel_pct, description } => {
+            let (e, st) = split_stage(&stage)?;
+            let mut body = serde_json::Map::new();
+            let mut set = |k: &str, v: Value| {
+                if !v.is_null() {
+                    body.insert(k.to_string(), v);
+                }
+            };
+            set("buildName", json!(build_name));
+            set("maxParallel", json!(max_parallel));
+            set("maxParallelPct", json!(max_parallel_pct));
+            set("description", json!(description));
+            if body.is_empty() {
+                anyhow::bail!(
+                    "nothing to update: pass at least one of --build-name, --max-parallel, --max-parallel-pct, --description"
+                );
+            }
+            client.put(&format!("/v1/envs/{e}/{st}"), &Value::Object(body)).await?;
+            println!("updated {stage}");
+        }
+        EnvCmd::Delete { stage } => {
+            let (e, st) = split_stage(&stage)?;
+            client.delete(&format!("/v1/envs/{e}/{st}")).await?;
+            println!("deleted {stage}");
+        }
+    }
+    Ok(())
+}
+
+fn build_rows(builds: &[Value]) -> Vec<Vec<String>> {
+    builds
+        .iter()
+        .map(|b| {
+            vec![
+                s(b, "id"),
+                s(b, "name"),
+                s(b, "branch"),
+                s(b, "commitShort"),
+                s(b, "publishDate"),
+                s(b, "artifactUrl"),
+            ]
+        })
+        .collect()
+}
+
+const BUILD_HEADERS: &[&str] = &["ID", "NAME", "BRANCH", "COMMIT", "PUBLISHED (ms)", "ARTIFACT"];
+
+async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()> {
+    match cmd {
+        BuildCmd::Publish { name, artifact_url, commit, branch, repo } => {
+            let body = json!({"name": name, "artifactUrl": artifact_url, "commit": commit, "branch": branch, "repo": repo});
+            let v: Option<Value> = client.post("/v1/builds", &body).await?;
+            match (out, v) {
+                (Output::Json, Some(v)) => print_json(&v),
+                (_, v) => {
+                    println!("published build {}", v.as_ref().map_or("-".into(), |v| s(v, "id")))
+                }
+            }
+        }
+        BuildCmd::List { name, limit } => {
+            let mut path = format!("/v1/builds?pageSize={limit}");
+            if let Some(n) = name {
+                path.push_str(&format!("&name={n}"));
+            }
+            let builds: Vec<Value> = client.get(&path).await?;
+            if out == Output::Json {
+                print_json(&builds);
+            } else {
+                print!("{}", table(BUILD_HEADERS, &build_rows(&builds)));
+            }
+        }
+        BuildCmd::Get { id } => {
+            let v: Value = client.get(&format!("/v1/builds/{id}")).await?;
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                print!("{}", table(BUILD_HEADERS, &build_rows(std::slice::from_ref(&v))));
+            }
+        }
+        BuildCmd::Delete { id } => {
+            client.delete(&format!("/v1/builds/{id}")).await?;
+            println!("deleted build {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `tt` against real coordinator processes: `dev cluster` start-up, manifest and Ctrl-C, and
+//! the read/write verbs with `-o json` and meaningful exit codes.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    // HTTP ports p, p+1, p+2 and Raft ports q.. must be free; pick from a high, sparse range.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn process_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+#[test]
+fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let raft = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tt"))
+        .args(["dev", "cluster", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .args(["--http-port", &http.to_string(), "--raft-port", &raft.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("http://127.0.0.1:{http}");
+    let manifest = dir.path().join("cluster.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        assert!(Instant::now() < deadline, "dev cluster did not come up");
+        if manifest.exists() {
+            let (code, out, _) = tt(&addr, &["cluster", "status", "-o", "json"]);
+            if code == 0 {
+                let v: Value = serde_json::from_str(&out).unwrap();
+                if v["leaderId"].is_u64() && v["members"].as_array().unwrap().len() == 3 {
+                    break v;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(["leader", "follower"].contains(&status["members"][0]["role"].as_str().unwrap()));
+    let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let pids: Vec<i32> =
+        m["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_i64().unwrap() as i32).collect();
+    assert_eq!(pids.len(), 3);
+    for key in ["id", "httpAddr", "raftAddr", "dataDir"] {
+        assert!(m["nodes"][0].get(key).is_some(), "cluster.json lacks {key}: {m}");
+    }
+
+    // The verbs, against node 1 (whoever leads).
+    let (code, out, err) = tt(&addr, &["env", "create", "svc/canary", "--max-parallel", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = tt(&addr, &["env", "list", "-o", "json"]);
+    assert_eq!(code, 0);
+    let envs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(envs[0]["stageName"], "canary");
+    assert_eq!(envs[0]["maxParallel"], 2);
+    let (code, out, _) = tt(&addr, &["env", "get", "svc/canary"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("svc/canary") && out.contains("MAX PARALLEL"), "{out}");
+    let (code, _, err) = tt(&addr, &["env", "get", "svc/nope"]);
+    assert_eq!(code, 4, "not found exits 4: {err}");
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = tt(&addr, &["env", "get", "no-slash"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("ENV/STAGE"), "{err}");
+    let (code, out, err) = tt(
+        &addr,
+        &[
+            "build",
+            "publish",
+            "--name",
+            "svc",
+            "--artifact-url",
+            "file:///tmp/svc.tgz",
+            "--commit",
+            "0123456789abcdef",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let b: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b["commitShort"], "0123456");
+    let (code, out, _) = tt(&addr, &["build", "list", "--name", "svc", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["id"], b["id"]);
+    let (code, _, _) = tt("http://127.0.0.1:1", &["cluster", "status"]);
+    assert_eq!(code, 5, "unreachable exits 5");
+
+    // Ctrl-C stops every node.
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tt dev cluster ignored Ctrl-C");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "{exit:?}");
+    for pid in pids {
+        assert!(!process_alive(pid), "node pid {pid} still running after Ctrl-C");
+    }
+}
