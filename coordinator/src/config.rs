@@ -63,9 +63,12 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            // openraft 0.9 starts an election only after the leader lease (= the maximum
+            // election timeout) and then a random timeout have passed, so failure detection
+            // takes max + [min, max): 0.75-1.0 s with these values.
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
             snapshot_every_entries: 20_000,
             keep_entries_after_snapshot: 10_000,
             purge_batch_entries: 256,

@@ -47,6 +47,9 @@ pub enum BenchCmd {
         kills: usize,
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Keep the working directory (node logs) afterwards.
+        #[arg(long)]
+        keep_dir: bool,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -70,7 +73,10 @@ fn start_cluster(dir: PathBuf) -> anyhow::Result<DevCluster> {
         base_http_port: None,
         base_raft_port: None,
         coordinator_bin: find_coordinator_bin()?,
-        env: vec![("TT_LOG".into(), "warn".into())],
+        env: vec![(
+            "TT_LOG".into(),
+            std::env::var("TT_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )],
     })
 }
 
@@ -102,7 +108,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        BenchCmd::Failover { kills, dir, json } => {
+        BenchCmd::Failover { kills, dir, json, keep_dir } => {
             let dir = work_dir(dir, "failover")?;
             let report = failover(dir.clone(), kills).await?;
             println!(
@@ -113,7 +119,11 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
                 println!("wrote {}", path.display());
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            if keep_dir {
+                println!("node logs kept in {}", dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
     }
     Ok(())
@@ -126,7 +136,7 @@ struct FailoverReport {
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    election_timeout_ms: &'static str,
+    election_timeout_ms: String,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -192,6 +202,10 @@ async fn failover(dir: PathBuf, kills: usize) -> anyhow::Result<FailoverReport> 
         p99_ms: percentile(&sorted, 99.0),
         max_ms: sorted.last().copied().unwrap_or(f64::NAN),
         samples_ms: samples,
-        election_timeout_ms: "500-1000",
+        election_timeout_ms: format!(
+            "{}-{}",
+            std::env::var("TT_ELECTION_TIMEOUT_MIN_MS").unwrap_or_else(|_| "250".into()),
+            std::env::var("TT_ELECTION_TIMEOUT_MAX_MS").unwrap_or_else(|_| "500".into())
+        ),
     })
 }
