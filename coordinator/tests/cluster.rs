@@ -237,3 +237,51 @@ async fn node_with_a_foreign_certificate_cannot_join() {
     rogue.stop_all();
     cluster.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_as_learner_then_voter_and_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster::start(spec(dir.path().into(), 3, vec![])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    for n in 0..30 {
+        publish(&c, &base, n).await.unwrap();
+    }
+    let new = cluster.add_standby_node().unwrap();
+    // Sent to a follower: membership changes are forwarded to the leader too.
+    let follower = *ids.iter().find(|i| **i != leader).unwrap();
+    let resp = c
+        .post(format!("{}/v1/cluster/nodes", cluster.base_url(follower)))
+        .json(&json!({"id": new.id, "httpAddr": new.http_addr.to_string(), "raftAddr": new.raft_addr.to_string()}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let status: Value = get_json(&c, format!("{base}/v1/cluster")).await;
+    let roles: Vec<(u64, String)> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_u64().unwrap(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(roles.contains(&(new.id, "follower".to_string())), "node 4 votes: {roles:?}");
+    assert_eq!(roles.len(), 4);
+    // The new member has the data and answers linearizable reads itself.
+    let builds: Vec<Value> =
+        get_json(&c, format!("http://{}/v1/builds?pageSize=1000", new.http_addr)).await;
+    assert_eq!(builds.len(), 30);
+    // Remove it again; the cluster keeps taking writes with three members.
+    let resp = c.delete(format!("{base}/v1/cluster/nodes/{}", new.id)).send().await.unwrap();
+    assert_eq!(resp.status(), 204, "{}", resp.text().await.unwrap());
+    let status: Value = get_json(&c, format!("{base}/v1/cluster")).await;
+    let members: Vec<u64> =
+        status["members"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(members, ids);
+    publish(&c, &base, 99).await.unwrap();
+    let resp = c.delete(format!("{base}/v1/cluster/nodes/42")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    cluster.stop_all();
+}

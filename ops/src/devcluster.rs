@@ -54,6 +54,8 @@ pub struct DevCluster {
     pub nodes: Vec<NodeEntry>,
     children: Vec<Option<Child>>,
     members: Vec<String>,
+    /// Nodes started without `--initial-member` (added to the cluster later).
+    standby: Vec<u64>,
 }
 
 /// Finds the `coordinator` binary: `TT_COORDINATOR_BIN`, else next to the running executable
@@ -91,7 +93,56 @@ fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Issues node `i`'s certificate (once) and picks its ports and directories.
+fn prepare_node(spec: &Spec, ca_dir: &Path, i: u64) -> anyhow::Result<NodeEntry> {
+    let http_port = match spec.base_http_port {
+        Some(b) => b + (i as u16) - 1,
+        None => free_tcp_port()?,
+    };
+    let raft_port = match spec.base_raft_port {
+        Some(b) => b + (i as u16) - 1,
+        None => free_udp_port()?,
+    };
+    let node_dir = spec.dir.join(format!("node-{i}"));
+    let tls_dir = node_dir.join("tls");
+    if !tls_dir.join("node.pem").exists() {
+        run_checked(
+            Command::new(&spec.coordinator_bin)
+                .args(["certs", "issue", "--ca-dir"])
+                .arg(ca_dir)
+                .arg("--out")
+                .arg(&tls_dir)
+                .args(["--name", &format!("node-{i}")]),
+        )?;
+    }
+    Ok(NodeEntry {
+        id: i,
+        pid: None,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
+        raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
+        data_dir: node_dir.join("data"),
+        tls_dir,
+        log: node_dir.join("coordinator.log"),
+    })
+}
+
 impl DevCluster {
+    /// Starts one more node with the cluster's CA but outside its membership: it waits to be
+    /// added (`POST /v1/cluster/nodes`). Returns its entry.
+    pub fn add_standby_node(&mut self) -> anyhow::Result<NodeEntry> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let mut spec = self.spec.clone();
+        spec.base_http_port = None;
+        spec.base_raft_port = None;
+        let entry = prepare_node(&spec, &self.spec.dir.join("ca"), id)?;
+        self.nodes.push(entry.clone());
+        self.children.push(None);
+        self.standby.push(id);
+        self.spawn(self.nodes.len() - 1)?;
+        self.write_manifest()?;
+        Ok(entry)
+    }
+
     /// Creates TLS material and directories, and starts every node.
     pub fn start(spec: Spec) -> anyhow::Result<DevCluster> {
         fs::create_dir_all(&spec.dir)
@@ -106,40 +157,12 @@ impl DevCluster {
         }
         let mut nodes = Vec::new();
         for i in 1..=spec.nodes as u64 {
-            let http_port = match spec.base_http_port {
-                Some(b) => b + (i as u16) - 1,
-                None => free_tcp_port()?,
-            };
-            let raft_port = match spec.base_raft_port {
-                Some(b) => b + (i as u16) - 1,
-                None => free_udp_port()?,
-            };
-            let node_dir = spec.dir.join(format!("node-{i}"));
-            let tls_dir = node_dir.join("tls");
-            if !tls_dir.join("node.pem").exists() {
-                run_checked(
-                    Command::new(&spec.coordinator_bin)
-                        .args(["certs", "issue", "--ca-dir"])
-                        .arg(&ca_dir)
-                        .arg("--out")
-                        .arg(&tls_dir)
-                        .args(["--name", &format!("node-{i}")]),
-                )?;
-            }
-            nodes.push(NodeEntry {
-                id: i,
-                pid: None,
-                http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
-                raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
-                data_dir: node_dir.join("data"),
-                tls_dir,
-                log: node_dir.join("coordinator.log"),
-            });
+            nodes.push(prepare_node(&spec, &ca_dir, i)?);
         }
         let members =
             nodes.iter().map(|n| format!("{}={},{}", n.id, n.http_addr, n.raft_addr)).collect();
         let children = nodes.iter().map(|_| None).collect();
-        let mut cluster = DevCluster { spec, nodes, children, members };
+        let mut cluster = DevCluster { spec, nodes, children, members, standby: Vec::new() };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
@@ -170,11 +193,12 @@ impl DevCluster {
             .arg(n.http_addr.to_string())
             .arg("--raft-addr")
             .arg(n.raft_addr.to_string())
-            .arg("--initial-member")
-            .arg(self.members.join(";"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !self.standby.contains(&n.id) {
+            cmd.arg("--initial-member").arg(self.members.join(";"));
+        }
         for (k, v) in &self.spec.env {
             cmd.env(k, v);
         }
