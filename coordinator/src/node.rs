@@ -48,7 +48,8 @@ pub enum StartError {
     Http(std::io::Error),
 }
 
-fn now_ms() -> i64 {
+/// Wall clock in milliseconds since the Unix epoch (read only by the leader, see `Proposal`).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -134,10 +135,12 @@ pub async fn run(
         max_body_bytes: cfg.max_body_bytes,
         ids: ids::IdGen,
     });
+    tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;
-    let served = axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown).await;
+    let served =
+        axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await;
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
     }

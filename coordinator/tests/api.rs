@@ -153,6 +153,33 @@ async fn stages_builds_and_bad_input() {
     let (s, d) = body(c.get(format!("{base}/v1/deploys")).send().await.unwrap()).await;
     assert_eq!((s, d["total"].clone()), (200, json!(0)));
 
+    // Ping: bad input is a clear 400 and records nothing.
+    let bad_pings: Vec<(Value, &str)> = vec![
+        (json!({"hostName": "h1"}), "hostId"),
+        (
+            json!({"hostId": "i-1", "reports": [{"envId": "x", "deployStage": "LAUNCHING"}]}),
+            "deployStage",
+        ),
+        (
+            json!({"hostId": "i-1", "reports": [{"envId": "x", "agentStatus": "FINE"}]}),
+            "agentStatus",
+        ),
+    ];
+    for (payload, needle) in bad_pings {
+        let (s, e) = body(post("/v1/system/ping", payload.clone()).await.unwrap()).await;
+        assert_eq!(s, 400, "{payload} -> {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{payload}: {e} should mention {needle}"
+        );
+    }
+    let (s, r) =
+        body(post("/v1/system/ping", json!({"hostId": "i-1", "hostName": "h1"})).await.unwrap())
+            .await;
+    assert_eq!((s, r["opCode"].clone()), (200, json!("NOOP")), "{r}");
+    let (s, _) = body(c.get(format!("{base}/v1/envs/svc/prod/agents")).send().await.unwrap()).await;
+    assert_eq!(s, 200);
+
     // Health and metrics.
     assert_eq!(c.get(format!("{base}/livez")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);

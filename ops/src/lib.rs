@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod client;
 pub mod devcluster;
+pub mod simfleet;
 
 /// Installs rustls' ring crypto provider for this process (idempotent). reqwest is built without
 /// a provider of its own, so every client needs this first.

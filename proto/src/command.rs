@@ -6,7 +6,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::beans::{BuildBean, EnvironBean};
+use crate::beans::{BuildBean, DeployBean, EnvironBean};
+use crate::enums::AgentState;
+use crate::ids::{DeployId, EnvId, HostId};
+use crate::ping::{PingRequestBean, PingResponseBean};
 
 /// Layout version of [`Proposal`]; bumped when a variant's fields change meaning.
 pub const PROPOSAL_VERSION: u16 = 1;
@@ -41,6 +44,16 @@ pub enum Op {
     PublishBuild { build: BuildBean },
     /// Delete a build that no deploy references.
     DeleteBuild { build_id: String },
+    /// Replace a stage's capacity: host names and group names.
+    SetCapacity { env_id: EnvId, hosts: Vec<String>, groups: Vec<String> },
+    /// Start a deploy if the stage's current deploy is still `expected` (compare-and-set).
+    CreateDeploy { env_id: EnvId, deploy: DeployBean, expected: Option<DeployId> },
+    /// An agent's ping; `apply` re-runs the decision so admission is atomic.
+    Ping { request: PingRequestBean },
+    /// Set the state of some hosts' rows on a stage (pause, reset, resume).
+    HostAction { env_id: EnvId, hosts: Vec<HostId>, state: AgentState },
+    /// Re-evaluate deploy states at `now_ms` (the stuck timer).
+    Tick,
 }
 
 impl Op {
@@ -53,6 +66,11 @@ impl Op {
             Op::DeleteEnv { .. } => "delete_env",
             Op::PublishBuild { .. } => "publish_build",
             Op::DeleteBuild { .. } => "delete_build",
+            Op::SetCapacity { .. } => "set_capacity",
+            Op::CreateDeploy { .. } => "create_deploy",
+            Op::Ping { .. } => "ping",
+            Op::HostAction { .. } => "host_action",
+            Op::Tick => "tick",
         }
     }
 }
@@ -72,6 +90,8 @@ pub enum OpOutput {
     Done,
     Env(EnvironBean),
     Build(BuildBean),
+    Deploy(DeployBean),
+    Ping(PingResponseBean),
 }
 
 /// Why an operation was refused. Refusals change nothing.

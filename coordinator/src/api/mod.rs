@@ -8,6 +8,7 @@
 //! applied it, then answers from its own state. `?stale=true` reads local state as it is.
 
 pub mod cluster;
+pub mod deploys;
 pub mod error;
 pub mod teletraan;
 
@@ -65,6 +66,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .merge(cluster::routes())
         .merge(teletraan::routes())
+        .merge(deploys::routes())
         .layer(middleware::from_fn_with_state(app.clone(), route_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))

@@ -10,30 +10,37 @@
 //! [`State::take_dirty`] into the same RocksDB `WriteBatch` as `last_applied`. Keys are a
 //! one-letter table prefix and the record id (`e/`, `b/`, `d/`); values are postcard beans.
 
+pub mod deploy;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use proto::beans::{BuildBean, DeployBean, EnvironBean};
+use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean};
 use proto::command::{Op, OpError, OpOutput, OpResult};
-use proto::ids::{BuildId, DeployId, EnvId};
+use proto::ids::{BuildId, DeployId, EnvId, HostId};
+
+use self::deploy::{Capacity, HostRecord, StageCounters};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
     Env(EnvId),
     Build(BuildId),
-    #[allow(dead_code, reason = "deploys are created by the deploy operations (next issue)")]
     Deploy(DeployId),
+    Agent(EnvId, HostId),
+    Host(String),
+    Capacity(EnvId),
 }
 
 impl Key {
     fn encode(&self) -> Vec<u8> {
-        let (prefix, id) = match self {
-            Key::Env(id) => (b"e/", id.as_str()),
-            Key::Build(id) => (b"b/", id.as_str()),
-            Key::Deploy(id) => (b"d/", id.as_str()),
-        };
-        let mut k = prefix.to_vec();
-        k.extend_from_slice(id.as_bytes());
-        k
+        match self {
+            Key::Env(id) => format!("e/{id}").into_bytes(),
+            Key::Build(id) => format!("b/{id}").into_bytes(),
+            Key::Deploy(id) => format!("d/{id}").into_bytes(),
+            // Stage ids never contain '/', so the first '/' after the prefix splits the pair.
+            Key::Agent(env, host) => format!("a/{env}/{host}").into_bytes(),
+            Key::Host(name) => format!("h/{name}").into_bytes(),
+            Key::Capacity(id) => format!("c/{id}").into_bytes(),
+        }
     }
 }
 
@@ -47,6 +54,17 @@ pub struct State {
     builds_by_name: BTreeSet<(String, i64, BuildId)>,
     deploys: BTreeMap<DeployId, DeployBean>,
     deploys_by_build: BTreeMap<BuildId, BTreeSet<DeployId>>,
+    /// Agent rows, one per (stage, host).
+    agents: BTreeMap<(EnvId, HostId), AgentBean>,
+    /// host name -> keys of its agent rows.
+    agents_by_host: BTreeMap<String, BTreeSet<(EnvId, HostId)>>,
+    /// host name -> what it last reported about itself.
+    hosts: BTreeMap<String, HostRecord>,
+    capacity: BTreeMap<EnvId, Capacity>,
+    capacity_by_host: BTreeMap<String, BTreeSet<EnvId>>,
+    capacity_by_group: BTreeMap<String, BTreeSet<EnvId>>,
+    /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
+    counters: BTreeMap<EnvId, StageCounters>,
     dirty: BTreeSet<Key>,
 }
 
@@ -72,6 +90,21 @@ impl State {
             Op::DeleteEnv { env_name, stage_name } => self.delete_env(&env_name, &stage_name),
             Op::PublishBuild { build } => self.publish_build(now_ms, build),
             Op::DeleteBuild { build_id } => self.delete_build(&BuildId::new(build_id)),
+            Op::SetCapacity { env_id, hosts, groups } => self.set_capacity(
+                &env_id,
+                Capacity {
+                    hosts: hosts.into_iter().collect(),
+                    groups: groups.into_iter().collect(),
+                },
+            ),
+            Op::CreateDeploy { env_id, deploy, expected } => {
+                self.create_deploy(now_ms, &env_id, deploy, expected)
+            }
+            Op::Ping { request } => self.apply_ping(now_ms, &request),
+            Op::HostAction { env_id, hosts, state } => {
+                self.host_action(now_ms, &env_id, &hosts, state)
+            }
+            Op::Tick => self.tick(now_ms),
         }
     }
 
@@ -122,8 +155,16 @@ impl State {
             self.env_by_name.get(&key).cloned().ok_or_else(|| OpError::NotFound {
                 what: format!("stage {env_name}/{stage_name}"),
             })?;
+        if self.capacity.contains_key(&id) || self.agents_of(&id).next().is_some() {
+            return Err(OpError::Conflict {
+                reason: format!(
+                    "stage {env_name}/{stage_name} still has capacity or agents; remove its hosts and groups first"
+                ),
+            });
+        }
         self.env_by_name.remove(&key);
         self.envs.remove(&id);
+        self.counters.remove(&id);
         self.dirty.insert(Key::Env(id));
         Ok(OpOutput::Done)
     }
@@ -177,6 +218,9 @@ impl State {
                     Key::Env(id) => self.envs.get(id).map(encode),
                     Key::Build(id) => self.builds.get(id).map(encode),
                     Key::Deploy(id) => self.deploys.get(id).map(encode),
+                    Key::Agent(e, h) => self.agents.get(&(e.clone(), h.clone())).map(encode),
+                    Key::Host(name) => self.hosts.get(name).map(encode),
+                    Key::Capacity(id) => self.capacity.get(id).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -198,6 +242,20 @@ impl State {
             Some(b"d/") => {
                 self.deploys.insert(DeployId::new(id), postcard::from_bytes(value).map_err(bad)?);
             }
+            Some(b"a/") => {
+                let (env, host) =
+                    id.split_once('/').ok_or_else(|| format!("agent key {id:?} lacks a host"))?;
+                self.agents.insert(
+                    (EnvId::new(env), HostId::new(host)),
+                    postcard::from_bytes(value).map_err(bad)?,
+                );
+            }
+            Some(b"h/") => {
+                self.hosts.insert(id.to_string(), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"c/") => {
+                self.capacity.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
         Ok(())
@@ -218,6 +276,27 @@ impl State {
         for (id, d) in &self.deploys {
             if let Some(b) = &d.build_id {
                 self.deploys_by_build.entry(b.clone()).or_default().insert(id.clone());
+            }
+        }
+        self.agents_by_host.clear();
+        self.counters.clear();
+        for (key, a) in &self.agents {
+            if let Some(name) = &a.host_name {
+                self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
+            }
+            let c = deploy::contribution(a);
+            let total = self.counters.entry(key.0.clone()).or_default();
+            total.existing += c.existing;
+            total.active += c.active;
+        }
+        self.capacity_by_host.clear();
+        self.capacity_by_group.clear();
+        for (id, cap) in &self.capacity {
+            for h in &cap.hosts {
+                self.capacity_by_host.entry(h.clone()).or_default().insert(id.clone());
+            }
+            for g in &cap.groups {
+                self.capacity_by_group.entry(g.clone()).or_default().insert(id.clone());
             }
         }
     }
@@ -297,3 +376,6 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod deploy_tests;

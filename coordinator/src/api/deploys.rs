@@ -1,0 +1,433 @@
+//! Teletraan's agent ping and deploy operations: `POST /v1/system/ping`, capacity, creating
+//! deploys (a compare-and-set on the stage's current deploy), actions, host actions, agents and
+//! the progress view.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use proto::beans::{AgentBean, DeployBean, EnvironBean, HostBean};
+use proto::command::{Op, OpOutput};
+use proto::enums::{AgentState, DeployActionType, DeployType, EnvState, HostActionType};
+use proto::ids::{BuildId, DeployId, EnvId, HostId};
+use proto::ping::{PingRequestBean, PingResponseBean};
+use serde::{Deserialize, Serialize};
+
+use super::teletraan::{ANONYMOUS, JsonBody};
+use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
+
+/// How often the leader checks whether a deploy's state should move with time (stuck timer).
+pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
+/// Most hosts one capacity or host-action request may name.
+pub const MAX_NAMES_PER_REQUEST: usize = 10_000;
+
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/v1/system/ping", post(ping))
+        .route(
+            "/v1/envs/{env}/{stage}/capacity",
+            get(get_capacity).put(put_capacity).post(add_capacity).delete(remove_capacity),
+        )
+        .route("/v1/envs/{env}/{stage}/deploys", post(create_deploy))
+        .route("/v1/envs/{env}/{stage}/deploys/current/actions", post(deploy_action))
+        .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(host_actions))
+        .route("/v1/envs/{env}/{stage}/deploys/current/progress", put(progress))
+        .route("/v1/envs/{env}/{stage}/agents", get(agents))
+}
+
+fn env_of(app: &AppState, env: &str, stage: &str) -> Result<EnvironBean, ApiError> {
+    let applied = app.applied.read().expect("applied lock poisoned");
+    applied
+        .state
+        .env(env, stage)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
+}
+
+/// The agent ping. Evaluated on the leader's applied state first: a ping that changes nothing
+/// is answered without touching the Raft log; one that does is proposed, and `apply` decides
+/// again on the state of that moment (so admission cannot over-admit).
+async fn ping(
+    State(app): State<App>,
+    JsonBody(req): JsonBody<PingRequestBean>,
+) -> Result<Json<PingResponseBean>, ApiError> {
+    if req.host_id.as_str().is_empty() {
+        return Err(ApiError::bad_request("hostId is required"));
+    }
+    let now = crate::node::now_ms();
+    let plan = {
+        let applied = app.applied.read().expect("applied lock poisoned");
+        applied.state.plan_ping(now, &req)
+    };
+    if plan.is_read_only() {
+        return Ok(Json(plan.response));
+    }
+    match propose(&app, Op::Ping { request: req }).await? {
+        OpOutput::Ping(resp) => Ok(Json(resp)),
+        other => unreachable!("ping answered {other:?}"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CapacityQuery {
+    capacity_type: Option<String>,
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum CapKind {
+    Host,
+    Group,
+}
+
+fn cap_kind(q: &CapacityQuery) -> Result<CapKind, ApiError> {
+    match q.capacity_type.as_deref() {
+        None | Some("GROUP") => Ok(CapKind::Group),
+        Some("HOST") => Ok(CapKind::Host),
+        Some(other) => {
+            Err(ApiError::bad_request(format!("capacityType {other:?} is not GROUP or HOST")))
+        }
+    }
+}
+
+async fn get_capacity(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<CapacityQuery>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let kind = cap_kind(&q)?;
+    read_barrier(&app, &ReadMode { stale: q.stale }).await?;
+    let e = env_of(&app, &env, &stage)?;
+    let applied = app.applied.read().expect("applied lock poisoned");
+    let cap = applied.state.capacity(e.id.as_ref().expect("stages have ids"));
+    let names = if kind == CapKind::Host { cap.hosts } else { cap.groups };
+    Ok(Json(names.into_iter().collect()))
+}
+
+async fn change_capacity(
+    app: &AppState,
+    env: &str,
+    stage: &str,
+    q: &CapacityQuery,
+    change: impl FnOnce(&mut BTreeSet<String>),
+) -> Result<Response, ApiError> {
+    let kind = cap_kind(q)?;
+    let e = env_of(app, env, stage)?;
+    let env_id = e.id.clone().expect("stages have ids");
+    let mut cap = app.applied.read().expect("applied lock poisoned").state.capacity(&env_id);
+    change(if kind == CapKind::Host { &mut cap.hosts } else { &mut cap.groups });
+    if cap.hosts.len() + cap.groups.len() > MAX_NAMES_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "capacity may name at most {MAX_NAMES_PER_REQUEST} hosts and groups"
+        )));
+    }
+    let op = Op::SetCapacity {
+        env_id,
+        hosts: cap.hosts.into_iter().collect(),
+        groups: cap.groups.into_iter().collect(),
+    };
+    propose(app, op).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn put_capacity(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<CapacityQuery>,
+    JsonBody(names): JsonBody<Vec<String>>,
+) -> Result<Response, ApiError> {
+    change_capacity(&app, &env, &stage, &q, |set| *set = names.into_iter().collect()).await
+}
+
+async fn add_capacity(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<CapacityQuery>,
+    JsonBody(name): JsonBody<String>,
+) -> Result<Response, ApiError> {
+    change_capacity(&app, &env, &stage, &q, |set| {
+        set.insert(name);
+    })
+    .await
+}
+
+async fn remove_capacity(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<CapacityQuery>,
+    JsonBody(name): JsonBody<String>,
+) -> Result<Response, ApiError> {
+    change_capacity(&app, &env, &stage, &q, |set| {
+        set.remove(&name);
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeployQuery {
+    build_id: Option<String>,
+    description: Option<String>,
+}
+
+/// Proposes a new deploy of `build_id` on the stage, expecting its current deploy to be
+/// `env.deploy_id` (refused with 409 if another deploy got there first).
+async fn start_deploy(
+    app: &AppState,
+    env: &EnvironBean,
+    build_id: BuildId,
+    deploy_type: DeployType,
+    alias: Option<DeployId>,
+    from: Option<DeployId>,
+    description: Option<String>,
+) -> Result<Response, ApiError> {
+    let deploy = DeployBean {
+        id: Some(DeployId::new(app.ids.next())),
+        build_id: Some(build_id),
+        deploy_type: Some(deploy_type),
+        alias,
+        from_deploy_id: from,
+        operator: Some(ANONYMOUS.to_string()),
+        description,
+        ..Default::default()
+    };
+    let op = Op::CreateDeploy {
+        env_id: env.id.clone().expect("stages have ids"),
+        deploy,
+        expected: env.deploy_id.clone(),
+    };
+    match propose(app, op).await? {
+        OpOutput::Deploy(d) => {
+            let location = format!("/v1/deploys/{}", d.id.as_ref().expect("deploys have ids"));
+            Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(d))
+                .into_response())
+        }
+        other => unreachable!("create_deploy answered {other:?}"),
+    }
+}
+
+async fn create_deploy(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<DeployQuery>,
+) -> Result<Response, ApiError> {
+    let build_id = q
+        .build_id
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| ApiError::bad_request("buildId is required"))?;
+    let e = env_of(&app, &env, &stage)?;
+    start_deploy(&app, &e, BuildId::new(build_id), DeployType::Regular, None, None, q.description)
+        .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ActionQuery {
+    action_type: String,
+    from_deploy_id: Option<String>,
+    to_deploy_id: Option<String>,
+    description: Option<String>,
+}
+
+async fn deploy_action(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<ActionQuery>,
+) -> Result<Response, ApiError> {
+    let action: DeployActionType =
+        q.action_type.parse().map_err(|e| ApiError::bad_request(format!("actionType: {e}")))?;
+    let e = env_of(&app, &env, &stage)?;
+    let current = || {
+        let applied = app.applied.read().expect("applied lock poisoned");
+        e.deploy_id.as_ref().and_then(|d| applied.state.deploy(d).cloned())
+    };
+    match action {
+        DeployActionType::Pause | DeployActionType::Resume => {
+            let env_state =
+                if action == DeployActionType::Pause { EnvState::Paused } else { EnvState::Normal };
+            let patch = EnvironBean { env_state: Some(env_state), ..Default::default() };
+            propose(
+                &app,
+                Op::UpdateEnv {
+                    env_name: env,
+                    stage_name: stage,
+                    patch,
+                    operator: ANONYMOUS.into(),
+                },
+            )
+            .await?;
+            Ok((StatusCode::CREATED, Json(e.id)).into_response())
+        }
+        DeployActionType::Restart => {
+            let cur = current().ok_or_else(|| {
+                ApiError::not_found(format!("stage {env}/{stage} has no current deploy"))
+            })?;
+            let build = cur.build_id.clone().expect("deploys have builds");
+            start_deploy(&app, &e, build, DeployType::Restart, None, None, q.description).await
+        }
+        DeployActionType::Rollback => {
+            let applied_target = {
+                let applied = app.applied.read().expect("applied lock poisoned");
+                match &q.to_deploy_id {
+                    Some(id) => applied.state.deploy(&DeployId::new(id.clone())).cloned(),
+                    // Quirk fixed: without a target, the newest SUCCEEDED deploy of the stage is
+                    // used *and* becomes the alias (Teletraan dropped the alias here).
+                    None => {
+                        let mut ds: Vec<&DeployBean> = applied
+                            .state
+                            .deploys()
+                            .filter(|d| {
+                                d.env_id == e.id
+                                    && d.state == Some(proto::enums::DeployState::Succeeded)
+                            })
+                            .collect();
+                        ds.sort_by_key(|d| d.start_date);
+                        ds.last().map(|d| (*d).clone())
+                    }
+                }
+            };
+            let target =
+                applied_target.ok_or_else(|| ApiError::not_found("no deploy to roll back to"))?;
+            let build = target.build_id.clone().expect("deploys have builds");
+            start_deploy(
+                &app,
+                &e,
+                build,
+                DeployType::Rollback,
+                target.id.clone(),
+                None,
+                q.description,
+            )
+            .await
+        }
+        DeployActionType::Promote => {
+            let from = q
+                .from_deploy_id
+                .ok_or_else(|| ApiError::bad_request("fromDeployId is required to promote"))?;
+            let source = {
+                let applied = app.applied.read().expect("applied lock poisoned");
+                applied.state.deploy(&DeployId::new(from.clone())).cloned()
+            }
+            .ok_or_else(|| ApiError::not_found(format!("deploy {from} not found")))?;
+            let build = source.build_id.clone().expect("deploys have builds");
+            start_deploy(&app, &e, build, DeployType::Regular, None, source.id, q.description).await
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HostActionQuery {
+    action_type: String,
+}
+
+async fn host_actions(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<HostActionQuery>,
+    JsonBody(hosts): JsonBody<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let action: HostActionType =
+        q.action_type.parse().map_err(|e| ApiError::bad_request(format!("actionType: {e}")))?;
+    if hosts.len() > MAX_NAMES_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_NAMES_PER_REQUEST} hosts per request"
+        )));
+    }
+    let state = match action {
+        HostActionType::PausedByUser => AgentState::PausedByUser,
+        HostActionType::Reset => AgentState::Reset,
+        HostActionType::Normal => AgentState::Normal,
+    };
+    let e = env_of(&app, &env, &stage)?;
+    let op = Op::HostAction {
+        env_id: e.id.expect("stages have ids"),
+        hosts: hosts.into_iter().map(HostId::new).collect(),
+        state,
+    };
+    propose(&app, op).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn agents(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(mode): Query<ReadMode>,
+) -> Result<Json<Vec<AgentBean>>, ApiError> {
+    read_barrier(&app, &mode).await?;
+    let e = env_of(&app, &env, &stage)?;
+    let applied = app.applied.read().expect("applied lock poisoned");
+    Ok(Json(applied.state.agents_of(e.id.as_ref().expect("stages have ids")).cloned().collect()))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Progress {
+    agents: Vec<AgentBean>,
+    missing_hosts: Vec<String>,
+    provisioning_hosts: Vec<HostBean>,
+}
+
+/// Runs a state transition (as Teletraan's UI poll does), then reports the stage's agents and
+/// the capacity hosts that never pinged.
+async fn progress(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+) -> Result<Json<Progress>, ApiError> {
+    let e = env_of(&app, &env, &stage)?;
+    let env_id: EnvId = e.id.clone().expect("stages have ids");
+    let needed = {
+        let applied = app.applied.read().expect("applied lock poisoned");
+        applied.state.plan_transition(crate::node::now_ms(), &env_id).is_some()
+    };
+    if needed {
+        propose(&app, Op::Tick).await?;
+    }
+    let applied = app.applied.read().expect("applied lock poisoned");
+    let state = &applied.state;
+    let agents: Vec<AgentBean> = state.agents_of(&env_id).cloned().collect();
+    let with_rows: BTreeSet<&str> = agents.iter().filter_map(|a| a.host_name.as_deref()).collect();
+    let cap = state.capacity(&env_id);
+    let missing_hosts = cap.hosts.iter().filter(|h| state.host(h).is_none()).cloned().collect();
+    let provisioning_hosts = cap
+        .hosts
+        .iter()
+        .filter(|h| !with_rows.contains(h.as_str()))
+        .filter_map(|h| {
+            let rec = state.host(h)?;
+            Some(HostBean {
+                host_name: Some(h.clone()),
+                host_id: Some(rec.host_id.clone()),
+                ip: rec.ip.clone(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    Ok(Json(Progress { agents, missing_hosts, provisioning_hosts }))
+}
+
+/// On the leader, proposes a tick whenever some deploy's state would move with time.
+pub async fn tick_loop(app: App) {
+    let mut every = tokio::time::interval(TICK_INTERVAL);
+    loop {
+        every.tick().await;
+        if super::known_leader(&app).map(|(l, _)| l) != Some(app.node_id) {
+            continue;
+        }
+        let needed = app
+            .applied
+            .read()
+            .expect("applied lock poisoned")
+            .state
+            .tick_needed(crate::node::now_ms());
+        if needed && let Err(e) = propose(&app, Op::Tick).await {
+            tracing::warn!(error = %e.message, "deploy state tick failed");
+        }
+    }
+}

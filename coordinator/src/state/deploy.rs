@@ -1,0 +1,921 @@
+//! Teletraan's deploy semantics over the replicated state: capacity, deploy creation, the ping
+//! (GoalAnalyst, candidate ordering, admission) and the deploy-state transition.
+//!
+//! Everything here is deterministic: time is the `now_ms` argument, and iteration is over
+//! ordered maps. The ping is one pure function, [`State::plan_ping`], that computes the
+//! response and the writes it implies from the state as it is. The leader runs it on its applied
+//! state: a plan with no writes is answered at once and touches no log ("pings that change
+//! nothing write nothing"); otherwise the ping is proposed and `apply` runs the same function
+//! again on the state it then holds, so admission is an atomic compare-and-increment.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proto::beans::{AgentBean, DeployBean, EnvironBean, SYSTEM_OPERATOR};
+use proto::command::{OpError, OpOutput, OpResult};
+use proto::enums::{
+    AcceptanceStatus, AcceptanceType, AgentState, AgentStatus, DeployPriority, DeployStage,
+    DeployState, DeployType, EnvState, OpCode,
+};
+use proto::ids::{DeployId, EnvId, HostId};
+use proto::ping::{DeployGoalBean, PingReportBean, PingRequestBean, PingResponseBean};
+use serde::{Deserialize, Serialize};
+
+use super::{Key, State};
+
+/// Group name recorded for a host that reports none (Teletraan's `"NULL"`).
+pub const NULL_GROUP: &str = "NULL";
+/// Global cap on hosts of one stage deploying at once (Teletraan's `maxParallelThreshold`).
+pub const GLOBAL_MAX_PARALLEL: u32 = 10_000;
+/// Most hosts or groups one capacity list may hold.
+pub const MAX_CAPACITY_ENTRIES: usize = 100_000;
+
+/// What a host told us about itself, as last recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: HostId,
+    pub ip: Option<String>,
+    pub groups: BTreeSet<String>,
+    pub agent_version: Option<String>,
+}
+
+/// Which hosts belong to a stage: by name and by group.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub hosts: BTreeSet<String>,
+    pub groups: BTreeSet<String>,
+}
+
+/// Per-stage counts with Teletraan's predicates (`canDeploy`), maintained incrementally.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageCounters {
+    /// Agent rows not on their first deploy.
+    pub existing: u32,
+    /// Rows "deploying": not at SERVING_BUILD, not paused by the user, not a first deploy;
+    /// or stopping. Failed hosts (PAUSED_BY_SYSTEM) keep their slot.
+    pub active: u32,
+}
+
+/// This row's contribution to its stage's counters.
+pub fn contribution(a: &AgentBean) -> StageCounters {
+    let first = a.first_deploy.unwrap_or(false);
+    let state = a.state.unwrap_or(AgentState::Normal);
+    let stage = a.deploy_stage.unwrap_or(DeployStage::Unknown);
+    let deploying =
+        (stage != DeployStage::ServingBuild && state != AgentState::PausedByUser && !first)
+            || state == AgentState::Stop;
+    StageCounters { existing: u32::from(!first), active: u32::from(deploying) }
+}
+
+/// `finalMaxParallel`: the stage's parallelism limit for `existing` hosts.
+///
+/// Quirk fixed: Teletraan clamps the limit to `existing`, which is 0 for a stage whose only
+/// hosts are on their first deploy and then blocks every other host; we keep at least 1.
+pub fn max_parallel(env: &EnvironBean, existing: u32) -> u32 {
+    let num = env.max_parallel.unwrap_or(0).max(0) as u32;
+    let pct = env.max_parallel_pct.unwrap_or(0).clamp(0, 100) as u32;
+    let by_pct = (u64::from(existing) * u64::from(pct) / 100) as u32;
+    let limit = match (num > 0, pct > 0) {
+        (true, false) => num,
+        (false, true) => by_pct,
+        (true, true) => num.min(by_pct),
+        (false, false) => 1,
+    };
+    limit.clamp(1, existing.max(1)).min(GLOBAL_MAX_PARALLEL)
+}
+
+/// An agent row to write (`Some`) or delete (`None`), keyed by stage and host.
+pub type AgentWrite = ((EnvId, HostId), Option<AgentBean>);
+
+/// The outcome of a ping: the answer, and what must be written for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PingPlan {
+    pub response: PingResponseBean,
+    pub host: Option<(String, HostRecord)>,
+    pub agents: Vec<AgentWrite>,
+}
+
+impl PingPlan {
+    /// Whether this ping changes nothing (and so needs no Raft entry).
+    pub fn is_read_only(&self) -> bool {
+        self.host.is_none() && self.agents.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    env_id: EnvId,
+    bean: AgentBean,
+    need_wait: bool,
+    priority: i32,
+    report: Option<PingReportBean>,
+}
+
+fn is_first_deploy(
+    agent: Option<&AgentBean>,
+    env_name: &str,
+    host_env_names: &BTreeSet<String>,
+) -> bool {
+    match agent {
+        None => !host_env_names.contains(env_name),
+        Some(a) => a.first_deploy.unwrap_or(false),
+    }
+}
+
+fn priority(env: &EnvironBean, first_deploy: bool) -> i32 {
+    if let Some(p) = env.system_priority {
+        return p;
+    }
+    let env_priority = env.priority.unwrap_or(DeployPriority::Normal).value();
+    if first_deploy {
+        return env_priority;
+    }
+    match env.deploy_type {
+        None => DeployPriority::Normal.value(),
+        Some(DeployType::Hotfix) => DeployPriority::HOTFIX_VALUE,
+        Some(DeployType::Rollback) => DeployPriority::ROLLBACK_VALUE,
+        Some(_) => env_priority,
+    }
+}
+
+/// `proposeNewAgentState`.
+fn propose_state(report: &PingReportBean, agent: Option<&AgentBean>) -> AgentState {
+    let status = report.agent_status.unwrap_or(AgentStatus::Unknown);
+    if let Some(a) = agent {
+        if report.agent_state.as_deref() == Some("RESET_BY_SYSTEM") {
+            return AgentState::ResetBySystem;
+        }
+        match a.state.unwrap_or(AgentState::Normal) {
+            AgentState::Stop => {
+                return if report.deploy_stage == Some(DeployStage::Stopping) && status.is_fatal() {
+                    AgentState::PausedBySystem
+                } else {
+                    AgentState::Stop
+                };
+            }
+            s @ (AgentState::PausedByUser | AgentState::Reset | AgentState::ResetBySystem) => {
+                return s;
+            }
+            _ => {}
+        }
+    }
+    if status == AgentStatus::Succeeded {
+        AgentState::Normal
+    } else if status.is_fatal() {
+        AgentState::PausedBySystem
+    } else {
+        agent.and_then(|a| a.state).unwrap_or(AgentState::Normal)
+    }
+}
+
+/// `genUpdateBeanByReport`.
+fn bean_from_report(
+    now: i64,
+    host: &str,
+    host_id: &HostId,
+    report: &PingReportBean,
+    agent: Option<&AgentBean>,
+) -> AgentBean {
+    let state = propose_state(report, agent);
+    let mut bean = AgentBean {
+        host_id: Some(host_id.clone()),
+        host_name: Some(host.to_string()),
+        env_id: report.env_id.clone(),
+        deploy_id: report.deploy_id.clone(),
+        deploy_stage: report.deploy_stage,
+        state: Some(state),
+        status: report.agent_status,
+        start_date: Some(agent.and_then(|a| a.start_date).unwrap_or(now)),
+        last_update_date: Some(now),
+        last_operator: Some(SYSTEM_OPERATOR.to_string()),
+        last_errno: Some(report.error_code.unwrap_or(0)),
+        fail_count: Some(report.fail_count.unwrap_or(0)),
+        first_deploy: Some(agent.and_then(|a| a.first_deploy).unwrap_or(false)),
+        first_deploy_date: agent.and_then(|a| a.first_deploy_date),
+        stage_start_date: Some(now),
+        container_health_status: Some(report.container_health_status.clone().unwrap_or_default()),
+    };
+    if bean.first_deploy == Some(true)
+        && (report.deploy_stage == Some(DeployStage::ServingBuild)
+            || state == AgentState::PausedBySystem)
+    {
+        bean.first_deploy = Some(false);
+        bean.first_deploy_date = Some(now);
+    }
+    bean
+}
+
+/// `shouldUpdateAgentRecord`: false when nothing that matters changed.
+fn differs(old: Option<&AgentBean>, new: &AgentBean) -> bool {
+    let Some(old) = old else { return true };
+    old.host_id != new.host_id
+        || old.deploy_id != new.deploy_id
+        || old.env_id != new.env_id
+        || old.fail_count != new.fail_count
+        || old.status != new.status
+        || old.last_errno != new.last_errno
+        || old.state != new.state
+        || old.deploy_stage != new.deploy_stage
+        || old.container_health_status != new.container_health_status
+        || old.first_deploy != new.first_deploy
+}
+
+/// `genNewUpdateBean`: start `env`'s current deploy on this host at PRE_DOWNLOAD.
+fn new_deploy_bean(
+    now: i64,
+    host: &str,
+    host_id: &HostId,
+    env: &EnvironBean,
+    agent: Option<&AgentBean>,
+    first: bool,
+) -> AgentBean {
+    AgentBean {
+        host_id: Some(host_id.clone()),
+        host_name: Some(host.to_string()),
+        env_id: env.id.clone(),
+        deploy_id: env.deploy_id.clone(),
+        deploy_stage: Some(DeployStage::PreDownload),
+        state: Some(AgentState::Normal),
+        status: Some(AgentStatus::Unknown),
+        start_date: Some(now),
+        last_update_date: Some(now),
+        last_operator: Some(SYSTEM_OPERATOR.to_string()),
+        last_errno: Some(0),
+        fail_count: Some(0),
+        first_deploy: Some(first),
+        first_deploy_date: agent.and_then(|a| a.first_deploy_date),
+        stage_start_date: Some(now),
+        container_health_status: agent.and_then(|a| a.container_health_status.clone()),
+    }
+}
+
+impl State {
+    // ----- queries -------------------------------------------------------------------------
+
+    pub fn agent(&self, env: &EnvId, host: &HostId) -> Option<&AgentBean> {
+        self.agents.get(&(env.clone(), host.clone()))
+    }
+
+    /// Agent rows of one stage, by host id.
+    pub fn agents_of(&self, env: &EnvId) -> impl Iterator<Item = &AgentBean> {
+        let lo = (env.clone(), HostId::new(""));
+        self.agents.range(lo..).take_while(move |((e, _), _)| e == env).map(|(_, a)| a)
+    }
+
+    pub fn capacity(&self, env: &EnvId) -> Capacity {
+        self.capacity.get(env).cloned().unwrap_or_default()
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostRecord> {
+        self.hosts.get(name)
+    }
+
+    pub fn counters(&self, env: &EnvId) -> StageCounters {
+        self.counters.get(env).copied().unwrap_or_default()
+    }
+
+    /// Counters recomputed from scratch (the naive recount the incremental ones must equal).
+    pub fn recount(&self, env: &EnvId) -> StageCounters {
+        self.agents_of(env).map(contribution).fold(StageCounters::default(), |acc, c| {
+            StageCounters { existing: acc.existing + c.existing, active: acc.active + c.active }
+        })
+    }
+
+    /// Stages whose capacity includes `host` by name or one of `groups` (Teletraan's tiers:
+    /// a stage found by host name wins over one of the same env found by group).
+    fn stages_for_host(
+        &self,
+        host: &str,
+        groups: &BTreeSet<String>,
+    ) -> BTreeMap<EnvId, &EnvironBean> {
+        let mut by_env_name: BTreeMap<String, EnvId> = BTreeMap::new();
+        let by_host = self.capacity_by_host.get(host).into_iter().flatten();
+        let by_group = groups.iter().filter_map(|g| self.capacity_by_group.get(g)).flatten();
+        for id in by_host.chain(by_group) {
+            if let Some(env) = self.envs.get(id)
+                && let Some(name) = &env.env_name
+            {
+                by_env_name.entry(name.clone()).or_insert_with(|| id.clone());
+            }
+        }
+        by_env_name.into_values().filter_map(|id| Some((id.clone(), self.envs.get(&id)?))).collect()
+    }
+
+    // ----- writes (called from apply) ---------------------------------------------------------
+
+    /// Writes or deletes an agent row, keeping the counters and the host index in step.
+    pub(super) fn put_agent(&mut self, key: (EnvId, HostId), row: Option<AgentBean>) {
+        let old = match &row {
+            Some(r) => self.agents.insert(key.clone(), r.clone()),
+            None => self.agents.remove(&key),
+        };
+        let c = self.counters.entry(key.0.clone()).or_default();
+        if let Some(old) = &old {
+            let o = contribution(old);
+            c.existing -= o.existing;
+            c.active -= o.active;
+            if let Some(name) = &old.host_name
+                && let Some(keys) = self.agents_by_host.get_mut(name)
+            {
+                keys.remove(&key);
+            }
+        }
+        if let Some(new) = &row {
+            let n = contribution(new);
+            c.existing += n.existing;
+            c.active += n.active;
+            if let Some(name) = &new.host_name {
+                self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
+            }
+        }
+        self.dirty.insert(Key::Agent(key.0, key.1));
+    }
+
+    pub(super) fn set_capacity(&mut self, env_id: &EnvId, capacity: Capacity) -> OpResult {
+        if !self.envs.contains_key(env_id) {
+            return Err(OpError::NotFound { what: format!("stage {env_id}") });
+        }
+        if capacity.hosts.len() + capacity.groups.len() > MAX_CAPACITY_ENTRIES {
+            return Err(OpError::Invalid {
+                reason: format!("capacity holds more than {MAX_CAPACITY_ENTRIES} entries"),
+            });
+        }
+        let old = self.capacity(env_id);
+        for h in &old.hosts {
+            if let Some(s) = self.capacity_by_host.get_mut(h) {
+                s.remove(env_id);
+            }
+        }
+        for g in &old.groups {
+            if let Some(s) = self.capacity_by_group.get_mut(g) {
+                s.remove(env_id);
+            }
+        }
+        for h in &capacity.hosts {
+            self.capacity_by_host.entry(h.clone()).or_default().insert(env_id.clone());
+        }
+        for g in &capacity.groups {
+            self.capacity_by_group.entry(g.clone()).or_default().insert(env_id.clone());
+        }
+        if capacity == Capacity::default() {
+            self.capacity.remove(env_id);
+        } else {
+            self.capacity.insert(env_id.clone(), capacity);
+        }
+        self.dirty.insert(Key::Capacity(env_id.clone()));
+        Ok(OpOutput::Done)
+    }
+
+    /// Creates a deploy if the stage's current deploy is still `expected` (compare-and-set).
+    pub(super) fn create_deploy(
+        &mut self,
+        now: i64,
+        env_id: &EnvId,
+        mut deploy: DeployBean,
+        expected: Option<DeployId>,
+    ) -> OpResult {
+        let env = self
+            .envs
+            .get(env_id)
+            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
+        if env.deploy_id != expected {
+            return Err(OpError::Conflict {
+                reason: format!(
+                    "the stage's current deploy is {}, not {}; another deploy started first",
+                    env.deploy_id.as_ref().map_or("none", |d| d.as_str()),
+                    expected.as_ref().map_or("none", |d| d.as_str())
+                ),
+            });
+        }
+        let id = deploy
+            .id
+            .clone()
+            .ok_or_else(|| OpError::Invalid { reason: "a new deploy needs an id".into() })?;
+        if self.deploys.contains_key(&id) {
+            return Err(OpError::Conflict { reason: format!("deploy {id} already exists") });
+        }
+        let build_id = deploy
+            .build_id
+            .clone()
+            .ok_or_else(|| OpError::Invalid { reason: "buildId is required".into() })?;
+        let build = self
+            .builds
+            .get(&build_id)
+            .ok_or_else(|| OpError::NotFound { what: format!("build {build_id}") })?;
+        let deploy_type = deploy.deploy_type.unwrap_or(DeployType::Regular);
+        if deploy_type != DeployType::Rollback && build.name != env.build_name {
+            return Err(OpError::Invalid {
+                reason: format!(
+                    "build {build_id} is named {:?} but stage {}/{} deploys builds named {:?}",
+                    build.name.as_deref().unwrap_or(""),
+                    env.env_name.as_deref().unwrap_or(""),
+                    env.stage_name.as_deref().unwrap_or(""),
+                    env.build_name.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        deploy.env_id = Some(env_id.clone());
+        deploy.deploy_type = Some(deploy_type);
+        deploy.state = Some(DeployState::Running);
+        deploy.acceptance_status = Some(AcceptanceStatus::PendingDeploy);
+        deploy.start_date = Some(now);
+        deploy.last_update_date = Some(now);
+        deploy.success_total = Some(0);
+        deploy.fail_total = Some(0);
+        deploy.total = Some(self.agents_of(env_id).count() as i32);
+        deploy.success_date = None;
+        // Supersede the previous deploy.
+        if let Some(prev_id) = expected
+            && let Some(prev) = self.deploys.get_mut(&prev_id)
+        {
+            let state = prev.state.unwrap_or(DeployState::Running);
+            prev.state = Some(state.final_state());
+            if !prev.acceptance_status.is_some_and(|a| a.is_final()) {
+                prev.acceptance_status = Some(AcceptanceStatus::Terminated);
+            }
+            prev.last_update_date = Some(now);
+            self.dirty.insert(Key::Deploy(prev_id));
+        }
+        let env = self.envs.get_mut(env_id).expect("checked above");
+        env.deploy_id = Some(id.clone());
+        env.deploy_type = Some(deploy_type);
+        env.last_update = Some(now);
+        self.dirty.insert(Key::Env(env_id.clone()));
+        self.deploys_by_build.entry(build_id).or_default().insert(id.clone());
+        self.deploys.insert(id.clone(), deploy.clone());
+        self.dirty.insert(Key::Deploy(id));
+        self.transition(now, env_id);
+        let deploy = self.deploys.get(deploy.id.as_ref().expect("set")).cloned().expect("inserted");
+        Ok(OpOutput::Deploy(deploy))
+    }
+
+    /// Sets `state` on the given hosts' rows of a stage (host actions: pause, reset, resume).
+    ///
+    /// Resuming a user-paused host that is mid-deploy gives it a parallelism slot back, so it is
+    /// refused as a whole (409, nothing changes) when the stage has fewer free slots than such
+    /// hosts: the parallelism limit holds even against operator actions.
+    pub(super) fn host_action(
+        &mut self,
+        now: i64,
+        env_id: &EnvId,
+        hosts: &[HostId],
+        state: AgentState,
+    ) -> OpResult {
+        let env = self
+            .envs
+            .get(env_id)
+            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
+        let mut resumed = StageCounters::default();
+        let mut seen = BTreeSet::new();
+        for h in hosts {
+            if !seen.insert(h) {
+                continue;
+            }
+            if let Some(row) = self.agents.get(&(env_id.clone(), h.clone())) {
+                let mut after = row.clone();
+                after.state = Some(state);
+                let (b, a) = (contribution(row), contribution(&after));
+                resumed.active += a.active.saturating_sub(b.active);
+            }
+        }
+        let c = self.counters(env_id);
+        let limit = max_parallel(env, c.existing);
+        if resumed.active > 0 && c.active + resumed.active > limit {
+            return Err(OpError::Conflict {
+                reason: format!(
+                    "{} host(s) would resume mid-deploy but only {} of {limit} parallelism slots are free; retry when hosts finish",
+                    resumed.active,
+                    limit.saturating_sub(c.active)
+                ),
+            });
+        }
+        for h in hosts {
+            let key = (env_id.clone(), h.clone());
+            if let Some(mut row) = self.agents.get(&key).cloned() {
+                row.state = Some(state);
+                row.last_update_date = Some(now);
+                self.put_agent(key, Some(row));
+            }
+        }
+        self.transition(now, env_id);
+        Ok(OpOutput::Done)
+    }
+
+    // ----- the ping ----------------------------------------------------------------------------
+
+    /// Applies a ping: plans it on the current state and performs the plan's writes.
+    pub(super) fn apply_ping(&mut self, now: i64, req: &PingRequestBean) -> OpResult {
+        let plan = self.plan_ping(now, req);
+        if let Some((name, record)) = plan.host.clone() {
+            self.hosts.insert(name.clone(), record);
+            self.dirty.insert(Key::Host(name));
+        }
+        let mut touched = BTreeSet::new();
+        for (key, row) in plan.agents.clone() {
+            touched.insert(key.0.clone());
+            self.put_agent(key, row);
+        }
+        for env in touched {
+            self.transition(now, &env);
+        }
+        Ok(OpOutput::Ping(plan.response))
+    }
+
+    /// Teletraan's `PingHandler.ping`, as a pure function of the state (§3.2–§3.9).
+    pub fn plan_ping(&self, now: i64, req: &PingRequestBean) -> PingPlan {
+        let host_id = req.host_id.clone();
+        let host =
+            req.host_name.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| host_id.to_string());
+        let mut groups = req.groups.clone();
+        if groups.is_empty() {
+            groups.insert(NULL_GROUP.to_string());
+        }
+        let mut plan = PingPlan::default();
+        let record = HostRecord {
+            host_id: host_id.clone(),
+            ip: req.host_ip.clone(),
+            groups: groups.clone(),
+            agent_version: req.agent_version.clone(),
+        };
+        if self.hosts.get(&host) != Some(&record) {
+            plan.host = Some((host.clone(), record));
+        }
+
+        let envs = self.stages_for_host(&host, &groups);
+        let agents: BTreeMap<EnvId, &AgentBean> = self
+            .agents_by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter(|(_, h)| *h == host_id)
+            .filter_map(|k| Some((k.0.clone(), self.agents.get(k)?)))
+            .collect();
+        let reports: BTreeMap<EnvId, &PingReportBean> =
+            req.reports.iter().filter_map(|r| Some((r.env_id.clone()?, r))).collect();
+        let host_env_names: BTreeSet<String> = agents
+            .keys()
+            .filter_map(|id| self.envs.get(id).and_then(|e| e.env_name.clone()))
+            .collect();
+
+        let mut ids: BTreeSet<EnvId> = envs.keys().cloned().collect();
+        ids.extend(agents.keys().cloned());
+        ids.extend(reports.keys().cloned());
+
+        let mut updates: BTreeMap<EnvId, AgentBean> = BTreeMap::new();
+        let mut installs: Vec<Candidate> = Vec::new();
+        let mut uninstalls: Vec<Candidate> = Vec::new();
+        let mut deletes: Vec<EnvId> = Vec::new();
+
+        for env_id in &ids {
+            let env = envs.get(env_id).copied();
+            let report = reports.get(env_id).copied();
+            let agent = agents.get(env_id).copied();
+            let mut update = None;
+            if let Some(r) = report {
+                let bean = bean_from_report(now, &host, &host_id, r, agent);
+                if differs(agent, &bean) {
+                    updates.insert(env_id.clone(), bean.clone());
+                }
+                update = Some(bean);
+            }
+            let cand = |bean: AgentBean, need_wait: bool, env: &EnvironBean| Candidate {
+                env_id: env_id.clone(),
+                priority: priority(env, bean.first_deploy.unwrap_or(false)),
+                bean,
+                need_wait,
+                report: report.cloned(),
+            };
+            match (env, report) {
+                // 0.1 never deployed
+                (Some(e), _) if e.deploy_id.is_none() => {}
+                // 0.2 paused: only first deploys proceed
+                (Some(e), _)
+                    if e.env_state.unwrap_or(EnvState::Normal) != EnvState::Normal
+                        && !is_first_deploy(
+                            agent,
+                            e.env_name.as_deref().unwrap_or(""),
+                            &host_env_names,
+                        ) => {}
+                // 0.3 paused by the user
+                _ if agent.is_some_and(|a| a.state == Some(AgentState::PausedByUser)) => {}
+                // 1: stage and report
+                (Some(e), Some(r)) => {
+                    let bean = update.clone().expect("report present");
+                    let same = r.deploy_id == e.deploy_id;
+                    let state = bean.state.unwrap_or(AgentState::Normal);
+                    if same && matches!(state, AgentState::Reset | AgentState::ResetBySystem) {
+                        installs.push(self.install_new(
+                            now,
+                            &host,
+                            &host_id,
+                            e,
+                            Some(r),
+                            agent,
+                            &host_env_names,
+                            report,
+                        ));
+                    } else if same && r.deploy_stage == Some(DeployStage::ServingBuild) {
+                        // 1.1 steady state
+                    } else if same && r.agent_status == Some(AgentStatus::Succeeded) {
+                        let mut next = bean;
+                        next.deploy_stage = r.deploy_stage.and_then(DeployStage::next);
+                        next.status = Some(AgentStatus::Unknown);
+                        next.state = Some(AgentState::Normal);
+                        next.last_errno = Some(0);
+                        next.fail_count = Some(0);
+                        installs.push(cand(next, false, e));
+                    } else if same && state == AgentState::PausedBySystem {
+                        // 1.3 failed on this deploy: stays failed
+                    } else if same {
+                        installs.push(cand(bean, false, e)); // 1.4 retry the stage
+                    } else {
+                        installs.push(self.install_new(
+                            now,
+                            &host,
+                            &host_id,
+                            e,
+                            Some(r),
+                            agent,
+                            &host_env_names,
+                            report,
+                        ));
+                    }
+                }
+                // 2: stage without report
+                (Some(e), None) => {
+                    let first = is_first_deploy(
+                        agent,
+                        e.env_name.as_deref().unwrap_or(""),
+                        &host_env_names,
+                    );
+                    let bean = new_deploy_bean(now, &host, &host_id, e, agent, first);
+                    let need_wait =
+                        agent.is_none_or(|a| a.deploy_stage == Some(DeployStage::ServingBuild));
+                    installs.push(cand(bean, need_wait, e));
+                }
+                // 3: removed from capacity (or stage deleted) while the agent still reports it
+                (None, Some(_)) => {
+                    let mut bean = update.clone().expect("report present");
+                    bean.state = Some(AgentState::Delete);
+                    let p = self
+                        .envs
+                        .get(env_id)
+                        .map_or(DeployPriority::Normal.value(), |e| priority(e, false));
+                    uninstalls.push(Candidate {
+                        env_id: env_id.clone(),
+                        bean,
+                        need_wait: false,
+                        priority: p,
+                        report: report.cloned(),
+                    });
+                }
+                // 4: a row nobody reports for a stage the host left
+                (None, None) => {
+                    if agent.is_some() {
+                        deletes.push(env_id.clone());
+                    }
+                }
+            }
+        }
+
+        // Candidate order (§3.6): lower priority value first; in-progress before waiting.
+        installs.sort_by(|a, b| {
+            a.priority
+                .cmp(&b.priority)
+                .then(a.need_wait.cmp(&b.need_wait))
+                .then(a.env_id.cmp(&b.env_id))
+        });
+        uninstalls.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.env_id.cmp(&b.env_id)));
+
+        let mut chosen: Option<Candidate> = None;
+        for c in installs {
+            let env = envs.get(&c.env_id).copied().expect("install candidates have a stage");
+            if !c.need_wait || c.bean.first_deploy == Some(true) || self.can_admit(env, &c) {
+                chosen = Some(c);
+                break;
+            }
+        }
+        for u in &uninstalls {
+            updates.insert(u.env_id.clone(), u.bean.clone());
+        }
+        if let Some(c) = &chosen {
+            let old = agents.get(&c.env_id).copied();
+            if differs(old, &c.bean) || old.is_none() {
+                updates.insert(c.env_id.clone(), c.bean.clone());
+            } else {
+                updates.remove(&c.env_id);
+            }
+        }
+        for (env_id, bean) in updates {
+            let old = agents.get(&env_id).copied();
+            if differs(old, &bean) {
+                plan.agents.push(((env_id, host_id.clone()), Some(bean)));
+            }
+        }
+        for env_id in deletes {
+            plan.agents.push(((env_id, host_id.clone()), None));
+        }
+
+        plan.response = match (chosen, uninstalls.first()) {
+            (Some(c), _) => self.install_response(envs.get(&c.env_id).copied().expect("stage"), &c),
+            (None, None) => PingResponseBean { op_code: OpCode::Noop, deploy_goal: None },
+            (None, Some(u)) => self.delete_response(u),
+        };
+        plan
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn install_new(
+        &self,
+        now: i64,
+        host: &str,
+        host_id: &HostId,
+        env: &EnvironBean,
+        report: Option<&PingReportBean>,
+        agent: Option<&AgentBean>,
+        host_env_names: &BTreeSet<String>,
+        report_owned: Option<&PingReportBean>,
+    ) -> Candidate {
+        let first = is_first_deploy(agent, env.env_name.as_deref().unwrap_or(""), host_env_names);
+        let bean = new_deploy_bean(now, host, host_id, env, agent, first);
+        // Waits for a slot only from steady state; a host the rows show mid-deploy (admitted,
+        // but the answer was lost) continues without queueing again.
+        let need_wait = report.is_some_and(|r| r.deploy_stage == Some(DeployStage::ServingBuild))
+            && agent.is_none_or(|a| a.deploy_stage == Some(DeployStage::ServingBuild));
+        Candidate {
+            env_id: env.id.clone().expect("stages have ids"),
+            priority: priority(env, first),
+            bean,
+            need_wait,
+            report: report_owned.cloned(),
+        }
+    }
+
+    /// `canDeploy` for a host that is not on its first deploy: a slot is free under the stage's
+    /// limit. Atomic because `apply` runs it on the state it is about to change.
+    fn can_admit(&self, env: &EnvironBean, c: &Candidate) -> bool {
+        let counters = self.counters(&c.env_id);
+        counters.active < max_parallel(env, counters.existing)
+    }
+
+    fn install_response(&self, env: &EnvironBean, c: &Candidate) -> PingResponseBean {
+        let stage = c.bean.deploy_stage;
+        let op_code =
+            if c.bean.state == Some(AgentState::Stop) && stage == Some(DeployStage::Stopping) {
+                OpCode::Stop
+            } else {
+                env.deploy_type.unwrap_or(DeployType::Regular).op_code()
+            };
+        let mut deploy_id = env.deploy_id.clone();
+        let mut deploy_alias = None;
+        if let Some(alias) = c.report.as_ref().and_then(|r| r.deploy_alias.clone()) {
+            deploy_alias = deploy_id.replace(alias);
+        }
+        let build = if stage == Some(DeployStage::Downloading) {
+            env.deploy_id
+                .as_ref()
+                .and_then(|d| self.deploys.get(d))
+                .and_then(|d| d.build_id.as_ref())
+                .and_then(|b| self.builds.get(b))
+                .cloned()
+        } else {
+            None
+        };
+        let script_variables = (stage == Some(DeployStage::PreDownload)).then(BTreeMap::new);
+        PingResponseBean {
+            op_code,
+            deploy_goal: Some(DeployGoalBean {
+                deploy_id,
+                deploy_type: env.deploy_type,
+                env_id: env.id.clone(),
+                env_name: env.env_name.clone(),
+                stage_name: env.stage_name.clone(),
+                stage_type: env.stage_type,
+                deploy_stage: stage,
+                build,
+                deploy_alias,
+                agent_configs: None,
+                script_variables,
+                first_deploy: c.bean.first_deploy,
+                is_docker: env.is_docker,
+            }),
+        }
+    }
+
+    fn delete_response(&self, u: &Candidate) -> PingResponseBean {
+        let env = self.envs.get(&u.env_id);
+        let report = u.report.as_ref();
+        PingResponseBean {
+            op_code: OpCode::Delete,
+            deploy_goal: Some(DeployGoalBean {
+                deploy_id: report.and_then(|r| r.deploy_id.clone()),
+                deploy_type: env.and_then(|e| e.deploy_type),
+                env_id: Some(u.env_id.clone()),
+                env_name: env.and_then(|e| e.env_name.clone()),
+                stage_name: env.and_then(|e| e.stage_name.clone()),
+                stage_type: env.and_then(|e| e.stage_type),
+                deploy_stage: report.and_then(|r| r.deploy_stage),
+                build: None,
+                deploy_alias: None,
+                agent_configs: None,
+                script_variables: None,
+                first_deploy: Some(false),
+                is_docker: None,
+            }),
+        }
+    }
+
+    // ----- deploy state ------------------------------------------------------------------------
+
+    /// `transitionDeployState` (§4.3) for the stage's current deploy; writes only on change.
+    pub(super) fn transition(&mut self, now: i64, env_id: &EnvId) {
+        if let Some((id, next)) = self.plan_transition(now, env_id) {
+            self.deploys.insert(id.clone(), next);
+            self.dirty.insert(Key::Deploy(id));
+        }
+    }
+
+    /// Applies [`State::plan_transition`] to every stage (the periodic tick: the stuck timer).
+    pub(super) fn tick(&mut self, now: i64) -> OpResult {
+        let ids: Vec<EnvId> = self.envs.keys().cloned().collect();
+        for id in ids {
+            self.transition(now, &id);
+        }
+        Ok(OpOutput::Done)
+    }
+
+    /// Whether a tick at `now` would change any deploy (the leader proposes one only then).
+    pub fn tick_needed(&self, now: i64) -> bool {
+        self.envs.keys().any(|id| self.plan_transition(now, id).is_some())
+    }
+
+    /// The next state of the stage's current deploy, if it changes.
+    pub fn plan_transition(&self, now: i64, env_id: &EnvId) -> Option<(DeployId, DeployBean)> {
+        let env = self.envs.get(env_id)?;
+        let id = env.deploy_id.clone()?;
+        let old = self.deploys.get(&id)?;
+        let state = old.state.unwrap_or(DeployState::Running);
+        if !state.is_active() {
+            return None;
+        }
+        let mut total = 0i64;
+        let mut succeeded = 0i64;
+        let mut stuck = 0i64;
+        for a in self.agents_of(env_id) {
+            total += 1;
+            if a.deploy_id.as_ref() == Some(&id) {
+                let st = a.state.unwrap_or(AgentState::Normal);
+                if matches!(a.deploy_stage, Some(DeployStage::ServingBuild | DeployStage::Stopped))
+                    && st != AgentState::PausedByUser
+                {
+                    succeeded += 1;
+                }
+                if st == AgentState::PausedBySystem {
+                    stuck += 1;
+                }
+            }
+        }
+        let th = i64::from(env.success_threshold.unwrap_or(10_000).clamp(0, 10_000));
+        let stuck_ms = i64::from(env.stuck_threshold.unwrap_or(600)).max(0) * 1000;
+        let old_succeeded = i64::from(old.success_total.unwrap_or(0));
+        let last = old.last_update_date.unwrap_or(now);
+        let mut next = old.clone();
+        let mut keep_last_update = false;
+        let new_state = if succeeded * 10_000 >= th * total {
+            if next.success_date.is_none() {
+                next.success_date = Some(now);
+                next.acceptance_status =
+                    Some(match env.acceptance_type.unwrap_or(AcceptanceType::Auto) {
+                        AcceptanceType::Auto => AcceptanceStatus::Accepted,
+                        AcceptanceType::Manual => AcceptanceStatus::Outstanding,
+                    });
+            }
+            DeployState::Succeeding
+        } else if stuck * 10_000 > (10_000 - th) * total {
+            DeployState::Failing
+        } else if succeeded <= old_succeeded && now - last >= stuck_ms {
+            if state == DeployState::Succeeding {
+                DeployState::Running
+            } else {
+                keep_last_update = true;
+                DeployState::Failing
+            }
+        } else {
+            DeployState::Running
+        };
+        let changed = new_state != state
+            || succeeded != old_succeeded
+            || stuck != i64::from(old.fail_total.unwrap_or(0))
+            || total != i64::from(old.total.unwrap_or(0));
+        if !changed {
+            return None;
+        }
+        next.state = Some(new_state);
+        next.success_total = Some(succeeded as i32);
+        next.fail_total = Some(stuck as i32);
+        next.total = Some(total as i32);
+        if !keep_last_update {
+            next.last_update_date = Some(now);
+        }
+        Some((id, next))
+    }
+}

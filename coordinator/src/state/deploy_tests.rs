@@ -1,0 +1,508 @@
+//! The deploy core driven directly: GoalAnalyst cases, admission, deploy-state rules, and a
+//! property test that the parallelism limit holds and the counters equal a recount.
+
+use proto::beans::{BuildBean, DeployBean, EnvironBean};
+use proto::command::{Op, OpError, OpOutput};
+use proto::enums::{AgentState, AgentStatus, DeployStage, DeployState, EnvState, OpCode};
+use proto::ids::{BuildId, DeployId, EnvId, HostId};
+use proto::ping::{PingReportBean, PingRequestBean, PingResponseBean};
+
+use super::State;
+use super::deploy::max_parallel;
+
+const ENV: &str = "e1";
+
+fn env_id() -> EnvId {
+    EnvId::new(ENV)
+}
+
+/// A stage `svc/prod` with `hosts` in its capacity, limit `max_parallel`, and build `b1`.
+fn stage(hosts: usize, max_parallel: i32) -> State {
+    let mut s = State::default();
+    let mut env = EnvironBean {
+        id: Some(env_id()),
+        env_name: Some("svc".into()),
+        stage_name: Some("prod".into()),
+        max_parallel: Some(max_parallel),
+        ..Default::default()
+    };
+    env.normalize_request().unwrap();
+    env.fill_create_defaults();
+    s.apply(0, Op::CreateEnv { env }).unwrap();
+    for b in ["b1", "b2"] {
+        let build = BuildBean {
+            id: Some(BuildId::new(b)),
+            name: Some("svc".into()),
+            artifact_url: Some(format!("file:///{b}")),
+            ..Default::default()
+        };
+        s.apply(0, Op::PublishBuild { build }).unwrap();
+    }
+    let hosts = (0..hosts).map(|i| format!("h{i}")).collect();
+    s.apply(0, Op::SetCapacity { env_id: env_id(), hosts, groups: vec![] }).unwrap();
+    s
+}
+
+fn deploy(s: &mut State, now: i64, id: &str, build: &str) -> Result<OpOutput, OpError> {
+    let expected = s.env_by_id(&env_id()).unwrap().deploy_id.clone();
+    let d = DeployBean {
+        id: Some(DeployId::new(id)),
+        build_id: Some(BuildId::new(build)),
+        ..Default::default()
+    };
+    s.apply(now, Op::CreateDeploy { env_id: env_id(), deploy: d, expected })
+}
+
+fn report(deploy: &str, stage: DeployStage, status: AgentStatus) -> PingReportBean {
+    PingReportBean {
+        deploy_id: Some(DeployId::new(deploy)),
+        env_id: Some(env_id()),
+        deploy_stage: Some(stage),
+        agent_status: Some(status),
+        ..Default::default()
+    }
+}
+
+fn ping(s: &mut State, now: i64, host: &str, reports: Vec<PingReportBean>) -> PingResponseBean {
+    let mut req = PingRequestBean::new(HostId::new(host));
+    req.host_name = Some(host.into());
+    req.reports = reports;
+    match s.apply(now, Op::Ping { request: req }).unwrap() {
+        OpOutput::Ping(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn goal_stage(r: &PingResponseBean) -> Option<DeployStage> {
+    r.deploy_goal.as_ref().and_then(|g| g.deploy_stage)
+}
+
+/// A Teletraan agent: does what the goal says, reports it, until NOOP.
+#[derive(Clone, Debug, Default)]
+struct Agent {
+    report: Option<PingReportBean>,
+}
+
+impl Agent {
+    fn step(
+        &mut self,
+        s: &mut State,
+        now: i64,
+        host: &str,
+        outcome: AgentStatus,
+    ) -> PingResponseBean {
+        let resp = ping(s, now, host, self.report.clone().into_iter().collect());
+        if let Some(g) = &resp.deploy_goal
+            && resp.op_code != OpCode::Noop
+            && resp.op_code != OpCode::Delete
+        {
+            let mut r =
+                report(g.deploy_id.as_ref().unwrap().as_str(), g.deploy_stage.unwrap(), outcome);
+            r.env_id = g.env_id.clone();
+            self.report = Some(r);
+        }
+        if resp.op_code == OpCode::Delete {
+            self.report = None;
+        }
+        resp
+    }
+}
+
+#[test]
+fn goal_analyst_cases() {
+    let mut s = stage(3, 1);
+    // 0.1: a stage never deployed gives no goal, and the ping writes only the host record.
+    let r = ping(&mut s, 1, "h0", vec![]);
+    assert_eq!(r.op_code, OpCode::Noop);
+    assert!(
+        s.plan_ping(2, &{
+            let mut q = PingRequestBean::new(HostId::new("h0"));
+            q.host_name = Some("h0".into());
+            q
+        })
+        .is_read_only(),
+        "a repeated ping that changes nothing writes nothing"
+    );
+
+    deploy(&mut s, 10, "d1", "b1").unwrap();
+    // 2: new host, first deploy: PRE_DOWNLOAD, bypassing parallelism, script variables cleared.
+    let r = ping(&mut s, 11, "h0", vec![]);
+    assert_eq!(r.op_code, OpCode::Deploy);
+    let g = r.deploy_goal.clone().unwrap();
+    assert_eq!(g.deploy_stage, Some(DeployStage::PreDownload));
+    assert_eq!(g.first_deploy, Some(true));
+    assert_eq!(g.script_variables, Some(Default::default()));
+    assert!(g.build.is_none(), "build only at DOWNLOADING");
+    // 1.2: success moves to the next stage; the build rides along at DOWNLOADING.
+    let r = ping(
+        &mut s,
+        12,
+        "h0",
+        vec![report("d1", DeployStage::PreDownload, AgentStatus::Succeeded)],
+    );
+    assert_eq!(goal_stage(&r), Some(DeployStage::Downloading));
+    assert_eq!(r.deploy_goal.unwrap().build.unwrap().id, Some(BuildId::new("b1")));
+    // 1.4: a failed-but-retriable stage is repeated.
+    let r = ping(
+        &mut s,
+        13,
+        "h0",
+        vec![report("d1", DeployStage::Downloading, AgentStatus::ScriptFailed)],
+    );
+    assert_eq!(goal_stage(&r), Some(DeployStage::Downloading));
+    // 1.3: a fatal status pauses the host on this deploy: no goal.
+    let r = ping(
+        &mut s,
+        14,
+        "h0",
+        vec![report("d1", DeployStage::Downloading, AgentStatus::TooManyRetry)],
+    );
+    assert_eq!(r.op_code, OpCode::Noop);
+    let row = s.agent(&env_id(), &HostId::new("h0")).unwrap();
+    assert_eq!(row.state, Some(AgentState::PausedBySystem));
+    assert_eq!(row.first_deploy, Some(false), "a failed first deploy ends the first-deploy phase");
+    // Host action RESET: restart from PRE_DOWNLOAD (1.0.1).
+    s.apply(
+        15,
+        Op::HostAction {
+            env_id: env_id(),
+            hosts: vec![HostId::new("h0")],
+            state: AgentState::Reset,
+        },
+    )
+    .unwrap();
+    let r = ping(
+        &mut s,
+        16,
+        "h0",
+        vec![report("d1", DeployStage::Downloading, AgentStatus::TooManyRetry)],
+    );
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload));
+    // 1.1: steady state.
+    let mut rows = vec![];
+    for st in [
+        DeployStage::PreDownload,
+        DeployStage::Downloading,
+        DeployStage::PostDownload,
+        DeployStage::Staging,
+        DeployStage::PreRestart,
+        DeployStage::Restarting,
+        DeployStage::PostRestart,
+    ] {
+        rows.push(goal_stage(&ping(
+            &mut s,
+            17,
+            "h0",
+            vec![report("d1", st, AgentStatus::Succeeded)],
+        )));
+    }
+    assert_eq!(rows.last().unwrap(), &Some(DeployStage::ServingBuild));
+    let r = ping(
+        &mut s,
+        18,
+        "h0",
+        vec![report("d1", DeployStage::ServingBuild, AgentStatus::Succeeded)],
+    );
+    assert_eq!(r.op_code, OpCode::Noop);
+    // 0.3: a user-paused host gets nothing.
+    s.apply(
+        19,
+        Op::HostAction {
+            env_id: env_id(),
+            hosts: vec![HostId::new("h0")],
+            state: AgentState::PausedByUser,
+        },
+    )
+    .unwrap();
+    deploy(&mut s, 20, "d2", "b2").unwrap();
+    let r = ping(
+        &mut s,
+        21,
+        "h0",
+        vec![report("d1", DeployStage::ServingBuild, AgentStatus::Succeeded)],
+    );
+    assert_eq!(r.op_code, OpCode::Noop);
+    s.apply(
+        22,
+        Op::HostAction {
+            env_id: env_id(),
+            hosts: vec![HostId::new("h0")],
+            state: AgentState::Normal,
+        },
+    )
+    .unwrap();
+    // 1.5: a new deploy starts from steady state after admission.
+    let r = ping(
+        &mut s,
+        23,
+        "h0",
+        vec![report("d1", DeployStage::ServingBuild, AgentStatus::Succeeded)],
+    );
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload));
+    assert_eq!(r.deploy_goal.unwrap().deploy_id, Some(DeployId::new("d2")));
+    // 3: removed from capacity while still reporting: DELETE.
+    s.apply(
+        24,
+        Op::SetCapacity { env_id: env_id(), hosts: vec!["h1".into(), "h2".into()], groups: vec![] },
+    )
+    .unwrap();
+    let r = ping(
+        &mut s,
+        25,
+        "h0",
+        vec![report("d2", DeployStage::PreDownload, AgentStatus::Succeeded)],
+    );
+    assert_eq!(r.op_code, OpCode::Delete);
+    // 4: and once it stops reporting, its row goes.
+    ping(&mut s, 26, "h0", vec![]);
+    assert!(s.agent(&env_id(), &HostId::new("h0")).is_none());
+    // 0.2: pause freezes hosts that are not on their first deploy.
+    let mut p = EnvironBean { env_state: Some(EnvState::Paused), ..Default::default() };
+    p.normalize_request().unwrap();
+    s.apply(
+        27,
+        Op::UpdateEnv {
+            env_name: "svc".into(),
+            stage_name: "prod".into(),
+            patch: p,
+            operator: "op".into(),
+        },
+    )
+    .unwrap();
+    let r = ping(&mut s, 28, "h1", vec![]);
+    assert_eq!(
+        goal_stage(&r),
+        Some(DeployStage::PreDownload),
+        "first deploys proceed while paused"
+    );
+    let r = ping(
+        &mut s,
+        29,
+        "h1",
+        vec![report("d2", DeployStage::PreDownload, AgentStatus::Succeeded)],
+    );
+    assert_eq!(goal_stage(&r), Some(DeployStage::Downloading));
+}
+
+#[test]
+fn admission_limits_hosts_and_frees_slots() {
+    let mut s = stage(6, 2);
+    let mut agents = vec![Agent::default(); 6];
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    // First deploy everywhere (bypasses the limit).
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    assert!(
+        agents
+            .iter()
+            .all(|a| a.report.as_ref().unwrap().deploy_stage == Some(DeployStage::ServingBuild))
+    );
+    let d1 = s.deploy(&DeployId::new("d1")).unwrap();
+    assert_eq!(d1.state, Some(DeployState::Succeeding));
+    assert_eq!(d1.success_total, Some(6));
+    // Second deploy: at most 2 hosts at a time.
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    assert_eq!(
+        s.deploy(&DeployId::new("d1")).unwrap().state,
+        Some(DeployState::Succeeded),
+        "superseded"
+    );
+    let mut max_seen = 0;
+    for round in 0..40 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 101 + round, &format!("h{i}"), AgentStatus::Succeeded);
+            let c = s.counters(&env_id());
+            assert_eq!(c, s.recount(&env_id()));
+            max_seen = max_seen.max(c.active);
+            assert!(c.active <= 2, "round {round}: {} deploying", c.active);
+        }
+    }
+    assert_eq!(max_seen, 2, "the limit is used");
+    assert!(
+        agents.iter().all(|a| a.report.as_ref().unwrap().deploy_id == Some(DeployId::new("d2")))
+    );
+    assert_eq!(s.deploy(&DeployId::new("d2")).unwrap().state, Some(DeployState::Succeeding));
+}
+
+#[test]
+fn failed_hosts_keep_their_slot_and_turn_the_deploy_failing() {
+    let mut s = stage(4, 1);
+    let mut agents = vec![Agent::default(); 4];
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    // h0 is admitted and fails fatally; nobody else is admitted while it holds the slot.
+    agents[0].step(&mut s, 101, "h0", AgentStatus::TooManyRetry);
+    agents[0].step(&mut s, 102, "h0", AgentStatus::TooManyRetry);
+    for round in 0..5 {
+        for i in 1..4 {
+            let r = agents[i].step(&mut s, 103 + round, &format!("h{i}"), AgentStatus::Succeeded);
+            assert_eq!(r.op_code, OpCode::Noop, "no slot while the failed host keeps it");
+        }
+    }
+    let d2 = s.deploy(&DeployId::new("d2")).unwrap();
+    assert_eq!(
+        d2.state,
+        Some(DeployState::Failing),
+        "one failure exceeds a 100% success threshold"
+    );
+    assert_eq!(d2.fail_total, Some(1));
+}
+
+#[test]
+fn deploy_state_rules() {
+    let mut s = stage(0, 1);
+    // An empty stage: nothing to deploy to, so SUCCEEDING at once (Teletraan's rule, kept).
+    let OpOutput::Deploy(d) = deploy(&mut s, 1, "d1", "b1").unwrap() else { panic!() };
+    assert_eq!(d.state, Some(DeployState::Succeeding));
+    assert_eq!(d.acceptance_status, Some(proto::enums::AcceptanceStatus::Accepted));
+    // Compare-and-set: a deploy that expected another current deploy is refused.
+    let stale = DeployBean {
+        id: Some(DeployId::new("dx")),
+        build_id: Some(BuildId::new("b1")),
+        ..Default::default()
+    };
+    let err = s
+        .apply(2, Op::CreateDeploy { env_id: env_id(), deploy: stale, expected: None })
+        .unwrap_err();
+    assert!(matches!(err, OpError::Conflict { .. }), "{err:?}");
+    // Wrong build name is refused.
+    let other = BuildBean {
+        id: Some(BuildId::new("o1")),
+        name: Some("other".into()),
+        ..Default::default()
+    };
+    s.apply(3, Op::PublishBuild { build: other }).unwrap();
+    assert!(matches!(deploy(&mut s, 4, "d9", "o1"), Err(OpError::Invalid { .. })));
+
+    // Stuck: no progress for stuckThreshold seconds turns RUNNING into FAILING (tick).
+    let mut s = stage(2, 1);
+    deploy(&mut s, 0, "d1", "b1").unwrap();
+    let mut a = Agent::default();
+    a.step(&mut s, 1, "h0", AgentStatus::Succeeded);
+    a.step(&mut s, 2, "h0", AgentStatus::ScriptFailed);
+    assert_eq!(s.deploy(&DeployId::new("d1")).unwrap().state, Some(DeployState::Running));
+    assert!(!s.tick_needed(100_000));
+    assert!(s.tick_needed(700_000), "600 s without progress");
+    s.apply(700_000, Op::Tick).unwrap();
+    assert_eq!(s.deploy(&DeployId::new("d1")).unwrap().state, Some(DeployState::Failing));
+}
+
+#[test]
+fn max_parallel_modes() {
+    let mut env =
+        EnvironBean { max_parallel: Some(5), max_parallel_pct: Some(0), ..Default::default() };
+    assert_eq!(max_parallel(&env, 100), 5);
+    assert_eq!(max_parallel(&env, 3), 3, "never more than the hosts there are");
+    assert_eq!(max_parallel(&env, 0), 1, "quirk fixed: an empty stage does not block with 0");
+    env.max_parallel = Some(0);
+    env.max_parallel_pct = Some(10);
+    assert_eq!(max_parallel(&env, 1000), 100);
+    assert_eq!(max_parallel(&env, 5), 1);
+    env.max_parallel = Some(50);
+    assert_eq!(max_parallel(&env, 1000), 50, "both set: the smaller");
+}
+
+mod property {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        Ping { host: usize, outcome: u8 },
+        Deploy,
+        Pause { host: usize },
+        Reset { host: usize },
+        Resume { host: usize },
+        Tick,
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            8 => (0..8usize, 0..10u8).prop_map(|(host, outcome)| Event::Ping { host, outcome }),
+            1 => Just(Event::Deploy),
+            1 => (0..8usize).prop_map(|host| Event::Pause { host }),
+            1 => (0..8usize).prop_map(|host| Event::Reset { host }),
+            1 => (0..8usize).prop_map(|host| Event::Resume { host }),
+            1 => Just(Event::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        /// Over random pings, failures, host actions and deploys, the stage never has more hosts
+        /// deploying than its limit (once first deploys are done), and the incremental counters
+        /// always equal a recount. Replaying the same events on a replica gives the same state.
+        #[test]
+        fn limit_holds_and_counters_match(events in proptest::collection::vec(event(), 1..300)) {
+            let limit = 2;
+            let mut s = stage(8, limit);
+            let mut replica = s.clone();
+            let mut agents = vec![Agent::default(); 8];
+            let mut n = 0;
+            deploy(&mut s, 0, "d0", "b1").unwrap();
+            deploy(&mut replica, 0, "d0", "b1").unwrap();
+            // First deploys bypass the limit by design (Teletraan's rule); bring every host to
+            // steady state first so that every later deploy step needs admission.
+            for round in 0..10 {
+                for (i, a) in agents.iter_mut().enumerate() {
+                    let mut shadow = a.clone();
+                    a.step(&mut s, round, &format!("h{i}"), AgentStatus::Succeeded);
+                    shadow.step(&mut replica, round, &format!("h{i}"), AgentStatus::Succeeded);
+                }
+            }
+            prop_assert_eq!(s.counters(&env_id()).active, 0);
+            let mut now = 1;
+            for e in events {
+                now += 1000;
+                match e {
+                    Event::Ping { host, outcome } => {
+                        let status = match outcome {
+                            0 => AgentStatus::TooManyRetry,
+                            1 => AgentStatus::ScriptFailed,
+                            _ => AgentStatus::Succeeded,
+                        };
+                        let before = agents[host].clone();
+                        agents[host].step(&mut s, now, &format!("h{host}"), status);
+                        let mut shadow = before;
+                        shadow.step(&mut replica, now, &format!("h{host}"), status);
+                    }
+                    Event::Deploy => {
+                        n += 1;
+                        let b = if n % 2 == 0 { "b1" } else { "b2" };
+                        deploy(&mut s, now, &format!("d{n}"), b).unwrap();
+                        deploy(&mut replica, now, &format!("d{n}"), b).unwrap();
+                    }
+                    Event::Pause { host } | Event::Reset { host } | Event::Resume { host } => {
+                        let state = match e {
+                            Event::Pause { .. } => AgentState::PausedByUser,
+                            Event::Reset { .. } => AgentState::Reset,
+                            _ => AgentState::Normal,
+                        };
+                        let op = Op::HostAction { env_id: env_id(), hosts: vec![HostId::new(format!("h{host}"))], state };
+                        let a = s.apply(now, op.clone());
+                        let b = replica.apply(now, op);
+                        prop_assert_eq!(a, b);
+                    }
+                    Event::Tick => {
+                        s.apply(now, Op::Tick).unwrap();
+                        replica.apply(now, Op::Tick).unwrap();
+                    }
+                }
+                let c = s.counters(&env_id());
+                prop_assert_eq!(c, s.recount(&env_id()));
+                prop_assert!(c.active <= limit as u32, "{} deploying, limit {}", c.active, limit);
+                prop_assert_eq!(s.take_dirty(), replica.take_dirty());
+            }
+            prop_assert_eq!(s, replica);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! A rolling deploy on a real three-node cluster: 200 simulated agents over the JSON ping,
+//! `maxParallel` 10, the leader killed mid-deploy. An observer records every host's interval of
+//! deploy steps and never sees more than 10 at once; every host ends on the new build.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{LEADER_WAIT, get_json, http, spec};
+use ops::devcluster::DevCluster;
+use ops::simfleet::{Fleet, FleetSpec, max_overlap};
+use serde_json::{Value, json};
+
+const HOSTS: usize = 200;
+const MAX_PARALLEL: usize = 10;
+
+async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = c.post(&url).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {v}");
+    v
+}
+
+async fn wait_serving(fleet: &Fleet, deploy: &str, cluster: &DevCluster, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while fleet.serving(deploy) < HOSTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {HOSTS} hosts serve {deploy}; node 1 log:\n{}",
+            fleet.serving(deploy),
+            cluster.log_tail(1, 3000)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster::start(spec(dir.path().into(), 3, vec![])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    post_json(
+        &c,
+        format!("{base}/v1/envs"),
+        json!({"envName": "svc", "stageName": "prod", "maxParallel": MAX_PARALLEL}),
+    )
+    .await;
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
+        .json(&json!(["fleet"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut builds = vec![];
+    for commit in ["1111111aaaa", "2222222bbbb"] {
+        let b = post_json(&c, format!("{base}/v1/builds"), json!({"name": "svc", "artifactUrl": format!("file:///svc-{commit}.tgz"), "repo": "r", "branch": "main", "commit": commit})).await;
+        builds.push(b["id"].as_str().unwrap().to_string());
+    }
+    let fleet = Fleet::start(FleetSpec {
+        hosts: HOSTS,
+        prefix: "host-".into(),
+        groups: vec!["fleet".into()],
+        coordinators: ids.iter().map(|i| cluster.base_url(*i)).collect(),
+        hook: Duration::from_millis(10),
+        idle_ping: Duration::from_millis(200),
+    });
+    // First deploy: new hosts bypass the limit.
+    let d1 = post_json(
+        &c,
+        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[0]),
+        json!(null),
+    )
+    .await;
+    let d1 = d1["id"].as_str().unwrap().to_string();
+    wait_serving(&fleet, &d1, &cluster, Duration::from_secs(120)).await;
+    let dep: Value = get_json(&c, format!("{base}/v1/deploys/{d1}")).await;
+    assert_eq!(dep["state"], "SUCCEEDING", "{dep}");
+    assert_eq!(dep["successTotal"], HOSTS);
+
+    // The rolling deploy, with the leader killed once a quarter of the hosts are done.
+    let d2 = post_json(
+        &c,
+        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[1]),
+        json!(null),
+    )
+    .await;
+    let d2 = d2["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fleet.serving(&d2) < HOSTS / 4 {
+        assert!(
+            Instant::now() < deadline,
+            "rollout stalled before the kill at {}",
+            fleet.serving(&d2)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill9(leader);
+    let survivors: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = cluster.wait_leader(&survivors, LEADER_WAIT).await.unwrap();
+    wait_serving(&fleet, &d2, &cluster, Duration::from_secs(180)).await;
+    let intervals = fleet.intervals();
+    let overlap = max_overlap(&intervals, &d2);
+    eprintln!(
+        "max hosts running deploy steps at once: {overlap}; ping errors: {}",
+        fleet.ping_errors()
+    );
+    assert!(
+        overlap <= MAX_PARALLEL,
+        "{overlap} hosts ran deploy steps at once; limit {MAX_PARALLEL}"
+    );
+    assert!(overlap >= 2, "the rollout ran hosts in parallel (max {overlap})");
+    assert_eq!(
+        intervals.iter().filter(|i| i.deploy_id == d2).count(),
+        HOSTS,
+        "each host deployed d2 once"
+    );
+    let base = cluster.base_url(new_leader);
+    let progress: Value = c
+        .put(format!("{base}/v1/envs/svc/prod/deploys/current/progress"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(progress["agents"].as_array().unwrap().len(), HOSTS);
+    let dep: Value = get_json(&c, format!("{base}/v1/deploys/{d2}")).await;
+    assert_eq!(dep["state"], "SUCCEEDING", "{dep}");
+    let old: Value = get_json(&c, format!("{base}/v1/deploys/{d1}")).await;
+    assert_eq!(old["state"], "SUCCEEDED", "the superseded deploy is final: {old}");
+    fleet.stop().await;
+    cluster.stop_all();
+}

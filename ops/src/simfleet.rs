@@ -1,0 +1,194 @@
+//! Simulated Teletraan agents over the JSON ping (`POST /v1/system/ping`), for tests and load:
+//! each walks every goal it gets through the deploy stages, "running" each stage's hook for a
+//! fixed time, and records when it ran deploy steps so an observer can check parallelism.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Per-request timeout of one ping.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed ping before trying the next coordinator.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub hosts: usize,
+    /// Host names are `{prefix}{i}`; host ids are `id-{prefix}{i}`.
+    pub prefix: String,
+    /// Groups every host reports (capacity by group).
+    pub groups: Vec<String>,
+    /// Coordinator base URLs; each agent starts at a different one and moves on after errors.
+    pub coordinators: Vec<String>,
+    /// How long each deploy stage's hook "runs".
+    pub hook: Duration,
+    /// Pause after a NOOP answer (Teletraan agents use 30-90 s).
+    pub idle_ping: Duration,
+}
+
+/// One host's run of deploy steps for one deploy: from the first goal (PRE_DOWNLOAD) until it
+/// finished POST_RESTART.
+#[derive(Debug, Clone)]
+pub struct StepInterval {
+    pub host: String,
+    pub deploy_id: String,
+    pub start: Instant,
+    pub end: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Shared {
+    intervals: Mutex<Vec<StepInterval>>,
+    serving: Mutex<std::collections::BTreeMap<String, String>>,
+    ping_errors: std::sync::atomic::AtomicU64,
+}
+
+pub struct Fleet {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    pub fn start(spec: FleetSpec) -> Fleet {
+        crate::ensure_crypto_provider();
+        let shared = Arc::new(Shared::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = reqwest::Client::builder().timeout(PING_TIMEOUT).build().expect("HTTP client");
+        let tasks = (0..spec.hosts)
+            .map(|i| {
+                let host = format!("{}{i}", spec.prefix);
+                tokio::spawn(agent(
+                    spec.clone(),
+                    i,
+                    host,
+                    client.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        Fleet { shared, stop, tasks }
+    }
+
+    /// Every recorded interval of deploy steps.
+    pub fn intervals(&self) -> Vec<StepInterval> {
+        self.shared.intervals.lock().expect("lock").clone()
+    }
+
+    /// How many hosts serve `deploy_id` (reported SERVING_BUILD for it).
+    pub fn serving(&self, deploy_id: &str) -> usize {
+        self.shared.serving.lock().expect("lock").values().filter(|d| *d == deploy_id).count()
+    }
+
+    pub fn ping_errors(&self) -> u64 {
+        self.shared.ping_errors.load(Ordering::Relaxed)
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The largest number of intervals of `deploy_id` open at one instant.
+pub fn max_overlap(intervals: &[StepInterval], deploy_id: &str) -> usize {
+    let far = Instant::now() + Duration::from_secs(3600);
+    let mut edges: Vec<(Instant, i32)> = intervals
+        .iter()
+        .filter(|i| i.deploy_id == deploy_id)
+        .flat_map(|i| [(i.start, 1), (i.end.unwrap_or(far), -1)])
+        .collect();
+    // Ends sort before starts at the same instant.
+    edges.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut open, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        open += d;
+        max = max.max(open);
+    }
+    max as usize
+}
+
+async fn agent(
+    spec: FleetSpec,
+    index: usize,
+    host: String,
+    client: reqwest::Client,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut coordinator = index % spec.coordinators.len().max(1);
+    let mut report: Option<Value> = None;
+    let mut open: Option<usize> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let body = json!({
+            "hostId": format!("id-{host}"),
+            "hostName": host,
+            "hostIp": "127.0.0.1",
+            "groups": spec.groups,
+            "agentVersion": "simfleet",
+            "reports": report.iter().collect::<Vec<_>>(),
+        });
+        let url = format!("{}/v1/system/ping", spec.coordinators[coordinator]);
+        let resp: Value = match client.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => match r.json().await {
+                Ok(v) => v,
+                Err(_) => Value::Null,
+            },
+            _ => Value::Null,
+        };
+        if resp.is_null() {
+            shared.ping_errors.fetch_add(1, Ordering::Relaxed);
+            coordinator = (coordinator + 1) % spec.coordinators.len();
+            tokio::time::sleep(RETRY_PAUSE).await;
+            continue;
+        }
+        let op = resp["opCode"].as_str().unwrap_or("NOOP");
+        let goal = &resp["deployGoal"];
+        match op {
+            "NOOP" => {
+                tokio::time::sleep(spec.idle_ping).await;
+                continue;
+            }
+            "DELETE" => {
+                report = None;
+                continue;
+            }
+            _ => {}
+        }
+        let stage = goal["deployStage"].as_str().unwrap_or("UNKNOWN").to_string();
+        let deploy_id = goal["deployId"].as_str().unwrap_or_default().to_string();
+        if stage == "SERVING_BUILD" {
+            shared.serving.lock().expect("lock").insert(host.clone(), deploy_id.clone());
+        } else {
+            if open.is_none() {
+                let mut all = shared.intervals.lock().expect("lock");
+                all.push(StepInterval {
+                    host: host.clone(),
+                    deploy_id: deploy_id.clone(),
+                    start: Instant::now(),
+                    end: None,
+                });
+                open = Some(all.len() - 1);
+            }
+            tokio::time::sleep(spec.hook).await;
+            if stage == "POST_RESTART"
+                && let Some(i) = open.take()
+            {
+                shared.intervals.lock().expect("lock")[i].end = Some(Instant::now());
+            }
+        }
+        report = Some(json!({
+            "deployId": deploy_id,
+            "envId": goal["envId"],
+            "deployStage": stage,
+            "agentStatus": "SUCCEEDED",
+            "errorCode": 0,
+            "failCount": 0,
+        }));
+    }
+}
