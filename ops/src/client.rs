@@ -100,6 +100,17 @@ impl Client {
             .map(|_| ())
     }
 
+    /// PUT with a JSON answer (e.g. the progress view).
+    pub async fn put_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(self.http.put(format!("{}{path}", self.addr)).json(body)).await?.ok_or_else(
+            || ClientError::Decode { addr: self.addr.clone(), reason: "empty body".into() },
+        )
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.send::<serde_json::Value>(self.http.delete(format!("{}{path}", self.addr)))
             .await

@@ -13,6 +13,7 @@ use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
 use serde_json::{Value, json};
 
 mod cmd_bench;
+mod cmd_deploy;
 
 #[derive(Parser)]
 #[command(version, about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)")]
@@ -31,7 +32,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
@@ -53,6 +54,61 @@ enum Cmd {
     /// Benchmarks that print figures and write JSON.
     #[command(subcommand)]
     Bench(cmd_bench::BenchCmd),
+    /// Start a deploy of a build on a stage.
+    Deploy {
+        stage: String,
+        #[arg(long)]
+        build: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// The stage's current deploy; with -w, follow it: exit 0 on success, 1 on FAILING or
+    /// ABORTED, 3 on timeout.
+    Status {
+        stage: String,
+        #[arg(short = 'w', long)]
+        watch: bool,
+        /// Give up watching after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
+    /// Deploys of a stage, newest first.
+    History {
+        stage: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Roll back to an earlier deploy (default: the newest that SUCCEEDED).
+    Rollback {
+        stage: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Deploy another stage's deploy (its build) here.
+    Promote {
+        stage: String,
+        #[arg(long)]
+        from: String,
+    },
+    /// Freeze the stage: no host gets a new goal except first deploys.
+    Pause(cmd_deploy::StageArg),
+    /// Unfreeze the stage.
+    Resume(cmd_deploy::StageArg),
+    /// Redeploy the current build (runs the restart hooks).
+    Restart(cmd_deploy::StageArg),
+    /// The stage's hosts and where each one is.
+    Hosts(cmd_deploy::StageArg),
+    /// Act on single hosts of a stage.
+    #[command(subcommand)]
+    Host(cmd_deploy::HostCmd),
+    /// Show, or replace with --group/--host, which hosts belong to a stage.
+    Capacity {
+        stage: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -158,13 +214,13 @@ enum BuildCmd {
     Delete { id: String },
 }
 
-fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
+pub(crate) fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
     s.split_once('/')
         .filter(|(e, st)| !e.is_empty() && !st.is_empty())
         .with_context(|| format!("{s:?} is not ENV/STAGE (for example: myservice/prod)"))
 }
 
-fn s(v: &Value, key: &str) -> String {
+pub(crate) fn s(v: &Value, key: &str) -> String {
     match v.get(key) {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
@@ -172,7 +228,7 @@ fn s(v: &Value, key: &str) -> String {
     }
 }
 
-fn print_json(v: &impl serde::Serialize) {
+pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
 }
 
@@ -181,7 +237,7 @@ fn main() {
     ops::ensure_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let code = match rt.block_on(run(cli)) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             e.downcast_ref::<ClientError>().map_or(1, ClientError::exit_code)
@@ -190,18 +246,43 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = Client::new(&cli.addr, cli.token.clone());
     let out = cli.output;
     match cli.cmd {
         Cmd::Dev(DevCmd::Cluster { nodes, dir, http_port, raft_port }) => {
-            dev_cluster(nodes, dir, http_port, raft_port).await
+            dev_cluster(nodes, dir, http_port, raft_port).await?
         }
-        Cmd::Cluster(c) => cluster(&client, out, c).await,
-        Cmd::Env(c) => env(&client, out, c).await,
-        Cmd::Build(c) => build(&client, out, c).await,
-        Cmd::Bench(c) => cmd_bench::run(c).await,
+        Cmd::Cluster(c) => cluster(&client, out, c).await?,
+        Cmd::Env(c) => env(&client, out, c).await?,
+        Cmd::Build(c) => build(&client, out, c).await?,
+        Cmd::Bench(c) => cmd_bench::run(c).await?,
+        Cmd::Deploy { stage, build, description } => {
+            cmd_deploy::deploy(&client, out, &stage, &build, description).await?
+        }
+        Cmd::Status { stage, watch, timeout } => {
+            return cmd_deploy::status(&client, out, &stage, watch, Duration::from_secs(timeout))
+                .await;
+        }
+        Cmd::History { stage, limit } => cmd_deploy::history(&client, out, &stage, limit).await?,
+        Cmd::Rollback { stage, to } => {
+            let extra = to.map(|t| format!("&toDeployId={t}")).unwrap_or_default();
+            cmd_deploy::action(&client, out, &stage, "ROLLBACK", &extra).await?
+        }
+        Cmd::Promote { stage, from } => {
+            cmd_deploy::action(&client, out, &stage, "PROMOTE", &format!("&fromDeployId={from}"))
+                .await?
+        }
+        Cmd::Pause(a) => cmd_deploy::action(&client, out, &a.stage, "PAUSE", "").await?,
+        Cmd::Resume(a) => cmd_deploy::action(&client, out, &a.stage, "RESUME", "").await?,
+        Cmd::Restart(a) => cmd_deploy::action(&client, out, &a.stage, "RESTART", "").await?,
+        Cmd::Hosts(a) => cmd_deploy::hosts(&client, out, &a.stage).await?,
+        Cmd::Host(c) => cmd_deploy::host(&client, c).await?,
+        Cmd::Capacity { stage, groups, hosts } => {
+            cmd_deploy::capacity(&client, out, &stage, groups, hosts).await?
+        }
     }
+    Ok(0)
 }
 
 async fn dev_cluster(

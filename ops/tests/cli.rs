@@ -107,6 +107,53 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, _) = tt("http://127.0.0.1:1", &["cluster", "status"]);
     assert_eq!(code, 5, "unreachable exits 5");
 
+    // Deploy verbs and `status -w` exit codes: 3 on timeout, 1 on FAILING.
+    let build_id = b["id"].as_str().unwrap().to_string();
+    let (code, out, err) = tt(&addr, &["capacity", "svc/canary", "--host", "web-1", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["hosts"][0], "web-1");
+    let (code, out, err) = tt(&addr, &["deploy", "svc/canary", "--build", &build_id, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let deploy_id =
+        serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    ops::ensure_crypto_provider();
+    let ping = |report: Value| {
+        let body = serde_json::json!({"hostId": "i-web-1", "hostName": "web-1", "reports": report});
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{addr}/v1/system/ping"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            r.json::<Value>().await.unwrap()
+        })
+    };
+    let goal = ping(serde_json::json!([]));
+    assert_eq!(goal["deployGoal"]["deployStage"], "PRE_DOWNLOAD", "{goal}");
+    let (code, out, _) = tt(&addr, &["status", "svc/canary", "-w", "--timeout", "2"]);
+    assert_eq!(code, 3, "a running deploy times out the watch: {out}");
+    assert!(out.contains("RUNNING"), "{out}");
+    let env_id = goal["deployGoal"]["envId"].clone();
+    ping(
+        serde_json::json!([{"deployId": deploy_id, "envId": env_id, "deployStage": "PRE_DOWNLOAD", "agentStatus": "TOO_MANY_RETRY", "errorCode": 1}]),
+    );
+    let (code, out, _) = tt(&addr, &["status", "svc/canary", "-w", "--timeout", "30"]);
+    assert_eq!(code, 1, "a failing deploy exits 1: {out}");
+    let (code, out, _) = tt(&addr, &["hosts", "svc/canary"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("web-1") && out.contains("PAUSED_BY_SYSTEM"), "{out}");
+    let (code, out, _) = tt(&addr, &["history", "svc/canary", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["deploys"][0]["id"],
+        deploy_id.as_str()
+    );
+    let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1"]);
+    assert_eq!(code, 0, "{err}");
+
     // Ctrl-C stops every node.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
