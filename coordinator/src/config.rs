@@ -43,6 +43,18 @@ pub struct Config {
     /// Largest HTTP request body, in bytes.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// A host that holds a parallelism slot and does not ping for this long loses the slot
+    /// (its row turns UNREACHABLE). JSON (legacy) agents cannot be told to stop mid-step, so
+    /// this must exceed the longest hook timeout plus a ping interval for the limit to hold.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_ms: u64,
+}
+
+/// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 300_000;
+
+fn default_lease_ttl() -> u64 {
+    DEFAULT_LEASE_TTL_MS
 }
 
 /// Raft timing and log-retention settings.
@@ -134,6 +146,8 @@ pub struct Overrides {
     pub purge_batch_entries: Option<u64>,
     #[arg(long, env = "TT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "TT_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -151,6 +165,7 @@ struct FileConfig {
     #[serde(default)]
     raft: Option<RaftTimings>,
     max_body_bytes: Option<usize>,
+    lease_ttl_ms: Option<u64>,
 }
 
 impl Config {
@@ -206,6 +221,7 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            lease_ttl_ms: o.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(DEFAULT_LEASE_TTL_MS),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -227,6 +243,12 @@ impl Config {
             return bad(format!(
                 "raft.election_timeout_max_ms ({}) must exceed raft.election_timeout_min_ms ({})",
                 r.election_timeout_max_ms, r.election_timeout_min_ms
+            ));
+        }
+        if self.lease_ttl_ms < 2 * self.raft.election_timeout_max_ms {
+            return bad(format!(
+                "lease_ttl_ms ({}) must be at least twice raft.election_timeout_max_ms ({})",
+                self.lease_ttl_ms, self.raft.election_timeout_max_ms
             ));
         }
         if self.max_body_bytes < 1024 {

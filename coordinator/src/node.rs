@@ -134,8 +134,12 @@ pub async fn run(
         http,
         max_body_bytes: cfg.max_body_bytes,
         ids: ids::IdGen,
+        liveness: crate::api::deploys::Liveness::new(std::time::Duration::from_millis(
+            cfg.lease_ttl_ms,
+        )),
     });
     tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
+    tokio::spawn(crate::api::deploys::lease_loop(app.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;

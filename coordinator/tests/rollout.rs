@@ -136,3 +136,113 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
     fleet.stop().await;
     cluster.stop_all();
 }
+
+/// Hosts cut off mid-deploy lose their slots after the lease TTL, others take them, and the cut
+/// hosts start no new step until they are admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
+    const N: usize = 40;
+    const LIMIT: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_LEASE_TTL_MS", "1500")])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    post_json(
+        &c,
+        format!("{base}/v1/envs"),
+        json!({"envName": "svc", "stageName": "prod", "maxParallel": LIMIT}),
+    )
+    .await;
+    c.put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
+        .json(&json!(["fleet"]))
+        .send()
+        .await
+        .unwrap();
+    let mut builds = vec![];
+    for commit in ["1111111aaaa", "2222222bbbb"] {
+        let b = post_json(&c, format!("{base}/v1/builds"), json!({"name": "svc", "artifactUrl": "file:///x", "repo": "r", "branch": "main", "commit": commit})).await;
+        builds.push(b["id"].as_str().unwrap().to_string());
+    }
+    let fleet = Fleet::start(FleetSpec {
+        hosts: N,
+        prefix: "host-".into(),
+        groups: vec!["fleet".into()],
+        coordinators: vec![cluster.base_url(leader)],
+        hook: Duration::from_millis(100),
+        idle_ping: Duration::from_millis(100),
+    });
+    let d1 = post_json(
+        &c,
+        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[0]),
+        json!(null),
+    )
+    .await;
+    let d1 = d1["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.serving(&d1) < N {
+        assert!(Instant::now() < deadline, "first deploy stalled at {}", fleet.serving(&d1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d2 = post_json(
+        &c,
+        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[1]),
+        json!(null),
+    )
+    .await;
+    let d2 = d2["id"].as_str().unwrap().to_string();
+    // Cut off the first hosts admitted, mid-deploy.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victims = loop {
+        let running = fleet.running(&d2);
+        if running.len() == LIMIT {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "never saw {LIMIT} hosts running");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let victim_idx: Vec<usize> =
+        victims.iter().map(|h| h.trim_start_matches("host-").parse().unwrap()).collect();
+    for i in &victim_idx {
+        fleet.cut_off(*i);
+    }
+    // The others finish without them: their slots came back after the TTL.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while fleet.serving(&d2) < N - LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "rollout blocked by silent hosts at {}",
+            fleet.serving(&d2)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let agents: Vec<Value> = get_json(&c, format!("{base}/v1/envs/svc/prod/agents")).await;
+    let unreachable: Vec<&str> = agents
+        .iter()
+        .filter(|a| a["state"] == "UNREACHABLE")
+        .map(|a| a["hostName"].as_str().unwrap())
+        .collect();
+    let mut want: Vec<&str> = victims.iter().map(String::as_str).collect();
+    want.sort();
+    let mut got = unreachable.clone();
+    got.sort();
+    assert_eq!(got, want, "exactly the silent hosts lost their slots");
+    // Back online: they are admitted again and finish.
+    for i in &victim_idx {
+        fleet.restore(*i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.serving(&d2) < N {
+        assert!(
+            Instant::now() < deadline,
+            "returning hosts did not finish: {}",
+            fleet.serving(&d2)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let overlap = max_overlap(&fleet.intervals(), &d2);
+    assert!(overlap <= LIMIT, "{overlap} hosts ran deploy steps at once; limit {LIMIT}");
+    fleet.stop().await;
+}

@@ -40,6 +40,8 @@ pub struct StepInterval {
 
 #[derive(Default)]
 struct Shared {
+    /// Hosts cut off from every coordinator (by index).
+    cut_off: Mutex<std::collections::BTreeSet<usize>>,
     intervals: Mutex<Vec<StepInterval>>,
     serving: Mutex<std::collections::BTreeMap<String, String>>,
     ping_errors: std::sync::atomic::AtomicU64,
@@ -81,6 +83,28 @@ impl Fleet {
     /// How many hosts serve `deploy_id` (reported SERVING_BUILD for it).
     pub fn serving(&self, deploy_id: &str) -> usize {
         self.shared.serving.lock().expect("lock").values().filter(|d| *d == deploy_id).count()
+    }
+
+    /// Cuts host `i` off from the coordinators: it finishes the step it runs, then neither
+    /// pings nor starts another step until [`Fleet::restore`].
+    pub fn cut_off(&self, i: usize) {
+        self.shared.cut_off.lock().expect("lock").insert(i);
+    }
+
+    pub fn restore(&self, i: usize) {
+        self.shared.cut_off.lock().expect("lock").remove(&i);
+    }
+
+    /// Indexes of hosts currently running deploy steps of `deploy_id`.
+    pub fn running(&self, deploy_id: &str) -> Vec<String> {
+        self.shared
+            .intervals
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|i| i.deploy_id == deploy_id && i.end.is_none())
+            .map(|i| i.host.clone())
+            .collect()
     }
 
     pub fn ping_errors(&self) -> u64 {
@@ -125,6 +149,14 @@ async fn agent(
     let mut report: Option<Value> = None;
     let mut open: Option<usize> = None;
     while !stop.load(Ordering::Relaxed) {
+        if shared.cut_off.lock().expect("lock").contains(&index) {
+            // Cut off: no coordinator answers, so no new step starts.
+            if let Some(i) = open.take() {
+                shared.intervals.lock().expect("lock")[i].end = Some(Instant::now());
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+            continue;
+        }
         let body = json!({
             "hostId": format!("id-{host}"),
             "hostName": host,

@@ -54,6 +54,8 @@ pub enum Op {
     HostAction { env_id: EnvId, hosts: Vec<HostId>, state: AgentState },
     /// Re-evaluate deploy states at `now_ms` (the stuck timer).
     Tick,
+    /// Leases the leader saw expire: these rows give their parallelism slot back.
+    ExpireLeases { keys: Vec<(EnvId, HostId)> },
 }
 
 impl Op {
@@ -71,6 +73,7 @@ impl Op {
             Op::Ping { .. } => "ping",
             Op::HostAction { .. } => "host_action",
             Op::Tick => "tick",
+            Op::ExpireLeases { .. } => "expire_leases",
         }
     }
 }

@@ -63,6 +63,7 @@ async fn ping(
         let applied = app.applied.read().expect("applied lock poisoned");
         applied.state.plan_ping(now, &req)
     };
+    app.liveness.seen(&req.host_id);
     if plan.is_read_only() {
         return Ok(Json(plan.response));
     }
@@ -428,6 +429,76 @@ pub async fn tick_loop(app: App) {
             .tick_needed(crate::node::now_ms());
         if needed && let Err(e) = propose(&app, Op::Tick).await {
             tracing::warn!(error = %e.message, "deploy state tick failed");
+        }
+    }
+}
+
+/// How often the leader looks for expired leases.
+pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Leader-memory liveness (etcd's lessor rule): when each host last pinged this leader. Not
+/// replicated: a new leader starts every holder with a full lease TTL from its election.
+pub struct Liveness {
+    pub lease_ttl: Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<HostId, std::time::Instant>>,
+    leader_since: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+impl Liveness {
+    pub fn new(lease_ttl: Duration) -> Self {
+        Self { lease_ttl, seen: Default::default(), leader_since: Default::default() }
+    }
+
+    pub fn seen(&self, host: &HostId) {
+        self.seen.lock().expect("liveness lock").insert(host.clone(), std::time::Instant::now());
+    }
+
+    /// Whether `host`'s lease has expired, counting from its last ping or from the start of
+    /// this leadership, whichever is later.
+    fn expired(&self, host: &HostId, leader_since: std::time::Instant) -> bool {
+        let last = self.seen.lock().expect("liveness lock").get(host).copied();
+        let from = last.map_or(leader_since, |l| l.max(leader_since));
+        from.elapsed() > self.lease_ttl
+    }
+}
+
+/// On the leader, expires the leases of slot holders that stopped pinging, so a dead host no
+/// longer blocks a rollout (Teletraan needs an operator for that).
+pub async fn lease_loop(app: App) {
+    let mut every = tokio::time::interval(LEASE_CHECK_INTERVAL);
+    loop {
+        every.tick().await;
+        let m = app.raft.metrics().borrow().clone();
+        if m.current_leader != Some(app.node_id) {
+            *app.liveness.leader_since.lock().expect("liveness lock") = None;
+            continue;
+        }
+        let since = {
+            let mut guard = app.liveness.leader_since.lock().expect("liveness lock");
+            match *guard {
+                Some((term, at)) if term == m.current_term => at,
+                _ => {
+                    let now = std::time::Instant::now();
+                    *guard = Some((m.current_term, now));
+                    now
+                }
+            }
+        };
+        let keys: Vec<(EnvId, HostId)> = {
+            let applied = app.applied.read().expect("applied lock poisoned");
+            applied
+                .state
+                .slot_holders()
+                .filter(|((_, host), _)| app.liveness.expired(host, since))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        if keys.is_empty() {
+            continue;
+        }
+        tracing::info!(hosts = keys.len(), ttl = ?app.liveness.lease_ttl, "expiring parallelism leases of silent hosts");
+        if let Err(e) = propose(&app, Op::ExpireLeases { keys }).await {
+            tracing::warn!(error = %e.message, "lease expiry failed");
         }
     }
 }

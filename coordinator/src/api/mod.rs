@@ -53,6 +53,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Leader-side id generator state (not replicated: ids are chosen before proposing).
     pub ids: crate::ids::IdGen,
+    /// When hosts last pinged (leader memory), for parallelism leases.
+    pub liveness: deploys::Liveness,
 }
 
 pub type App = Arc<AppState>;

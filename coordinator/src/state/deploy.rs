@@ -50,8 +50,9 @@ pub struct Capacity {
 pub struct StageCounters {
     /// Agent rows not on their first deploy.
     pub existing: u32,
-    /// Rows "deploying": not at SERVING_BUILD, not paused by the user, not a first deploy;
-    /// or stopping. Failed hosts (PAUSED_BY_SYSTEM) keep their slot.
+    /// Rows "deploying": not at SERVING_BUILD, not paused by the user, not a first deploy, not
+    /// UNREACHABLE (its lease expired); or stopping. Failed hosts (PAUSED_BY_SYSTEM) keep their
+    /// slot.
     pub active: u32,
 }
 
@@ -60,9 +61,10 @@ pub fn contribution(a: &AgentBean) -> StageCounters {
     let first = a.first_deploy.unwrap_or(false);
     let state = a.state.unwrap_or(AgentState::Normal);
     let stage = a.deploy_stage.unwrap_or(DeployStage::Unknown);
-    let deploying =
-        (stage != DeployStage::ServingBuild && state != AgentState::PausedByUser && !first)
-            || state == AgentState::Stop;
+    let deploying = (stage != DeployStage::ServingBuild
+        && !matches!(state, AgentState::PausedByUser | AgentState::Unreachable)
+        && !first)
+        || state == AgentState::Stop;
     StageCounters { existing: u32::from(!first), active: u32::from(deploying) }
 }
 
@@ -154,6 +156,11 @@ fn propose_state(report: &PingReportBean, agent: Option<&AgentBean>) -> AgentSta
             }
             s @ (AgentState::PausedByUser | AgentState::Reset | AgentState::ResetBySystem) => {
                 return s;
+            }
+            // A host whose lease expired holds no slot; it stays UNREACHABLE until it is
+            // admitted again (or reports steady state, which needs no slot).
+            AgentState::Unreachable if report.deploy_stage != Some(DeployStage::ServingBuild) => {
+                return AgentState::Unreachable;
             }
             _ => {}
         }
@@ -500,6 +507,34 @@ impl State {
         Ok(OpOutput::Done)
     }
 
+    /// Rows holding a parallelism slot: the ones whose lease the leader tracks.
+    pub fn slot_holders(&self) -> impl Iterator<Item = (&(EnvId, HostId), &AgentBean)> {
+        self.agents
+            .iter()
+            .filter(|(_, a)| contribution(a).active == 1 && a.state != Some(AgentState::Stop))
+    }
+
+    /// Expires the leases of the given rows: each that still holds a slot becomes UNREACHABLE
+    /// and gives its slot back. The leader proposes this for hosts silent past the lease TTL.
+    pub(super) fn expire_leases(&mut self, now: i64, keys: &[(EnvId, HostId)]) -> OpResult {
+        let mut touched = BTreeSet::new();
+        for key in keys {
+            let Some(row) = self.agents.get(key) else { continue };
+            if contribution(row).active == 0 || row.state == Some(AgentState::Stop) {
+                continue;
+            }
+            let mut row = row.clone();
+            row.state = Some(AgentState::Unreachable);
+            row.last_update_date = Some(now);
+            self.put_agent(key.clone(), Some(row));
+            touched.insert(key.0.clone());
+        }
+        for env in touched {
+            self.transition(now, &env);
+        }
+        Ok(OpOutput::Done)
+    }
+
     // ----- the ping ----------------------------------------------------------------------------
 
     /// Applies a ping: plans it on the current state and performs the plan's writes.
@@ -677,6 +712,15 @@ impl State {
             }
         }
 
+        // A host back from an expired lease continues only once admitted again.
+        for c in &mut installs {
+            if agents.get(&c.env_id).is_some_and(|a| a.state == Some(AgentState::Unreachable))
+                && c.bean.first_deploy != Some(true)
+            {
+                c.need_wait = true;
+                c.bean.state = Some(AgentState::Normal);
+            }
+        }
         // Candidate order (§3.6): lower priority value first; in-progress before waiting.
         installs.sort_by(|a, b| {
             a.priority

@@ -357,6 +357,55 @@ fn failed_hosts_keep_their_slot_and_turn_the_deploy_failing() {
 }
 
 #[test]
+fn expired_lease_frees_the_slot_and_the_host_must_be_readmitted() {
+    let mut s = stage(2, 1);
+    let mut agents = vec![Agent::default(); 2];
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    let r = agents[0].step(&mut s, 101, "h0", AgentStatus::Succeeded);
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload));
+    let r = agents[1].step(&mut s, 102, "h1", AgentStatus::Succeeded);
+    assert_eq!(r.op_code, OpCode::Noop, "h0 holds the only slot");
+    // h0 goes silent; the leader expires its lease.
+    let key = (env_id(), HostId::new("h0"));
+    assert_eq!(s.slot_holders().map(|(k, _)| k.clone()).collect::<Vec<_>>(), vec![key.clone()]);
+    s.apply(200, Op::ExpireLeases { keys: vec![key.clone()] }).unwrap();
+    assert_eq!(
+        s.agent(&env_id(), &HostId::new("h0")).unwrap().state,
+        Some(AgentState::Unreachable)
+    );
+    assert_eq!(s.counters(&env_id()), s.recount(&env_id()));
+    assert_eq!(s.counters(&env_id()).active, 0, "{:?}", s.agents_of(&env_id()).collect::<Vec<_>>());
+    let r = agents[1].step(&mut s, 201, "h1", AgentStatus::Succeeded);
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload), "the freed slot is reused");
+    // h0 returns having finished its step: no slot, so no next step, and it does not count.
+    let r = agents[0].step(&mut s, 202, "h0", AgentStatus::Succeeded);
+    assert_eq!(r.op_code, OpCode::Noop, "not re-admitted while h1 holds the slot");
+    assert_eq!(
+        s.agent(&env_id(), &HostId::new("h0")).unwrap().state,
+        Some(AgentState::Unreachable)
+    );
+    assert_eq!(s.counters(&env_id()), s.recount(&env_id()));
+    assert_eq!(s.counters(&env_id()).active, 1);
+    // h1 finishes; h0 is admitted again and continues where it was.
+    for round in 0..10 {
+        agents[1].step(&mut s, 300 + round, "h1", AgentStatus::Succeeded);
+    }
+    let r = agents[0].step(&mut s, 400, "h0", AgentStatus::Succeeded);
+    assert_eq!(goal_stage(&r), Some(DeployStage::Downloading));
+    assert_eq!(s.agent(&env_id(), &HostId::new("h0")).unwrap().state, Some(AgentState::Normal));
+    // Expiring a host that holds no slot changes nothing.
+    let before = s.clone();
+    s.apply(401, Op::ExpireLeases { keys: vec![(env_id(), HostId::new("h1"))] }).unwrap();
+    assert_eq!(s.agent(&env_id(), &HostId::new("h1")), before.agent(&env_id(), &HostId::new("h1")));
+}
+
+#[test]
 fn deploy_state_rules() {
     let mut s = stage(0, 1);
     // An empty stage: nothing to deploy to, so SUCCEEDING at once (Teletraan's rule, kept).
@@ -422,6 +471,7 @@ mod property {
         Pause { host: usize },
         Reset { host: usize },
         Resume { host: usize },
+        Expire { host: usize },
         Tick,
     }
 
@@ -432,12 +482,13 @@ mod property {
             1 => (0..8usize).prop_map(|host| Event::Pause { host }),
             1 => (0..8usize).prop_map(|host| Event::Reset { host }),
             1 => (0..8usize).prop_map(|host| Event::Resume { host }),
+            1 => (0..8usize).prop_map(|host| Event::Expire { host }),
             1 => Just(Event::Tick),
         ]
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
         /// Over random pings, failures, host actions and deploys, the stage never has more hosts
         /// deploying than its limit (once first deploys are done), and the incremental counters
         /// always equal a recount. Replaying the same events on a replica gives the same state.
@@ -495,6 +546,11 @@ mod property {
                     Event::Tick => {
                         s.apply(now, Op::Tick).unwrap();
                         replica.apply(now, Op::Tick).unwrap();
+                    }
+                    Event::Expire { host } => {
+                        let op = Op::ExpireLeases { keys: vec![(env_id(), HostId::new(format!("h{host}")))] };
+                        s.apply(now, op.clone()).unwrap();
+                        replica.apply(now, op).unwrap();
                     }
                 }
                 let c = s.counters(&env_id());

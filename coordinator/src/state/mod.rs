@@ -105,6 +105,7 @@ impl State {
                 self.host_action(now_ms, &env_id, &hosts, state)
             }
             Op::Tick => self.tick(now_ms),
+            Op::ExpireLeases { keys } => self.expire_leases(now_ms, &keys),
         }
     }
 
