@@ -41,6 +41,24 @@ pub enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Agent pings: N simulated hosts at steady state ping the leader over JSON; pings/s and
+    /// latency of the read-only path (no Raft write per ping).
+    Ping {
+        /// Simulated hosts.
+        #[arg(long, default_value_t = 10_000)]
+        hosts: usize,
+        /// Concurrent connections.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![64usize, 256])]
+        clients: Vec<usize>,
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Failover: kill -9 the leader repeatedly; time until a write is accepted again.
     Failover {
         #[arg(long, default_value_t = 20)]
@@ -101,6 +119,85 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 &spec,
             )
             .await?;
+            cluster.stop_all();
+            if let Some(path) = json {
+                bench::write_json(&path, &reports)?;
+                println!("wrote {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        BenchCmd::Ping { hosts, clients, warmup, duration, dir, json } => {
+            let dir = work_dir(dir, "ping")?;
+            let mut cluster = start_cluster(dir.join("ours"))?;
+            let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await?;
+            let base = cluster.base_url(leader);
+            let c = reqwest::Client::new();
+            let post = |path: &str, body: serde_json::Value| {
+                let req = c.post(format!("{base}{path}")).json(&body);
+                async move {
+                    let v: serde_json::Value = req.send().await?.error_for_status()?.json().await?;
+                    anyhow::Ok(v)
+                }
+            };
+            let env = post(
+                "/v1/envs",
+                json!({"envName": "bench", "stageName": "prod", "maxParallel": 100}),
+            )
+            .await?;
+            c.put(format!("{base}/v1/envs/bench/prod/capacity?capacityType=GROUP"))
+                .json(&json!(["bench"]))
+                .send()
+                .await?
+                .error_for_status()?;
+            let b = post("/v1/builds", json!({"name": "bench", "artifactUrl": "file:///bench.tgz", "repo": "r", "branch": "main", "commit": "0123456789"})).await?;
+            let d = post(
+                &format!(
+                    "/v1/envs/bench/prod/deploys?buildId={}",
+                    b["id"].as_str().unwrap_or_default()
+                ),
+                serde_json::Value::Null,
+            )
+            .await?;
+            let started = std::time::Instant::now();
+            let sent = bench::ping::bring_to_steady_state(&base, hosts, 64, "bench-host-", "bench")
+                .await?;
+            println!(
+                "{hosts} hosts through their first deploy in {:.1} s ({sent} pings, most of them Raft writes)",
+                started.elapsed().as_secs_f64()
+            );
+            let mut reports = Vec::new();
+            for &concurrency in &clients {
+                let spec = LoadSpec {
+                    concurrency,
+                    warmup: Duration::from_secs(warmup),
+                    duration: Duration::from_secs(duration),
+                    value_bytes: 0,
+                };
+                let target = bench::ping::SteadyPing {
+                    base_url: base.clone(),
+                    hosts,
+                    concurrency,
+                    prefix: "bench-host-".into(),
+                    group: "bench".into(),
+                    env_id: env["id"].as_str().unwrap_or_default().into(),
+                    deploy_id: d["id"].as_str().unwrap_or_default().into(),
+                };
+                let r = bench::loadgen::run(&spec, std::sync::Arc::new(target)).await;
+                println!(
+                    "steady-state pings, {concurrency} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                    r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
+                );
+                reports.push(r);
+            }
+            let metrics = c.get(format!("{base}/metrics")).send().await?.text().await?;
+            let proposals = metrics
+                .lines()
+                .find(|l| l.starts_with("tt_coordinator_proposals_total"))
+                .unwrap_or("")
+                .to_string();
+            println!(
+                "leader {proposals} (Raft proposals over the whole run, first deploys included)"
+            );
             cluster.stop_all();
             if let Some(path) = json {
                 bench::write_json(&path, &reports)?;

@@ -291,6 +291,11 @@ async fn dev_cluster(
     http_port: u16,
     raft_port: u16,
 ) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // Installed before any node starts, so that Ctrl-C at any moment stops them all.
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let bin = find_coordinator_bin()?;
     let dir = std::path::absolute(&dir).context("resolving --dir")?;
     let mut cluster = DevCluster::start(Spec {
@@ -302,9 +307,16 @@ async fn dev_cluster(
         env: vec![],
     })?;
     let ids = cluster.ids();
-    let leader = cluster.wait_leader(&ids, Duration::from_secs(30)).await.with_context(|| {
-        format!("the cluster did not elect a leader; see the logs in {}", dir.display())
-    })?;
+    let leader = tokio::select! {
+        l = cluster.wait_leader(&ids, Duration::from_secs(30)) => l.with_context(|| {
+            format!("the cluster did not elect a leader; see the logs in {}", dir.display())
+        })?,
+        _ = interrupt.recv() => {
+            cluster.stop_all();
+            println!("stopped before a leader was elected.");
+            return Ok(());
+        }
+    };
     println!("cluster of {nodes} nodes is up; leader is node {leader}");
     let rows: Vec<Vec<String>> = cluster
         .nodes
@@ -326,7 +338,8 @@ async fn dev_cluster(
     let mut watch = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
             _ = watch.tick() => {
                 for id in cluster.ids() {
                     if !cluster.is_running(id) {

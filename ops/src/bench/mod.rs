@@ -14,6 +14,7 @@
 pub mod etcd;
 pub mod loadgen;
 pub mod ours;
+pub mod ping;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
