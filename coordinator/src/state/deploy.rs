@@ -56,6 +56,30 @@ pub struct StageCounters {
     pub active: u32,
 }
 
+/// The current deploy's progress on a stage, maintained like [`StageCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// All agent rows of the stage (any deploy).
+    pub total: u32,
+    /// Rows of the current deploy at SERVING_BUILD or STOPPED, not paused by the user.
+    pub succeeded: u32,
+    /// Rows of the current deploy that failed fatally (PAUSED_BY_SYSTEM).
+    pub stuck: u32,
+}
+
+/// This row's contribution to its stage's [`Progress`] for the stage's current deploy.
+pub fn progress_contribution(a: &AgentBean, current: Option<&DeployId>) -> Progress {
+    let mine = current.is_some() && a.deploy_id.as_ref() == current;
+    let state = a.state.unwrap_or(AgentState::Normal);
+    let done = matches!(a.deploy_stage, Some(DeployStage::ServingBuild | DeployStage::Stopped))
+        && state != AgentState::PausedByUser;
+    Progress {
+        total: 1,
+        succeeded: u32::from(mine && done),
+        stuck: u32::from(mine && state == AgentState::PausedBySystem),
+    }
+}
+
 /// This row's contribution to its stage's counters.
 pub fn contribution(a: &AgentBean) -> StageCounters {
     let first = a.first_deploy.unwrap_or(false);
@@ -280,6 +304,23 @@ impl State {
         self.counters.get(env).copied().unwrap_or_default()
     }
 
+    pub fn progress(&self, env: &EnvId) -> Progress {
+        self.progress.get(env).copied().unwrap_or_default()
+    }
+
+    /// [`Progress`] recomputed from scratch.
+    pub fn recount_progress(&self, env: &EnvId) -> Progress {
+        let current = self.envs.get(env).and_then(|e| e.deploy_id.clone());
+        self.agents_of(env).map(|a| progress_contribution(a, current.as_ref())).fold(
+            Progress::default(),
+            |acc, p| Progress {
+                total: acc.total + p.total,
+                succeeded: acc.succeeded + p.succeeded,
+                stuck: acc.stuck + p.stuck,
+            },
+        )
+    }
+
     /// Counters recomputed from scratch (the naive recount the incremental ones must equal).
     pub fn recount(&self, env: &EnvId) -> StageCounters {
         self.agents_of(env).map(contribution).fold(StageCounters::default(), |acc, c| {
@@ -315,6 +356,20 @@ impl State {
             Some(r) => self.agents.insert(key.clone(), r.clone()),
             None => self.agents.remove(&key),
         };
+        let current = self.envs.get(&key.0).and_then(|e| e.deploy_id.clone());
+        let p = self.progress.entry(key.0.clone()).or_default();
+        if let Some(old) = &old {
+            let o = progress_contribution(old, current.as_ref());
+            p.total -= o.total;
+            p.succeeded -= o.succeeded;
+            p.stuck -= o.stuck;
+        }
+        if let Some(new) = &row {
+            let n = progress_contribution(new, current.as_ref());
+            p.total += n.total;
+            p.succeeded += n.succeeded;
+            p.stuck += n.stuck;
+        }
         let c = self.counters.entry(key.0.clone()).or_default();
         if let Some(old) = &old {
             let o = contribution(old);
@@ -324,12 +379,24 @@ impl State {
                 && let Some(keys) = self.agents_by_host.get_mut(name)
             {
                 keys.remove(&key);
+                if keys.is_empty() {
+                    self.agents_by_host.remove(name);
+                }
             }
         }
         if let Some(new) = &row {
             let n = contribution(new);
             c.existing += n.existing;
             c.active += n.active;
+        }
+        // Derived maps hold no all-zero entries, so a reloaded state compares equal.
+        if *c == StageCounters::default() {
+            self.counters.remove(&key.0);
+        }
+        if self.progress.get(&key.0) == Some(&Progress::default()) {
+            self.progress.remove(&key.0);
+        }
+        if let Some(new) = &row {
             if let Some(name) = &new.host_name {
                 self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
             }
@@ -450,6 +517,13 @@ impl State {
         self.deploys_by_build.entry(build_id).or_default().insert(id.clone());
         self.deploys.insert(id.clone(), deploy.clone());
         self.dirty.insert(Key::Deploy(id));
+        // The current deploy changed: its progress is counted afresh (once per deploy).
+        let fresh = self.recount_progress(env_id);
+        if fresh == Progress::default() {
+            self.progress.remove(env_id);
+        } else {
+            self.progress.insert(env_id.clone(), fresh);
+        }
         self.transition(now, env_id);
         let deploy = self.deploys.get(deploy.id.as_ref().expect("set")).cloned().expect("inserted");
         Ok(OpOutput::Deploy(deploy))
@@ -901,23 +975,9 @@ impl State {
         if !state.is_active() {
             return None;
         }
-        let mut total = 0i64;
-        let mut succeeded = 0i64;
-        let mut stuck = 0i64;
-        for a in self.agents_of(env_id) {
-            total += 1;
-            if a.deploy_id.as_ref() == Some(&id) {
-                let st = a.state.unwrap_or(AgentState::Normal);
-                if matches!(a.deploy_stage, Some(DeployStage::ServingBuild | DeployStage::Stopped))
-                    && st != AgentState::PausedByUser
-                {
-                    succeeded += 1;
-                }
-                if st == AgentState::PausedBySystem {
-                    stuck += 1;
-                }
-            }
-        }
+        let p = self.progress(env_id);
+        let (total, succeeded, stuck) =
+            (i64::from(p.total), i64::from(p.succeeded), i64::from(p.stuck));
         let th = i64::from(env.success_threshold.unwrap_or(10_000).clamp(0, 10_000));
         let stuck_ms = i64::from(env.stuck_threshold.unwrap_or(600)).max(0) * 1000;
         let old_succeeded = i64::from(old.success_total.unwrap_or(0));

@@ -555,6 +555,7 @@ mod property {
                 }
                 let c = s.counters(&env_id());
                 prop_assert_eq!(c, s.recount(&env_id()));
+                prop_assert_eq!(s.progress(&env_id()), s.recount_progress(&env_id()));
                 prop_assert!(c.active <= limit as u32, "{} deploying, limit {}", c.active, limit);
                 prop_assert_eq!(s.take_dirty(), replica.take_dirty());
             }

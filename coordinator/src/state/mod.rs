@@ -18,7 +18,7 @@ use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean};
 use proto::command::{Op, OpError, OpOutput, OpResult};
 use proto::ids::{BuildId, DeployId, EnvId, HostId};
 
-use self::deploy::{Capacity, HostRecord, StageCounters};
+use self::deploy::{Capacity, HostRecord, Progress, StageCounters};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
@@ -65,6 +65,8 @@ pub struct State {
     capacity_by_group: BTreeMap<String, BTreeSet<EnvId>>,
     /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
     counters: BTreeMap<EnvId, StageCounters>,
+    /// The current deploy's progress per stage (derived, not persisted).
+    progress: BTreeMap<EnvId, Progress>,
     dirty: BTreeSet<Key>,
 }
 
@@ -141,7 +143,11 @@ impl State {
             .ok_or_else(|| OpError::NotFound { what: format!("stage {env_name}/{stage_name}") })?;
         let env = self.envs.get_mut(&id).expect("env_by_name points at a stage");
         let mut next = env.clone();
-        if next.apply_update(patch) {
+        // The current-deploy pointer moves only through `CreateDeploy`.
+        let mut patch = patch.clone();
+        patch.deploy_id = None;
+        patch.deploy_type = None;
+        if next.apply_update(&patch) {
             next.last_operator = Some(operator);
             next.last_update = Some(now_ms);
             *env = next.clone();
@@ -166,6 +172,7 @@ impl State {
         self.env_by_name.remove(&key);
         self.envs.remove(&id);
         self.counters.remove(&id);
+        self.progress.remove(&id);
         self.dirty.insert(Key::Env(id));
         Ok(OpOutput::Done)
     }
@@ -290,6 +297,12 @@ impl State {
             total.existing += c.existing;
             total.active += c.active;
         }
+        self.progress = self
+            .envs
+            .keys()
+            .map(|id| (id.clone(), self.recount_progress(id)))
+            .filter(|(_, p)| *p != Progress::default())
+            .collect();
         self.capacity_by_host.clear();
         self.capacity_by_group.clear();
         for (id, cap) in &self.capacity {
