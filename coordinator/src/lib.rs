@@ -8,7 +8,7 @@ pub mod metrics;
 pub mod node;
 pub mod proposer;
 pub mod raft;
-pub mod rpc;
 pub mod state;
 pub mod store;
-pub mod tls;
+
+pub use p2p_transfer::{rpc, tls};

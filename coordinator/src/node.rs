@@ -14,9 +14,10 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proposer::Proposer;
 use crate::raft::{Network, Raft, RaftRpcHandler};
-use crate::rpc::{RAFT_ALPN, RpcServer, make_client_endpoint};
+use crate::rpc::{RpcServer, make_client_endpoint};
 use crate::tls::{self, ClientAuth, ClusterCa, NodeCert};
 use crate::{ids, store};
+use proto::alpn::RAFT as RAFT_ALPN;
 
 /// How long the founding node waits for its peers before retrying `initialize`.
 pub const INIT_RETRY: Duration = Duration::from_millis(500);

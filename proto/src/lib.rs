@@ -29,3 +29,13 @@ pub use ids::{
     AgentKey, BuildId, ChangeId, ConstraintId, DataId, DeployId, EnvId, HostId, HotfixId, NodeId,
     ScheduleId, TagId,
 };
+
+/// QUIC ALPN protocol names: one per link (see DESIGN §3). A new version gets a new name.
+pub mod alpn {
+    /// Coordinator to coordinator: Raft RPCs, mutual TLS.
+    pub const RAFT: &[u8] = b"tt-raft/1";
+    /// Agent to coordinator: ping and long-poll.
+    pub const AGENT: &[u8] = b"tt-agent/1";
+    /// Agent to agent and agent to coordinator: blobs.
+    pub const BLOB: &[u8] = b"tt-blob/1";
+}

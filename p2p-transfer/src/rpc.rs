@@ -39,9 +39,6 @@ use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
 
 use crate::tls;
 
-/// ALPN protocol id for Raft RPCs between coordinator nodes.
-pub const RAFT_ALPN: &[u8] = b"tt-raft/1";
-
 /// Largest frame (request, or status byte plus response) either side accepts or sends, in bytes.
 /// Comfortably above openraft's 3 MiB snapshot chunks and large append batches.
 pub const MAX_RPC_FRAME_BYTES: usize = 64 * 1024 * 1024;

@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coordinator::rpc::{
-    self, MAX_RPC_FRAME_BYTES, RAFT_ALPN, RpcClient, RpcError, RpcHandler, RpcServer,
+use p2p_transfer::rpc::{
+    self, MAX_RPC_FRAME_BYTES, RpcClient, RpcError, RpcHandler, RpcServer,
     STREAM_CODE_FRAME_TOO_LARGE,
 };
-use coordinator::tls::{self, ClientAuth, ClusterCa, NodeCert, TlsError};
+use p2p_transfer::tls::{self, ClientAuth, ClusterCa, NodeCert, TlsError};
+
+/// ALPN of the test protocol.
+const TEST_ALPN: &[u8] = b"tt-test/1";
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,7 +53,7 @@ fn start_server(
     addr: SocketAddr,
 ) -> (RpcServer, Arc<AtomicUsize>) {
     let config =
-        tls::server_config(&pki.server, pki.ca.cert_der(), &[RAFT_ALPN], client_auth).unwrap();
+        tls::server_config(&pki.server, pki.ca.cert_der(), &[TEST_ALPN], client_auth).unwrap();
     let server = RpcServer::bind(addr, config).unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let serving = server.clone();
@@ -68,7 +71,7 @@ fn client_for(
     ca_cert: &rustls_pki_types::CertificateDer<'static>,
     server: SocketAddr,
 ) -> RpcClient {
-    let config = tls::client_config(node, ca_cert, &[RAFT_ALPN]).unwrap();
+    let config = tls::client_config(node, ca_cert, &[TEST_ALPN]).unwrap();
     RpcClient::new(rpc::make_client_endpoint(config).unwrap(), server)
 }
 
@@ -177,7 +180,7 @@ async fn oversized_frame_refuses_the_stream_and_server_keeps_serving() {
     let client_cert = tls::issue_node_cert(&pki.ca, "node-2", &[]).unwrap();
 
     // A raw client declares a frame one byte over the limit and sends nothing else.
-    let config = tls::client_config(Some(&client_cert), pki.ca.cert_der(), &[RAFT_ALPN]).unwrap();
+    let config = tls::client_config(Some(&client_cert), pki.ca.cert_der(), &[TEST_ALPN]).unwrap();
     let endpoint = rpc::make_client_endpoint(config).unwrap();
     let connection =
         endpoint.connect(server_addr, tls::CLUSTER_SERVER_NAME).unwrap().await.unwrap();
@@ -255,7 +258,7 @@ async fn client_reconnects_after_the_server_restarts() {
     drop(server);
     // The UDP socket is released once the serve task has dropped its endpoint handle.
     let config =
-        tls::server_config(&pki.server, pki.ca.cert_der(), &[RAFT_ALPN], ClientAuth::Required)
+        tls::server_config(&pki.server, pki.ca.cert_der(), &[TEST_ALPN], ClientAuth::Required)
             .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let restarted = loop {
