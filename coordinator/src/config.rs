@@ -28,6 +28,16 @@ pub struct Config {
     /// QUIC (UDP) listen address for Raft traffic.
     #[serde(default = "default_raft")]
     pub raft_addr: SocketAddr,
+    /// QUIC (UDP) listen address for agents (`tt-agent/1`).
+    #[serde(default = "default_agent")]
+    pub agent_addr: SocketAddr,
+    /// Address agents use for this node's agent endpoint, if not `agent_addr`.
+    #[serde(default)]
+    pub advertise_agent: Option<String>,
+    /// If set, agents must present this token (QUIC ping, or `Authorization: token ...` on the
+    /// JSON ping). Unset means anonymous pings are accepted (development only).
+    #[serde(default)]
+    pub agent_token: Option<String>,
     /// Address other nodes and clients use for this node's HTTP API, if not `http_addr`.
     #[serde(default)]
     pub advertise_http: Option<String>,
@@ -94,6 +104,9 @@ fn default_http() -> SocketAddr {
 fn default_raft() -> SocketAddr {
     "127.0.0.1:7400".parse().expect("literal")
 }
+fn default_agent() -> SocketAddr {
+    "127.0.0.1:7410".parse().expect("literal")
+}
 fn default_body() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
@@ -125,6 +138,12 @@ pub struct Overrides {
     pub http_addr: Option<SocketAddr>,
     #[arg(long, env = "TT_RAFT_ADDR")]
     pub raft_addr: Option<SocketAddr>,
+    #[arg(long, env = "TT_AGENT_ADDR")]
+    pub agent_addr: Option<SocketAddr>,
+    #[arg(long, env = "TT_ADVERTISE_AGENT")]
+    pub advertise_agent: Option<String>,
+    #[arg(long, env = "TT_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
     #[arg(long, env = "TT_ADVERTISE_HTTP")]
     pub advertise_http: Option<String>,
     #[arg(long, env = "TT_ADVERTISE_RAFT")]
@@ -160,6 +179,9 @@ struct FileConfig {
     raft_addr: Option<SocketAddr>,
     advertise_http: Option<String>,
     advertise_raft: Option<String>,
+    agent_addr: Option<SocketAddr>,
+    advertise_agent: Option<String>,
+    agent_token: Option<String>,
     #[serde(default)]
     initial_members: Vec<String>,
     #[serde(default)]
@@ -209,6 +231,9 @@ impl Config {
                 .ok_or_else(|| missing("tls_dir", "tls-dir", "TT_TLS_DIR"))?,
             http_addr: o.http_addr.or(file.http_addr).unwrap_or_else(default_http),
             raft_addr: o.raft_addr.or(file.raft_addr).unwrap_or_else(default_raft),
+            agent_addr: o.agent_addr.or(file.agent_addr).unwrap_or_else(default_agent),
+            advertise_agent: o.advertise_agent.clone().or(file.advertise_agent),
+            agent_token: o.agent_token.clone().or(file.agent_token),
             advertise_http: o.advertise_http.clone().or(file.advertise_http),
             advertise_raft: o.advertise_raft.clone().or(file.advertise_raft),
             initial_members: if o.initial_members.is_empty() {
@@ -273,6 +298,7 @@ impl Config {
         NodeInfo {
             http_addr: self.advertise_http.clone().unwrap_or_else(|| self.http_addr.to_string()),
             raft_addr: self.advertise_raft.clone().unwrap_or_else(|| self.raft_addr.to_string()),
+            agent_addr: self.advertise_agent.clone().unwrap_or_else(|| self.agent_addr.to_string()),
         }
     }
 
@@ -281,20 +307,27 @@ impl Config {
     }
 }
 
-/// Parses `id=http_addr,raft_addr`.
+/// Parses `id=http_addr,raft_addr[,agent_addr]`.
 pub fn parse_member(s: &str) -> Result<(NodeId, NodeInfo), ConfigError> {
     let err = || {
         ConfigError::Invalid(format!(
-            "initial member {s:?} is not of the form id=http_host:port,raft_host:port"
+            "initial member {s:?} is not of the form id=http_host:port,raft_host:port[,agent_host:port]"
         ))
     };
     let (id, addrs) = s.split_once('=').ok_or_else(err)?;
     let id: NodeId = id.trim().parse().map_err(|_| err())?;
-    let (http, raft) = addrs.split_once(',').ok_or_else(err)?;
-    if id == 0 || http.trim().is_empty() || raft.trim().is_empty() {
+    let parts: Vec<&str> = addrs.split(',').map(str::trim).collect();
+    if id == 0 || !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.is_empty()) {
         return Err(err());
     }
-    Ok((id, NodeInfo { http_addr: http.trim().to_string(), raft_addr: raft.trim().to_string() }))
+    Ok((
+        id,
+        NodeInfo {
+            http_addr: parts[0].to_string(),
+            raft_addr: parts[1].to_string(),
+            agent_addr: parts.get(2).map(|a| a.to_string()).unwrap_or_default(),
+        },
+    ))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -1,8 +1,10 @@
 //! The coordinator: one node of the three-node Raft cluster that stores Teletraan's state
 //! (stages, builds, deploys) and serves the `/v1` API. See ARCHITECTURE.md for the map.
 
+pub mod agent_api;
 pub mod api;
 pub mod config;
+pub mod feed;
 pub mod ids;
 pub mod metrics;
 pub mod node;

@@ -69,6 +69,7 @@ pub async fn run(
         .with_fsync_observer(Arc::new(move |s| fsync_metrics.log_fsync_seconds.observe(s)));
     let committed = log_store.committed_index();
     let applied = sm_store.applied();
+    let feed = sm_store.change_feed();
 
     let tls_err = |source| StartError::Tls { dir: cfg.tls_dir.clone(), source };
     let ca_cert = ClusterCa::load_cert(&cfg.tls_dir).map_err(tls_err)?;
@@ -138,7 +139,17 @@ pub async fn run(
         liveness: crate::api::deploys::Liveness::new(std::time::Duration::from_millis(
             cfg.lease_ttl_ms,
         )),
+        feed,
+        agent_token: cfg.agent_token.clone(),
     });
+    // Agents: server-authenticated TLS under the cluster CA; identity by token.
+    let agent_server_cfg =
+        tls::server_config(&node_cert, &ca_cert, &[proto::alpn::AGENT], ClientAuth::None)?;
+    let agent_server = RpcServer::bind(cfg.agent_addr, agent_server_cfg).map_err(|e| {
+        StartError::Bind { what: "agent QUIC endpoint", addr: e.addr, source: e.source }
+    })?;
+    let agent_handler = Arc::new(crate::agent_api::AgentHandler { app: app.clone() });
+    tokio::spawn(async move { agent_server.serve(agent_handler).await });
     tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
     tokio::spawn(crate::api::deploys::lease_loop(app.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)

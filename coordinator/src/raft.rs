@@ -31,6 +31,9 @@ pub struct NodeInfo {
     pub http_addr: String,
     /// `host:port` (UDP) of the node's QUIC endpoint for Raft traffic.
     pub raft_addr: String,
+    /// `host:port` (UDP) of the node's QUIC endpoint for agents (`tt-agent/1`); empty if none.
+    #[serde(default)]
+    pub agent_addr: String,
 }
 
 openraft::declare_raft_types!(

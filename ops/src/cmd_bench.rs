@@ -54,6 +54,9 @@ pub enum BenchCmd {
         warmup: u64,
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// QUIC connections for the native-protocol runs.
+        #[arg(long, default_value_t = 64)]
+        quic_connections: usize,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -126,7 +129,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        BenchCmd::Ping { hosts, clients, warmup, duration, dir, json } => {
+        BenchCmd::Ping { hosts, clients, warmup, duration, quic_connections, dir, json } => {
             let dir = work_dir(dir, "ping")?;
             let mut cluster = start_cluster(dir.join("ours"))?;
             let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await?;
@@ -184,7 +187,38 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 };
                 let r = bench::loadgen::run(&spec, std::sync::Arc::new(target)).await;
                 println!(
-                    "steady-state pings, {concurrency} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                    "steady-state pings, JSON over HTTP, {concurrency} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                    r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
+                );
+                reports.push(r);
+            }
+            let ca = p2p_transfer_ca(&cluster)?;
+            let agent_addr = cluster.node(leader).agent_addr;
+            let quic: Vec<_> = (0..quic_connections)
+                .map(|_| {
+                    agent::coordinator_client::CoordinatorClient::new(&ca, vec![agent_addr], None)
+                        .map(std::sync::Arc::new)
+                })
+                .collect::<Result<_, _>>()?;
+            for &concurrency in &clients {
+                let spec = LoadSpec {
+                    concurrency,
+                    warmup: Duration::from_secs(warmup),
+                    duration: Duration::from_secs(duration),
+                    value_bytes: 0,
+                };
+                let target = bench::ping::QuicSteadyPing {
+                    clients: quic.clone(),
+                    hosts,
+                    concurrency,
+                    prefix: "bench-host-".into(),
+                    group: "bench".into(),
+                    env_id: env["id"].as_str().unwrap_or_default().into(),
+                    deploy_id: d["id"].as_str().unwrap_or_default().into(),
+                };
+                let r = bench::loadgen::run(&spec, std::sync::Arc::new(target)).await;
+                println!(
+                    "steady-state pings, native QUIC ({quic_connections} connections), {concurrency} in flight: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
                     r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
                 );
                 reports.push(r);
@@ -305,4 +339,12 @@ async fn failover(dir: PathBuf, kills: usize) -> anyhow::Result<FailoverReport> 
             std::env::var("TT_ELECTION_TIMEOUT_MAX_MS").unwrap_or_else(|_| "500".into())
         ),
     })
+}
+
+/// The cluster CA certificate of a dev cluster.
+fn p2p_transfer_ca(
+    cluster: &DevCluster,
+) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
+    let dir = cluster.dir().join("ca");
+    agent::ca_cert(&dir).with_context(|| format!("loading the cluster CA from {}", dir.display()))
 }

@@ -39,6 +39,8 @@ pub struct NodeEntry {
     pub pid: Option<u32>,
     pub http_addr: SocketAddr,
     pub raft_addr: SocketAddr,
+    /// QUIC endpoint for agents (`tt-agent/1`).
+    pub agent_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub tls_dir: PathBuf,
     pub log: PathBuf,
@@ -103,6 +105,10 @@ fn prepare_node(spec: &Spec, ca_dir: &Path, i: u64) -> anyhow::Result<NodeEntry>
         Some(b) => b + (i as u16) - 1,
         None => free_udp_port()?,
     };
+    let agent_port = match spec.base_raft_port {
+        Some(b) => b + 10 + (i as u16) - 1,
+        None => free_udp_port()?,
+    };
     let node_dir = spec.dir.join(format!("node-{i}"));
     let tls_dir = node_dir.join("tls");
     if !tls_dir.join("node.pem").exists() {
@@ -120,6 +126,7 @@ fn prepare_node(spec: &Spec, ca_dir: &Path, i: u64) -> anyhow::Result<NodeEntry>
         pid: None,
         http_addr: SocketAddr::from(([127, 0, 0, 1], http_port)),
         raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
+        agent_addr: SocketAddr::from(([127, 0, 0, 1], agent_port)),
         data_dir: node_dir.join("data"),
         tls_dir,
         log: node_dir.join("coordinator.log"),
@@ -159,8 +166,10 @@ impl DevCluster {
         for i in 1..=spec.nodes as u64 {
             nodes.push(prepare_node(&spec, &ca_dir, i)?);
         }
-        let members =
-            nodes.iter().map(|n| format!("{}={},{}", n.id, n.http_addr, n.raft_addr)).collect();
+        let members = nodes
+            .iter()
+            .map(|n| format!("{}={},{},{}", n.id, n.http_addr, n.raft_addr, n.agent_addr))
+            .collect();
         let children = nodes.iter().map(|_| None).collect();
         let mut cluster = DevCluster { spec, nodes, children, members, standby: Vec::new() };
         for i in 0..cluster.nodes.len() {
@@ -193,6 +202,8 @@ impl DevCluster {
             .arg(n.http_addr.to_string())
             .arg("--raft-addr")
             .arg(n.raft_addr.to_string())
+            .arg("--agent-addr")
+            .arg(n.agent_addr.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

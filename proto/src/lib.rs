@@ -13,6 +13,7 @@
 //! (skipped fields, untagged or flattened enums, `deserialize_any`). postcard encodes enum
 //! variants and struct fields by position: they are appended, never reordered or removed.
 
+pub mod agent;
 pub mod beans;
 pub mod command;
 pub mod enums;

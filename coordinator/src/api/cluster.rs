@@ -46,6 +46,7 @@ pub struct Member {
     pub id: NodeId,
     pub http_addr: String,
     pub raft_addr: String,
+    pub agent_addr: String,
     /// leader, follower (voter) or learner.
     pub role: String,
     /// Highest log index the leader knows this member holds (on the leader only).
@@ -67,6 +68,7 @@ async fn status(State(app): State<App>) -> Json<ClusterStatus> {
             id: *id,
             http_addr: node.http_addr.clone(),
             raft_addr: node.raft_addr.clone(),
+            agent_addr: node.agent_addr.clone(),
             role: if Some(*id) == m.current_leader {
                 "leader"
             } else if voters.contains(id) {
@@ -110,6 +112,8 @@ pub struct AddNode {
     pub id: NodeId,
     pub http_addr: String,
     pub raft_addr: String,
+    #[serde(default)]
+    pub agent_addr: String,
     /// Keep the node a learner (non-voting). Default false: promote to voter once caught up.
     #[serde(default)]
     pub learner_only: bool,
@@ -132,7 +136,8 @@ async fn add_node(
     if req.id == 0 {
         return Err(ApiError::bad_request("id must be greater than 0"));
     }
-    let node = NodeInfo { http_addr: req.http_addr, raft_addr: req.raft_addr };
+    let node =
+        NodeInfo { http_addr: req.http_addr, raft_addr: req.raft_addr, agent_addr: req.agent_addr };
     app.raft.add_learner(req.id, node, false).await.map_err(|e| {
         ApiError::unavailable(format!("adding node {} as a learner failed: {e}", req.id))
     })?;

@@ -48,28 +48,68 @@ fn env_of(app: &AppState, env: &str, stage: &str) -> Result<EnvironBean, ApiErro
         .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
 }
 
-/// The agent ping. Evaluated on the leader's applied state first: a ping that changes nothing
-/// is answered without touching the Raft log; one that does is proposed, and `apply` decides
-/// again on the state of that moment (so admission cannot over-admit).
+/// The JSON agent ping (Teletraan's `POST /v1/system/ping`): never held.
 async fn ping(
     State(app): State<App>,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<PingRequestBean>,
 ) -> Result<Json<PingResponseBean>, ApiError> {
+    if let Some(want) = &app.agent_token {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("token "));
+        if given != Some(want.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong agent token (Authorization: token ...)",
+            ));
+        }
+    }
+    ping_core(&app, req, Duration::ZERO).await.map(Json)
+}
+
+/// One ping, on the leader. It is planned on the applied state first: a ping that changes
+/// nothing is answered without touching the Raft log; one that does is proposed, and `apply`
+/// decides again on the state of that moment (so admission cannot over-admit). If the answer is
+/// NOOP and `wait` allows, the ping is held until something concerning this host changes (see
+/// `feed`), then planned again.
+pub async fn ping_core(
+    app: &AppState,
+    req: PingRequestBean,
+    wait: Duration,
+) -> Result<PingResponseBean, ApiError> {
     if req.host_id.as_str().is_empty() {
         return Err(ApiError::bad_request("hostId is required"));
     }
-    let now = crate::node::now_ms();
-    let plan = {
-        let applied = app.applied.read().expect("applied lock poisoned");
-        applied.state.plan_ping(now, &req)
-    };
-    app.liveness.seen(&req.host_id);
-    if plan.is_read_only() {
-        return Ok(Json(plan.response));
-    }
-    match propose(&app, Op::Ping { request: req }).await? {
-        OpOutput::Ping(resp) => Ok(Json(resp)),
-        other => unreachable!("ping answered {other:?}"),
+    let deadline = tokio::time::Instant::now() + wait;
+    let host =
+        req.host_name.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| req.host_id.to_string());
+    loop {
+        app.liveness.seen(&req.host_id);
+        let now = crate::node::now_ms();
+        let (plan, subscription) = {
+            let applied = app.applied.read().expect("applied lock poisoned");
+            let stages = applied.state.host_stage_ids(&host, &req.groups);
+            let subscription = app.feed.subscribe(&stages);
+            (applied.state.plan_ping(now, &req), subscription)
+        };
+        let response = if plan.is_read_only() {
+            plan.response
+        } else {
+            match propose(app, Op::Ping { request: req.clone() }).await? {
+                OpOutput::Ping(resp) => resp,
+                other => unreachable!("ping answered {other:?}"),
+            }
+        };
+        if response.op_code != proto::enums::OpCode::Noop || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(response);
+        }
+        tokio::select! {
+            _ = subscription.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
     }
 }
 

@@ -55,6 +55,10 @@ pub struct AppState {
     pub ids: crate::ids::IdGen,
     /// When hosts last pinged (leader memory), for parallelism leases.
     pub liveness: deploys::Liveness,
+    /// Wakes held (long-polled) pings when their stages change.
+    pub feed: Arc<crate::feed::ChangeFeed>,
+    /// The token agents must present, if any.
+    pub agent_token: Option<String>,
 }
 
 pub type App = Arc<AppState>;

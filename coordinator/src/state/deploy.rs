@@ -328,6 +328,15 @@ impl State {
         })
     }
 
+    /// The stages a ping from `host` concerns: its capacity stages and those it has rows on.
+    pub fn host_stage_ids(&self, host: &str, groups: &BTreeSet<String>) -> BTreeSet<EnvId> {
+        let mut ids: BTreeSet<EnvId> = self.stages_for_host(host, groups).into_keys().collect();
+        if let Some(keys) = self.agents_by_host.get(host) {
+            ids.extend(keys.iter().map(|(e, _)| e.clone()));
+        }
+        ids
+    }
+
     /// Stages whose capacity includes `host` by name or one of `groups` (Teletraan's tiers:
     /// a stage found by host name wins over one of the same env found by group).
     fn stages_for_host(
@@ -389,6 +398,12 @@ impl State {
             c.existing += n.existing;
             c.active += n.active;
         }
+        if old.as_ref().is_some_and(|o| {
+            contribution(o).active > row.as_ref().map_or(0, |r| contribution(r).active)
+        }) {
+            // A slot was freed: hosts waiting on this stage may be admitted now.
+            self.changed.insert(key.0.clone());
+        }
         // Derived maps hold no all-zero entries, so a reloaded state compares equal.
         if *c == StageCounters::default() {
             self.counters.remove(&key.0);
@@ -430,6 +445,8 @@ impl State {
         for g in &capacity.groups {
             self.capacity_by_group.entry(g.clone()).or_default().insert(env_id.clone());
         }
+        self.capacity_changed = true;
+        self.changed.insert(env_id.clone());
         if capacity == Capacity::default() {
             self.capacity.remove(env_id);
         } else {
@@ -518,6 +535,7 @@ impl State {
         self.deploys.insert(id.clone(), deploy.clone());
         self.dirty.insert(Key::Deploy(id));
         // The current deploy changed: its progress is counted afresh (once per deploy).
+        self.changed.insert(env_id.clone());
         let fresh = self.recount_progress(env_id);
         if fresh == Progress::default() {
             self.progress.remove(env_id);
@@ -569,6 +587,7 @@ impl State {
                 ),
             });
         }
+        self.changed.insert(env_id.clone());
         for h in hosts {
             let key = (env_id.clone(), h.clone());
             if let Some(mut row) = self.agents.get(&key).cloned() {

@@ -67,6 +67,10 @@ pub struct State {
     counters: BTreeMap<EnvId, StageCounters>,
     /// The current deploy's progress per stage (derived, not persisted).
     progress: BTreeMap<EnvId, Progress>,
+    /// Stages changed by the last applies in ways that may give a waiting host a goal, and
+    /// whether capacity moved (may concern any host). Drained by [`State::take_changes`].
+    changed: BTreeSet<EnvId>,
+    capacity_changed: bool,
     dirty: BTreeSet<Key>,
 }
 
@@ -148,6 +152,7 @@ impl State {
         patch.deploy_id = None;
         patch.deploy_type = None;
         if next.apply_update(&patch) {
+            self.changed.insert(id.clone());
             next.last_operator = Some(operator);
             next.last_update = Some(now_ms);
             *env = next.clone();
@@ -215,6 +220,11 @@ impl State {
     }
 
     // ----- persistence ---------------------------------------------------------------------
+
+    /// Stages whose changes may wake held pings, and whether capacity moved (see `feed`).
+    pub fn take_changes(&mut self) -> (BTreeSet<EnvId>, bool) {
+        (std::mem::take(&mut self.changed), std::mem::take(&mut self.capacity_changed))
+    }
 
     /// Records changed since the last call, encoded for RocksDB (`None` = deleted).
     pub fn take_dirty(&mut self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {

@@ -40,6 +40,7 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     applied: AppliedHandle,
     snapshot_dir: PathBuf,
+    feed: Arc<crate::feed::ChangeFeed>,
 }
 
 impl StateMachineStore {
@@ -49,7 +50,17 @@ impl StateMachineStore {
             .await
             .map_err(|e| e.to_string())??;
         snapshot::remove_partial_files(&snapshot_dir);
-        Ok(Self { db, applied: Arc::new(RwLock::new(applied)), snapshot_dir })
+        Ok(Self {
+            db,
+            applied: Arc::new(RwLock::new(applied)),
+            snapshot_dir,
+            feed: Arc::new(crate::feed::ChangeFeed::default()),
+        })
+    }
+
+    /// The feed that announces, after each apply, which stages changed (for long-polls).
+    pub fn change_feed(&self) -> Arc<crate::feed::ChangeFeed> {
+        self.feed.clone()
     }
 
     /// A handle readers use to see the applied state.
@@ -98,6 +109,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let mut batch = WriteBatch::default();
+        let changes;
         {
             let mut applied = self.applied.write().expect("applied lock poisoned");
             let mut last = None;
@@ -138,7 +150,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Written under the lock so that readers never see memory ahead of disk ordering
             // across two applies; the write itself is a memtable insert (no fsync).
             self.db.write(batch).map_err(|e| StorageIOError::apply(last, &e))?;
+            changes = applied.state.take_changes();
         }
+        self.feed.notify(&changes.0, changes.1);
         Ok(responses)
     }
 
@@ -175,6 +189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         debug_assert_eq!(fresh.last_applied, meta.last_log_id);
         *self.applied.write().expect("applied lock poisoned") = fresh;
+        // Anything may have changed: wake every held ping to re-plan.
+        self.feed.notify(&Default::default(), true);
         Ok(())
     }
 

@@ -114,3 +114,57 @@ pub async fn bring_to_steady_state(
     }
     Ok(sent.load(std::sync::atomic::Ordering::Relaxed))
 }
+
+/// The same steady-state ping over the native protocol (`tt-agent/1`, QUIC, no long-poll):
+/// worker `w` uses client `w mod clients` (one QUIC connection each).
+pub struct QuicSteadyPing {
+    pub clients: Vec<Arc<agent::coordinator_client::CoordinatorClient>>,
+    pub hosts: usize,
+    pub concurrency: usize,
+    pub prefix: String,
+    pub group: String,
+    pub env_id: String,
+    pub deploy_id: String,
+}
+
+impl WriteTarget for QuicSteadyPing {
+    fn request(
+        &self,
+        _http: &reqwest::Client,
+        worker: usize,
+        seq: u64,
+        _value: &[u8],
+    ) -> BoxFuture<'static, Result<(), String>> {
+        use proto::enums::{AgentStatus, DeployStage, OpCode};
+        use proto::ids::{DeployId, EnvId, HostId};
+        let i = (worker + (seq as usize) * self.concurrency) % self.hosts;
+        let host = host_name(&self.prefix, i);
+        let mut req = proto::ping::PingRequestBean::new(HostId::new(format!("id-{host}")));
+        req.host_name = Some(host);
+        req.host_ip = Some("127.0.0.1".into());
+        req.groups.insert(self.group.clone());
+        req.agent_version = Some("bench".into());
+        req.reports = vec![proto::ping::PingReportBean {
+            deploy_id: Some(DeployId::new(self.deploy_id.clone())),
+            env_id: Some(EnvId::new(self.env_id.clone())),
+            deploy_stage: Some(DeployStage::ServingBuild),
+            agent_status: Some(AgentStatus::Succeeded),
+            error_code: Some(0),
+            fail_count: Some(0),
+            ..Default::default()
+        }];
+        let client = self.clients[worker % self.clients.len()].clone();
+        Box::pin(async move {
+            let goal =
+                client.ping(&req, std::time::Duration::ZERO).await.map_err(|e| e.to_string())?;
+            if goal.op_code != OpCode::Noop {
+                return Err(format!("expected NOOP, got {}", goal.op_code));
+            }
+            Ok(())
+        })
+    }
+
+    fn name(&self) -> String {
+        "ping-quic".into()
+    }
+}

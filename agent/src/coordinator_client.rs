@@ -1,0 +1,123 @@
+//! Talks `tt-agent/1` to a coordinator cluster: pings (optionally long-polled), follows
+//! redirects to the leader, and fails over across nodes by itself.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use bytes::Bytes;
+use p2p_transfer::rpc::{RpcClient, RpcError, make_client_endpoint};
+use p2p_transfer::tls;
+use proto::agent::{AgentReply, AgentRequest, MAX_LONG_POLL_MS};
+use proto::ping::{PingRequestBean, PingResponseBean};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::Mutex;
+
+/// Extra time allowed beyond a long-poll wait before a ping call counts as failed.
+pub const PING_RPC_SLACK: Duration = Duration::from_secs(5);
+/// Pause before trying another node when none knows a leader.
+pub const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+/// Attempts per ping, over all nodes, before giving up.
+pub const MAX_ATTEMPTS_PER_NODE: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("no coordinator answered after {attempts} attempts; last error: {last}")]
+    NoCoordinator { attempts: usize, last: String },
+    #[error("coordinator refused the ping ({code}): {message}")]
+    Refused { code: u16, message: String },
+}
+
+pub struct CoordinatorClient {
+    endpoint: quinn::Endpoint,
+    nodes: Vec<SocketAddr>,
+    token: Option<String>,
+    /// The node pinged last (the leader, once found).
+    current: Mutex<(SocketAddr, std::sync::Arc<RpcClient>)>,
+}
+
+impl CoordinatorClient {
+    /// A client for the cluster whose CA certificate is `ca` and whose agent endpoints are
+    /// `nodes` (any subset; redirects lead to the leader).
+    pub fn new(
+        ca: &CertificateDer<'_>,
+        nodes: Vec<SocketAddr>,
+        token: Option<String>,
+    ) -> Result<Self, ClientError> {
+        tls::install_crypto_provider();
+        assert!(!nodes.is_empty(), "at least one coordinator address");
+        let config = tls::client_config(None, ca, &[proto::alpn::AGENT])
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let endpoint = make_client_endpoint(config).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let first = nodes[0];
+        let current =
+            Mutex::new((first, std::sync::Arc::new(RpcClient::new(endpoint.clone(), first))));
+        Ok(Self { endpoint, nodes, token, current })
+    }
+
+    async fn rotate(&self, to: Option<SocketAddr>) {
+        let mut cur = self.current.lock().await;
+        let next = to.unwrap_or_else(|| {
+            let i = self
+                .nodes
+                .iter()
+                .position(|n| *n == cur.0)
+                .map_or(0, |i| (i + 1) % self.nodes.len());
+            self.nodes[i]
+        });
+        *cur = (next, std::sync::Arc::new(RpcClient::new(self.endpoint.clone(), next)));
+    }
+
+    /// Pings; if the answer would be NOOP, the leader may hold it up to `wait`.
+    pub async fn ping(
+        &self,
+        request: &PingRequestBean,
+        wait: Duration,
+    ) -> Result<PingResponseBean, ClientError> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).min(MAX_LONG_POLL_MS);
+        let req =
+            AgentRequest::Ping { token: self.token.clone(), wait_ms, request: request.clone() };
+        let bytes = Bytes::from(postcard::to_stdvec(&req).expect("requests encode"));
+        let attempts = MAX_ATTEMPTS_PER_NODE * self.nodes.len();
+        let mut last = String::new();
+        for _ in 0..attempts {
+            let (addr, client) = {
+                let cur = self.current.lock().await;
+                (cur.0, cur.1.clone())
+            };
+            let timeout = Duration::from_millis(u64::from(wait_ms)) + PING_RPC_SLACK;
+            match client.call(bytes.clone(), timeout).await {
+                Ok(reply) => match postcard::from_bytes::<AgentReply>(&reply) {
+                    Ok(AgentReply::Goal(goal)) => return Ok(goal),
+                    Ok(AgentReply::Refused { code, message }) => {
+                        return Err(ClientError::Refused { code, message });
+                    }
+                    Ok(AgentReply::Redirect { leader: Some(leader) }) => {
+                        last = format!("{addr} redirected to {leader}");
+                        let resolved = leader.to_socket_addrs().ok().and_then(|mut a| a.next());
+                        self.rotate(resolved).await;
+                    }
+                    Ok(AgentReply::Redirect { leader: None }) => {
+                        last = format!("{addr} knows no leader");
+                        self.rotate(None).await;
+                        tokio::time::sleep(NO_LEADER_PAUSE).await;
+                    }
+                    Err(e) => {
+                        last = format!("{addr} sent a malformed reply: {e}");
+                        self.rotate(None).await;
+                    }
+                },
+                Err(e @ (RpcError::Unreachable(_) | RpcError::Timeout(_))) => {
+                    last = format!("{addr}: {e}");
+                    self.rotate(None).await;
+                }
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    self.rotate(None).await;
+                }
+            }
+        }
+        Err(ClientError::NoCoordinator { attempts, last })
+    }
+}

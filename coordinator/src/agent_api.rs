@@ -1,0 +1,65 @@
+//! The native agent endpoint: `tt-agent/1` over QUIC (server-authenticated TLS under the
+//! cluster CA; agents identify with a token). One postcard [`AgentRequest`] and
+//! [`AgentReply`] per stream. Followers redirect agents to the leader; the leader may hold a
+//! NOOP ping (long-poll) and answers as soon as something concerning the host changes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::agent::{AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_LONG_POLL_MS};
+
+use crate::api::{App, known_leader};
+use crate::rpc::{BoxFuture, RpcHandler};
+
+/// Serves agent requests on one node.
+pub struct AgentHandler {
+    pub app: App,
+}
+
+fn encode(reply: &AgentReply) -> Result<Bytes, String> {
+    postcard::to_stdvec(reply).map(Bytes::from).map_err(|e| e.to_string())
+}
+
+impl RpcHandler for AgentHandler {
+    fn handle(&self, peer: SocketAddr, req: Bytes) -> BoxFuture<'static, Result<Bytes, String>> {
+        let app = self.app.clone();
+        Box::pin(async move {
+            let refused =
+                |code: u16, message: String| encode(&AgentReply::Refused { code, message });
+            if req.len() > MAX_AGENT_FRAME_BYTES {
+                return refused(
+                    413,
+                    format!("request of {} bytes exceeds {MAX_AGENT_FRAME_BYTES}", req.len()),
+                );
+            }
+            let request: AgentRequest = match postcard::from_bytes(&req) {
+                Ok(r) => r,
+                Err(e) => return refused(400, format!("malformed agent request: {e}")),
+            };
+            let AgentRequest::Ping { token, wait_ms, request } = request;
+            if let Some(want) = &app.agent_token
+                && token.as_deref() != Some(want.as_str())
+            {
+                tracing::warn!(%peer, host = %request.host_id, "agent ping with a missing or wrong token refused");
+                return refused(401, "missing or wrong agent token".into());
+            }
+            match known_leader(&app) {
+                Some((leader, _)) if leader == app.node_id => {}
+                Some((_, node)) => {
+                    let leader = node.map(|n| n.agent_addr).filter(|a| !a.is_empty());
+                    return encode(&AgentReply::Redirect { leader });
+                }
+                None => return encode(&AgentReply::Redirect { leader: None }),
+            }
+            let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_LONG_POLL_MS)));
+            match crate::api::deploys::ping_core(&app, request, wait).await {
+                Ok(goal) => encode(&AgentReply::Goal(goal)),
+                Err(e) if e.status.as_u16() == 503 => {
+                    encode(&AgentReply::Redirect { leader: None })
+                }
+                Err(e) => refused(e.status.as_u16(), e.message),
+            }
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! The native agent protocol on a real cluster: redirect from a follower to the leader, a
+//! long-polled ping woken by a new deploy, and a wrong token refused.
+
+mod common;
+
+use std::time::Duration;
+
+use agent::coordinator_client::{ClientError, CoordinatorClient};
+use common::{LEADER_WAIT, http, spec};
+use ops::devcluster::DevCluster;
+use proto::enums::{AgentStatus, DeployStage, OpCode};
+use proto::ids::HostId;
+use proto::ping::{PingReportBean, PingRequestBean};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "s3cret-pinger";
+
+fn request(report: Option<PingReportBean>) -> PingRequestBean {
+    let mut r = PingRequestBean::new(HostId::new("i-web-1"));
+    r.host_name = Some("web-1".into());
+    r.reports = report.into_iter().collect();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_ping_redirects_long_polls_and_checks_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_AGENT_TOKEN", TOKEN)])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
+    let follower = *ids.iter().find(|i| **i != leader).unwrap();
+    let ca = p2p_transfer::tls::ClusterCa::load_cert(&cluster.dir().join("ca")).unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    let post = |path: String, body: Value| {
+        let req = c.post(format!("{base}{path}")).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    post("/v1/envs".into(), json!({"envName": "svc", "stageName": "prod"})).await;
+    c.put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=HOST"))
+        .json(&json!(["web-1"]))
+        .send()
+        .await
+        .unwrap();
+    let b1 = post("/v1/builds".into(), json!({"name": "svc", "artifactUrl": "file:///1", "repo": "r", "branch": "m", "commit": "1111111"})).await;
+    let b2 = post("/v1/builds".into(), json!({"name": "svc", "artifactUrl": "file:///2", "repo": "r", "branch": "m", "commit": "2222222"})).await;
+
+    // Wrong token: refused, nothing recorded.
+    let wrong =
+        CoordinatorClient::new(&ca, vec![cluster.node(leader).agent_addr], Some("nope".into()))
+            .unwrap();
+    let err = wrong.ping(&request(None), Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused { code: 401, .. }), "{err}");
+    // The JSON ping needs the token too.
+    let r = c
+        .post(format!("{base}/v1/system/ping"))
+        .json(&json!({"hostId": "i-web-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A client that only knows a follower is redirected to the leader.
+    let client =
+        CoordinatorClient::new(&ca, vec![cluster.node(follower).agent_addr], Some(TOKEN.into()))
+            .unwrap();
+    let goal = client.ping(&request(None), Duration::ZERO).await.unwrap();
+    assert_eq!(goal.op_code, OpCode::Noop, "never deployed: nothing to do");
+
+    // First deploy, walked to steady state over QUIC.
+    let d1 = post(
+        format!("/v1/envs/svc/prod/deploys?buildId={}", b1["id"].as_str().unwrap()),
+        json!(null),
+    )
+    .await;
+    let mut report = None;
+    loop {
+        let goal = client.ping(&request(report.clone()), Duration::ZERO).await.unwrap();
+        let Some(g) = goal.deploy_goal else { break };
+        report = Some(PingReportBean {
+            deploy_id: g.deploy_id.clone(),
+            env_id: g.env_id.clone(),
+            deploy_stage: g.deploy_stage,
+            agent_status: Some(AgentStatus::Succeeded),
+            ..Default::default()
+        });
+        if g.deploy_stage == Some(DeployStage::ServingBuild) {
+            let idle = client.ping(&request(report.clone()), Duration::ZERO).await.unwrap();
+            assert_eq!(idle.op_code, OpCode::Noop);
+            break;
+        }
+    }
+    assert_eq!(
+        report.as_ref().unwrap().deploy_id.as_ref().unwrap().as_str(),
+        d1["id"].as_str().unwrap()
+    );
+
+    // Long-poll: held while nothing changes; a new deploy wakes it long before its deadline.
+    let held = {
+        let req = request(report.clone());
+        tokio::spawn(async move { client.ping(&req, Duration::from_millis(60_000)).await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a NOOP ping is held, not answered");
+    let d2 = post(
+        format!("/v1/envs/svc/prod/deploys?buildId={}", b2["id"].as_str().unwrap()),
+        json!(null),
+    )
+    .await;
+    // Its long-poll deadline is 60 s away: an answer within 30 s means the change woke it.
+    let goal = tokio::time::timeout(Duration::from_secs(30), held)
+        .await
+        .expect("woken by the deploy")
+        .unwrap();
+    let g = goal.deploy_goal.expect("a goal");
+    assert_eq!(g.deploy_stage, Some(DeployStage::PreDownload));
+    assert_eq!(g.deploy_id.unwrap().as_str(), d2["id"].as_str().unwrap());
+}

@@ -1,0 +1,67 @@
+//! The native agent protocol (`tt-agent/1`): one postcard-encoded request and reply per QUIC
+//! stream. It carries Teletraan's ping beans unchanged and adds what JSON cannot: a long-poll
+//! wait, a token, and a redirect to the leader.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ping::{PingRequestBean, PingResponseBean};
+
+/// Version of [`AgentRequest`]/[`AgentReply`]; a change of meaning needs a new ALPN name.
+pub const AGENT_PROTOCOL_VERSION: u16 = 1;
+/// Longest a coordinator holds a NOOP ping before answering it.
+pub const MAX_LONG_POLL_MS: u32 = 60_000;
+/// Largest agent request or reply, in bytes.
+pub const MAX_AGENT_FRAME_BYTES: usize = 1024 * 1024;
+
+/// What an agent asks. Append-only enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentRequest {
+    /// A ping. If the answer would be NOOP, the coordinator may hold it up to `wait_ms`
+    /// (capped at [`MAX_LONG_POLL_MS`]) and answer as soon as something concerning this host
+    /// changes: a new deploy on one of its stages, a freed parallelism slot, a host action.
+    Ping { token: Option<String>, wait_ms: u32, request: PingRequestBean },
+}
+
+/// What a coordinator answers. Append-only enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AgentReply {
+    Goal(PingResponseBean),
+    /// This node is not the leader; ask `leader` (its agent `host:port`), if known.
+    Redirect {
+        leader: Option<String>,
+    },
+    /// The request was refused (bad token, malformed request); nothing was recorded.
+    Refused {
+        code: u16,
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::HostId;
+
+    #[test]
+    fn requests_and_replies_round_trip_through_postcard() {
+        let req = AgentRequest::Ping {
+            token: Some("t".into()),
+            wait_ms: 5000,
+            request: PingRequestBean::new(HostId::new("h")),
+        };
+        let bytes = postcard::to_stdvec(&req).unwrap();
+        assert_eq!(postcard::from_bytes::<AgentRequest>(&bytes).unwrap(), req);
+        for reply in [
+            AgentReply::Goal(PingResponseBean::default()),
+            AgentReply::Redirect { leader: Some("127.0.0.1:7410".into()) },
+            AgentReply::Refused { code: 401, message: "bad token".into() },
+        ] {
+            let bytes = postcard::to_stdvec(&reply).unwrap();
+            assert_eq!(postcard::from_bytes::<AgentReply>(&bytes).unwrap(), reply);
+        }
+        assert!(
+            postcard::from_bytes::<AgentRequest>(&[7, 1, 2]).is_err(),
+            "unknown variants are refused"
+        );
+    }
+}
