@@ -180,6 +180,27 @@ async fn stages_builds_and_bad_input() {
     let (s, _) = body(c.get(format!("{base}/v1/envs/svc/prod/agents")).send().await.unwrap()).await;
     assert_eq!(s, 200);
 
+    // Script and agent configs: maps, replaced whole.
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod/script_configs"))
+        .json(&json!({"PORT": "8081"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, v) =
+        body(c.get(format!("{base}/v1/envs/svc/prod/script_configs")).send().await.unwrap()).await;
+    assert_eq!(v, json!({"PORT": "8081"}));
+    let (s, e) = body(
+        c.put(format!("{base}/v1/envs/svc/prod/agent_configs"))
+            .json(&json!({"a": 1}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400, "values are strings: {e}");
+
     // Health and metrics.
     assert_eq!(c.get(format!("{base}/livez")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);

@@ -4,10 +4,12 @@
 //! variants are only ever appended (postcard encodes the variant index), never reordered or
 //! removed; a field change means a new variant. `Proposal::version` names the layout.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::beans::{BuildBean, DeployBean, EnvironBean};
-use crate::enums::AgentState;
+use crate::enums::{AcceptanceStatus, AgentState};
 use crate::ids::{DeployId, EnvId, HostId};
 use crate::ping::{PingRequestBean, PingResponseBean};
 
@@ -56,6 +58,29 @@ pub enum Op {
     Tick,
     /// Leases the leader saw expire: these rows give their parallelism slot back.
     ExpireLeases { keys: Vec<(EnvId, HostId)> },
+    /// Replace a stage's script variables or agent configs (Teletraan's `script_configs`,
+    /// `agent_configs`).
+    SetEnvConfig {
+        env_id: EnvId,
+        kind: EnvConfigKind,
+        values: BTreeMap<String, String>,
+        operator: String,
+    },
+    /// Update a deploy's acceptance status and/or description (the only fields that may change).
+    UpdateDeploy {
+        deploy_id: DeployId,
+        acceptance_status: Option<AcceptanceStatus>,
+        description: Option<String>,
+    },
+}
+
+/// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EnvConfigKind {
+    /// Environment variables for the hook scripts, sent at PRE_DOWNLOAD.
+    Script,
+    /// Agent settings, sent with every goal (stage-prefixed keys are scoped).
+    Agent,
 }
 
 impl Op {
@@ -74,6 +99,8 @@ impl Op {
             Op::HostAction { .. } => "host_action",
             Op::Tick => "tick",
             Op::ExpireLeases { .. } => "expire_leases",
+            Op::SetEnvConfig { .. } => "set_env_config",
+            Op::UpdateDeploy { .. } => "update_deploy",
         }
     }
 }

@@ -2,7 +2,7 @@
 //! deploys (a compare-and-set on the stage's current deploy), actions, host actions, agents and
 //! the progress view.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use proto::beans::{AgentBean, DeployBean, EnvironBean, HostBean};
-use proto::command::{Op, OpOutput};
+use proto::command::{EnvConfigKind, Op, OpOutput};
 use proto::enums::{AgentState, DeployActionType, DeployType, EnvState, HostActionType};
 use proto::ids::{BuildId, DeployId, EnvId, HostId};
 use proto::ping::{PingRequestBean, PingResponseBean};
@@ -37,6 +37,15 @@ pub fn routes() -> Router<App> {
         .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(host_actions))
         .route("/v1/envs/{env}/{stage}/deploys/current/progress", put(progress))
         .route("/v1/envs/{env}/{stage}/agents", get(agents))
+        .route(
+            "/v1/envs/{env}/{stage}/script_configs",
+            get(get_script_configs).put(put_script_configs),
+        )
+        .route(
+            "/v1/envs/{env}/{stage}/agent_configs",
+            get(get_agent_configs).put(put_agent_configs),
+        )
+        .route("/v1/deploys/{id}", put(update_deploy))
 }
 
 fn env_of(app: &AppState, env: &str, stage: &str) -> Result<EnvironBean, ApiError> {
@@ -540,5 +549,111 @@ pub async fn lease_loop(app: App) {
         if let Err(e) = propose(&app, Op::ExpireLeases { keys }).await {
             tracing::warn!(error = %e.message, "lease expiry failed");
         }
+    }
+}
+
+/// Most entries one script or agent config map may hold.
+pub const MAX_CONFIG_ENTRIES: usize = 1000;
+
+async fn get_config(
+    app: &AppState,
+    env: &str,
+    stage: &str,
+    mode: &ReadMode,
+    kind: EnvConfigKind,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    read_barrier(app, mode).await?;
+    let e = env_of(app, env, stage)?;
+    let applied = app.applied.read().expect("applied lock poisoned");
+    Ok(Json(applied.state.env_config(e.id.as_ref().expect("stages have ids"), kind)))
+}
+
+async fn put_config(
+    app: &AppState,
+    env: &str,
+    stage: &str,
+    values: BTreeMap<String, String>,
+    kind: EnvConfigKind,
+) -> Result<Response, ApiError> {
+    if values.len() > MAX_CONFIG_ENTRIES {
+        return Err(ApiError::bad_request(format!("at most {MAX_CONFIG_ENTRIES} entries")));
+    }
+    if let Some(k) = values.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
+        return Err(ApiError::bad_request(format!(
+            "config key {k:?} is empty or contains '=' or NUL"
+        )));
+    }
+    let e = env_of(app, env, stage)?;
+    let op = Op::SetEnvConfig {
+        env_id: e.id.expect("stages have ids"),
+        kind,
+        values,
+        operator: ANONYMOUS.into(),
+    };
+    propose(app, op).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn get_script_configs(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(mode): Query<ReadMode>,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    get_config(&app, &env, &stage, &mode, EnvConfigKind::Script).await
+}
+
+async fn put_script_configs(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    JsonBody(values): JsonBody<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    put_config(&app, &env, &stage, values, EnvConfigKind::Script).await
+}
+
+async fn get_agent_configs(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(mode): Query<ReadMode>,
+) -> Result<Json<BTreeMap<String, String>>, ApiError> {
+    get_config(&app, &env, &stage, &mode, EnvConfigKind::Agent).await
+}
+
+async fn put_agent_configs(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    JsonBody(values): JsonBody<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    put_config(&app, &env, &stage, values, EnvConfigKind::Agent).await
+}
+
+/// `PUT /v1/deploys/{id}`: only `acceptanceStatus` and `description` may change (Teletraan
+/// accepted any field; other fields are refused here with 400).
+async fn update_deploy(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<DeployBean>,
+) -> Result<Json<DeployBean>, ApiError> {
+    let allowed = DeployBean {
+        id: body.id.clone(),
+        acceptance_status: body.acceptance_status,
+        description: body.description.clone(),
+        ..Default::default()
+    };
+    if body != allowed {
+        return Err(ApiError::bad_request(
+            "only acceptanceStatus and description of a deploy can be changed",
+        ));
+    }
+    if body.id.as_ref().is_some_and(|b| b.as_str() != id) {
+        return Err(ApiError::bad_request("the body's id differs from the path's"));
+    }
+    let op = Op::UpdateDeploy {
+        deploy_id: DeployId::new(id),
+        acceptance_status: body.acceptance_status,
+        description: body.description,
+    };
+    match propose(&app, op).await? {
+        OpOutput::Deploy(d) => Ok(Json(d)),
+        other => unreachable!("update_deploy answered {other:?}"),
     }
 }

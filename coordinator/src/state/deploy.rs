@@ -695,7 +695,8 @@ impl State {
 
         for env_id in &ids {
             let env = envs.get(env_id).copied();
-            let report = reports.get(env_id).copied();
+            let transformed = reports.get(env_id).map(|r| self.transform_rollback(env, r));
+            let report = transformed.as_ref();
             let agent = agents.get(env_id).copied();
             let mut update = None;
             if let Some(r) = report {
@@ -860,6 +861,24 @@ impl State {
         plan
     }
 
+    /// `transformRollbackDeployId` (§4.7): during a rollback to deploy T, a host still serving T
+    /// (it never left it) is recorded under the rollback deploy, with T as its alias, so it
+    /// counts as done without redeploying; its goals swap the ids back.
+    fn transform_rollback(&self, env: Option<&EnvironBean>, r: &PingReportBean) -> PingReportBean {
+        let mut r = r.clone();
+        if let Some(env) = env
+            && env.deploy_type == Some(DeployType::Rollback)
+            && r.deploy_id != env.deploy_id
+            && let Some(current) = env.deploy_id.as_ref().and_then(|d| self.deploys.get(d))
+            && current.alias.is_some()
+            && r.deploy_id == current.alias
+        {
+            r.deploy_alias = r.deploy_id.take();
+            r.deploy_id = env.deploy_id.clone();
+        }
+        r
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn install_new(
         &self,
@@ -917,7 +936,19 @@ impl State {
         } else {
             None
         };
-        let script_variables = (stage == Some(DeployStage::PreDownload)).then(BTreeMap::new);
+        let env_id = env.id.clone().expect("stages have ids");
+        // Script variables only at PRE_DOWNLOAD; an explicit empty map means "clear".
+        let script_variables = (stage == Some(DeployStage::PreDownload))
+            .then(|| self.env_config(&env_id, proto::command::EnvConfigKind::Script));
+        // Agent configs: keys prefixed "<stage>." are this stage's, with the prefix stripped;
+        // other keys pass unchanged (Teletraan's rule); none means the field is omitted.
+        let prefix = format!("{}.", env.stage_name.as_deref().unwrap_or_default());
+        let agent_configs: BTreeMap<String, String> = self
+            .env_config(&env_id, proto::command::EnvConfigKind::Agent)
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix(&prefix).map(str::to_string).unwrap_or(k), v))
+            .collect();
+        let agent_configs = (!agent_configs.is_empty()).then_some(agent_configs);
         PingResponseBean {
             op_code,
             deploy_goal: Some(DeployGoalBean {
@@ -930,7 +961,7 @@ impl State {
                 deploy_stage: stage,
                 build,
                 deploy_alias,
-                agent_configs: None,
+                agent_configs,
                 script_variables,
                 first_deploy: c.bean.first_deploy,
                 is_docker: env.is_docker,

@@ -406,6 +406,122 @@ fn expired_lease_frees_the_slot_and_the_host_must_be_readmitted() {
 }
 
 #[test]
+fn rollback_alias_counts_hosts_that_never_left_the_target() {
+    let mut s = stage(3, 1);
+    let mut agents = vec![Agent::default(); 3];
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    // d2 reaches only h0 before it is rolled back.
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    for round in 0..10 {
+        agents[0].step(&mut s, 101 + round, "h0", AgentStatus::Succeeded);
+    }
+    assert_eq!(agents[0].report.as_ref().unwrap().deploy_id, Some(DeployId::new("d2")));
+    let rb = DeployBean {
+        id: Some(DeployId::new("d3")),
+        build_id: Some(BuildId::new("b1")),
+        deploy_type: Some(proto::enums::DeployType::Rollback),
+        alias: Some(DeployId::new("d1")),
+        ..Default::default()
+    };
+    let expected = Some(DeployId::new("d2"));
+    s.apply(200, Op::CreateDeploy { env_id: env_id(), deploy: rb, expected }).unwrap();
+    // h1 never left d1: recorded under d3 without redeploying.
+    let r = agents[1].step(&mut s, 201, "h1", AgentStatus::Succeeded);
+    assert_eq!(r.op_code, OpCode::Noop, "no redeploy for a host already on the target");
+    assert_eq!(
+        s.agent(&env_id(), &HostId::new("h1")).unwrap().deploy_id,
+        Some(DeployId::new("d3"))
+    );
+    agents[2].step(&mut s, 202, "h2", AgentStatus::Succeeded);
+    // h0 is on the bad build: it redeploys the old one with opCode ROLLBACK.
+    let r = agents[0].step(&mut s, 203, "h0", AgentStatus::Succeeded);
+    assert_eq!(r.op_code, OpCode::Rollback);
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload));
+    for round in 0..10 {
+        let r = agents[0].step(&mut s, 204 + round, "h0", AgentStatus::Succeeded);
+        if goal_stage(&r) == Some(DeployStage::Downloading) {
+            assert_eq!(r.deploy_goal.unwrap().build.unwrap().id, Some(BuildId::new("b1")));
+        }
+    }
+    let d3 = s.deploy(&DeployId::new("d3")).unwrap();
+    assert_eq!(d3.success_total, Some(3), "{d3:?}");
+    assert_eq!(d3.state, Some(DeployState::Succeeding));
+    assert_eq!(s.deploy(&DeployId::new("d2")).unwrap().state, Some(DeployState::Aborted));
+}
+
+#[test]
+fn goals_carry_script_variables_and_stage_scoped_agent_configs() {
+    use proto::command::EnvConfigKind;
+    let mut s = stage(1, 1);
+    let vars = [("PORT".to_string(), "8081".to_string())].into_iter().collect();
+    s.apply(
+        1,
+        Op::SetEnvConfig {
+            env_id: env_id(),
+            kind: EnvConfigKind::Script,
+            values: vars,
+            operator: "op".into(),
+        },
+    )
+    .unwrap();
+    let cfg = [("prod.max_retry", "5"), ("canary.max_retry", "1"), ("timeout", "30")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    s.apply(
+        2,
+        Op::SetEnvConfig {
+            env_id: env_id(),
+            kind: EnvConfigKind::Agent,
+            values: cfg,
+            operator: "op".into(),
+        },
+    )
+    .unwrap();
+    deploy(&mut s, 3, "d1", "b1").unwrap();
+    let g = ping(&mut s, 4, "h0", vec![]).deploy_goal.unwrap();
+    assert_eq!(g.script_variables.unwrap()["PORT"], "8081");
+    let ac = g.agent_configs.unwrap();
+    assert_eq!(ac["max_retry"], "5", "this stage's prefixed key, prefix stripped");
+    assert_eq!(ac["canary.max_retry"], "1", "other stages' keys pass unchanged (Teletraan)");
+    assert_eq!(ac["timeout"], "30");
+    let g =
+        ping(&mut s, 5, "h0", vec![report("d1", DeployStage::PreDownload, AgentStatus::Succeeded)])
+            .deploy_goal
+            .unwrap();
+    assert!(g.script_variables.is_none(), "script variables only at PRE_DOWNLOAD");
+    // PUT /v1/deploys: acceptance and description only.
+    let out = s
+        .apply(
+            6,
+            Op::UpdateDeploy {
+                deploy_id: DeployId::new("d1"),
+                acceptance_status: Some(proto::enums::AcceptanceStatus::Rejected),
+                description: Some("bad".into()),
+            },
+        )
+        .unwrap();
+    let OpOutput::Deploy(d) = out else { panic!() };
+    assert_eq!(d.acceptance_status, Some(proto::enums::AcceptanceStatus::Rejected));
+    assert!(matches!(
+        s.apply(
+            7,
+            Op::UpdateDeploy {
+                deploy_id: DeployId::new("nope"),
+                acceptance_status: None,
+                description: None
+            }
+        ),
+        Err(OpError::NotFound { .. })
+    ));
+}
+
+#[test]
 fn deploy_state_rules() {
     let mut s = stage(0, 1);
     // An empty stage: nothing to deploy to, so SUCCEEDING at once (Teletraan's rule, kept).

@@ -15,7 +15,7 @@ pub mod deploy;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean};
-use proto::command::{Op, OpError, OpOutput, OpResult};
+use proto::command::{EnvConfigKind, Op, OpError, OpOutput, OpResult};
 use proto::ids::{BuildId, DeployId, EnvId, HostId};
 
 use self::deploy::{Capacity, HostRecord, Progress, StageCounters};
@@ -28,6 +28,7 @@ enum Key {
     Agent(EnvId, HostId),
     Host(String),
     Capacity(EnvId),
+    Config(EnvId, EnvConfigKind),
 }
 
 impl Key {
@@ -40,6 +41,8 @@ impl Key {
             Key::Agent(env, host) => format!("a/{env}/{host}").into_bytes(),
             Key::Host(name) => format!("h/{name}").into_bytes(),
             Key::Capacity(id) => format!("c/{id}").into_bytes(),
+            Key::Config(id, EnvConfigKind::Script) => format!("s/{id}").into_bytes(),
+            Key::Config(id, EnvConfigKind::Agent) => format!("g/{id}").into_bytes(),
         }
     }
 }
@@ -63,6 +66,8 @@ pub struct State {
     capacity: BTreeMap<EnvId, Capacity>,
     capacity_by_host: BTreeMap<String, BTreeSet<EnvId>>,
     capacity_by_group: BTreeMap<String, BTreeSet<EnvId>>,
+    /// Script variables and agent configs per stage.
+    configs: BTreeMap<(EnvId, EnvConfigKind), BTreeMap<String, String>>,
     /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
     counters: BTreeMap<EnvId, StageCounters>,
     /// The current deploy's progress per stage (derived, not persisted).
@@ -112,6 +117,12 @@ impl State {
             }
             Op::Tick => self.tick(now_ms),
             Op::ExpireLeases { keys } => self.expire_leases(now_ms, &keys),
+            Op::SetEnvConfig { env_id, kind, values, operator } => {
+                self.set_env_config(now_ms, &env_id, kind, values, operator)
+            }
+            Op::UpdateDeploy { deploy_id, acceptance_status, description } => {
+                self.update_deploy(now_ms, &deploy_id, acceptance_status, description)
+            }
         }
     }
 
@@ -178,6 +189,11 @@ impl State {
         self.envs.remove(&id);
         self.counters.remove(&id);
         self.progress.remove(&id);
+        for kind in [EnvConfigKind::Script, EnvConfigKind::Agent] {
+            if self.configs.remove(&(id.clone(), kind)).is_some() {
+                self.dirty.insert(Key::Config(id.clone(), kind));
+            }
+        }
         self.dirty.insert(Key::Env(id));
         Ok(OpOutput::Done)
     }
@@ -219,6 +235,59 @@ impl State {
         Ok(OpOutput::Done)
     }
 
+    fn set_env_config(
+        &mut self,
+        now_ms: i64,
+        env_id: &EnvId,
+        kind: EnvConfigKind,
+        values: BTreeMap<String, String>,
+        operator: String,
+    ) -> OpResult {
+        let env = self
+            .envs
+            .get_mut(env_id)
+            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
+        env.last_operator = Some(operator);
+        env.last_update = Some(now_ms);
+        self.dirty.insert(Key::Env(env_id.clone()));
+        let key = (env_id.clone(), kind);
+        if values.is_empty() {
+            self.configs.remove(&key);
+        } else {
+            self.configs.insert(key, values);
+        }
+        self.dirty.insert(Key::Config(env_id.clone(), kind));
+        Ok(OpOutput::Done)
+    }
+
+    /// A stage's script variables or agent configs (empty if never set).
+    pub fn env_config(&self, env_id: &EnvId, kind: EnvConfigKind) -> BTreeMap<String, String> {
+        self.configs.get(&(env_id.clone(), kind)).cloned().unwrap_or_default()
+    }
+
+    fn update_deploy(
+        &mut self,
+        now_ms: i64,
+        id: &DeployId,
+        acceptance: Option<proto::enums::AcceptanceStatus>,
+        description: Option<String>,
+    ) -> OpResult {
+        let d = self
+            .deploys
+            .get_mut(id)
+            .ok_or_else(|| OpError::NotFound { what: format!("deploy {id}") })?;
+        if let Some(a) = acceptance {
+            d.acceptance_status = Some(a);
+        }
+        if let Some(text) = description {
+            d.description = Some(text);
+        }
+        d.last_update_date = Some(now_ms);
+        let out = d.clone();
+        self.dirty.insert(Key::Deploy(id.clone()));
+        Ok(OpOutput::Deploy(out))
+    }
+
     // ----- persistence ---------------------------------------------------------------------
 
     /// Stages whose changes may wake held pings, and whether capacity moved (see `feed`).
@@ -239,6 +308,7 @@ impl State {
                     Key::Agent(e, h) => self.agents.get(&(e.clone(), h.clone())).map(encode),
                     Key::Host(name) => self.hosts.get(name).map(encode),
                     Key::Capacity(id) => self.capacity.get(id).map(encode),
+                    Key::Config(id, kind) => self.configs.get(&(id.clone(), *kind)).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -273,6 +343,14 @@ impl State {
             }
             Some(b"c/") => {
                 self.capacity.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"s/") => {
+                let v = postcard::from_bytes(value).map_err(bad)?;
+                self.configs.insert((EnvId::new(id), EnvConfigKind::Script), v);
+            }
+            Some(b"g/") => {
+                let v = postcard::from_bytes(value).map_err(bad)?;
+                self.configs.insert((EnvId::new(id), EnvConfigKind::Agent), v);
             }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
