@@ -68,6 +68,7 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
         coordinators: ids.iter().map(|i| cluster.base_url(*i)).collect(),
         hook: Duration::from_millis(10),
         idle_ping: Duration::from_millis(200),
+        long_poll: None,
     });
     // First deploy: new hosts bypass the limit.
     let d1 = post_json(
@@ -173,6 +174,7 @@ async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
         coordinators: vec![cluster.base_url(leader)],
         hook: Duration::from_millis(100),
         idle_ping: Duration::from_millis(100),
+        long_poll: None,
     });
     let d1 = post_json(
         &c,

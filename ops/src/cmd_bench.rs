@@ -62,6 +62,28 @@ pub enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// A rolling deploy of N simulated hosts with real waits per hook: total time against the
+    /// ideal (waves × steps × hook), with long-polling agents and with Teletraan-style polling.
+    Rollout {
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// maxParallelPct of the stage.
+        #[arg(long, default_value_t = 10)]
+        parallel_pct: u32,
+        /// Duration of each of the 7 hook steps, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        hook_ms: u64,
+        /// Idle ping interval of the polling agents, seconds (Teletraan's default is 30).
+        #[arg(long, default_value_t = 30)]
+        poll_secs: u64,
+        /// Which agents to run: long-poll, poll, or both.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["long-poll".to_string(), "poll".to_string()])]
+        modes: Vec<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Failover: kill -9 the leader repeatedly; time until a write is accepted again.
     Failover {
         #[arg(long, default_value_t = 20)]
@@ -239,6 +261,30 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
+        BenchCmd::Rollout { hosts, parallel_pct, hook_ms, poll_secs, modes, dir, json } => {
+            let dir = work_dir(dir, "rollout")?;
+            let mut reports = Vec::new();
+            for mode in &modes {
+                let r =
+                    rollout(dir.join(mode), mode, hosts, parallel_pct, hook_ms, poll_secs).await?;
+                println!(
+                    "{mode:>9}: {} hosts, {}% at a time, {} ms hooks: {:.1} s (ideal {:.1} s, {:.2}x), at most {} hosts deploying at once",
+                    r.hosts,
+                    r.parallel_pct,
+                    r.hook_ms,
+                    r.total_s,
+                    r.ideal_s,
+                    r.total_s / r.ideal_s,
+                    r.max_parallel_seen
+                );
+                reports.push(r);
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
+                println!("wrote {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         BenchCmd::Failover { kills, dir, json, keep_dir } => {
             let dir = work_dir(dir, "failover")?;
             let report = failover(dir.clone(), kills).await?;
@@ -347,4 +393,121 @@ fn p2p_transfer_ca(
 ) -> anyhow::Result<rustls_pki_types::CertificateDer<'static>> {
     let dir = cluster.dir().join("ca");
     agent::ca_cert(&dir).with_context(|| format!("loading the cluster CA from {}", dir.display()))
+}
+
+#[derive(Serialize)]
+struct RolloutReport {
+    mode: String,
+    hosts: usize,
+    parallel_pct: u32,
+    hook_ms: u64,
+    idle_poll_s: Option<u64>,
+    total_s: f64,
+    ideal_s: f64,
+    max_parallel_seen: usize,
+}
+
+/// Deploy steps a simulated host runs per deploy (PRE_DOWNLOAD .. POST_RESTART).
+const STEPS_PER_DEPLOY: u64 = 7;
+/// Give up on a rollout after this long.
+const ROLLOUT_LIMIT: Duration = Duration::from_secs(1800);
+
+async fn rollout(
+    dir: PathBuf,
+    mode: &str,
+    hosts: usize,
+    pct: u32,
+    hook_ms: u64,
+    poll_secs: u64,
+) -> anyhow::Result<RolloutReport> {
+    use ops::simfleet::{Fleet, FleetSpec, LongPoll, max_overlap};
+    anyhow::ensure!(
+        mode == "long-poll" || mode == "poll",
+        "unknown mode {mode:?}: long-poll or poll"
+    );
+    let mut cluster = start_cluster(dir)?;
+    let leader = cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await?;
+    let base = cluster.base_url(leader);
+    let c = reqwest::Client::new();
+    let post = |path: String, body: serde_json::Value| {
+        let req = c.post(format!("{base}{path}")).json(&body);
+        async move {
+            let v: serde_json::Value = req.send().await?.error_for_status()?.json().await?;
+            anyhow::Ok(v)
+        }
+    };
+    post("/v1/envs".into(), json!({"envName": "roll", "stageName": "prod", "maxParallelPct": pct}))
+        .await?;
+    c.put(format!("{base}/v1/envs/roll/prod/capacity?capacityType=GROUP"))
+        .json(&json!(["roll"]))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut builds = Vec::new();
+    for commit in ["1111111aaaa", "2222222bbbb"] {
+        let b = post("/v1/builds".into(), json!({"name": "roll", "artifactUrl": "file:///roll.tgz", "repo": "r", "branch": "main", "commit": commit})).await?;
+        builds.push(b["id"].as_str().unwrap_or_default().to_string());
+    }
+    let long_poll = (mode == "long-poll")
+        .then(|| -> anyhow::Result<LongPoll> {
+            Ok(LongPoll {
+                ca: p2p_transfer_ca(&cluster)?,
+                agent_addrs: cluster.nodes.iter().map(|n| n.agent_addr).collect(),
+                token: None,
+                wait: Duration::from_secs(30),
+            })
+        })
+        .transpose()?;
+    let fleet = Fleet::start(FleetSpec {
+        hosts,
+        prefix: "roll-".into(),
+        groups: vec!["roll".into()],
+        coordinators: cluster.nodes.iter().map(|n| format!("http://{}", n.http_addr)).collect(),
+        hook: Duration::from_millis(hook_ms),
+        idle_ping: Duration::from_secs(poll_secs),
+        long_poll,
+    });
+    let wait_all = |deploy: String| {
+        let fleet = &fleet;
+        async move {
+            let started = std::time::Instant::now();
+            while fleet.serving(&deploy) < hosts {
+                anyhow::ensure!(
+                    started.elapsed() < ROLLOUT_LIMIT,
+                    "rollout stuck at {} of {hosts}",
+                    fleet.serving(&deploy)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(started.elapsed())
+        }
+    };
+    let d1 =
+        post(format!("/v1/envs/roll/prod/deploys?buildId={}", builds[0]), serde_json::Value::Null)
+            .await?;
+    wait_all(d1["id"].as_str().unwrap_or_default().to_string()).await?;
+    // Let polling agents settle into their idle rhythm (as a fleet would be between deploys).
+    if mode == "poll" {
+        tokio::time::sleep(Duration::from_secs(poll_secs)).await;
+    }
+    let d2 =
+        post(format!("/v1/envs/roll/prod/deploys?buildId={}", builds[1]), serde_json::Value::Null)
+            .await?;
+    let d2 = d2["id"].as_str().unwrap_or_default().to_string();
+    let total = wait_all(d2.clone()).await?;
+    let max_parallel_seen = max_overlap(&fleet.intervals(), &d2);
+    fleet.stop().await;
+    cluster.stop_all();
+    let per_wave = (hosts as u64 * u64::from(pct)).div_ceil(100).max(1);
+    let waves = (hosts as u64).div_ceil(per_wave);
+    Ok(RolloutReport {
+        mode: mode.to_string(),
+        hosts,
+        parallel_pct: pct,
+        hook_ms,
+        idle_poll_s: (mode == "poll").then_some(poll_secs),
+        total_s: total.as_secs_f64(),
+        ideal_s: (waves * STEPS_PER_DEPLOY * hook_ms) as f64 / 1000.0,
+        max_parallel_seen,
+    })
 }

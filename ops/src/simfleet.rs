@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
 /// Per-request timeout of one ping.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed ping before trying the next coordinator.
@@ -24,8 +22,19 @@ pub struct FleetSpec {
     pub coordinators: Vec<String>,
     /// How long each deploy stage's hook "runs".
     pub hook: Duration,
-    /// Pause after a NOOP answer (Teletraan agents use 30-90 s).
+    /// Pause after a NOOP answer (Teletraan agents use 30-90 s). Unused with `long_poll`.
     pub idle_ping: Duration,
+    /// Ping over the native protocol instead, held by the leader up to `wait` when idle.
+    pub long_poll: Option<LongPoll>,
+}
+
+/// Native-protocol settings of a simulated fleet.
+#[derive(Debug, Clone)]
+pub struct LongPoll {
+    pub ca: rustls_pki_types::CertificateDer<'static>,
+    pub agent_addrs: Vec<std::net::SocketAddr>,
+    pub token: Option<String>,
+    pub wait: Duration,
 }
 
 /// One host's run of deploy steps for one deploy: from the first goal (PRE_DOWNLOAD) until it
@@ -145,9 +154,21 @@ async fn agent(
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 ) {
+    use proto::enums::{AgentStatus, DeployStage, OpCode};
+    use proto::ids::HostId;
+    use proto::ping::{PingReportBean, PingRequestBean, PingResponseBean};
+
     let mut coordinator = index % spec.coordinators.len().max(1);
-    let mut report: Option<Value> = None;
+    let mut report: Option<PingReportBean> = None;
     let mut open: Option<usize> = None;
+    let quic = spec.long_poll.as_ref().map(|lp| {
+        agent::coordinator_client::CoordinatorClient::new(
+            &lp.ca,
+            lp.agent_addrs.clone(),
+            lp.token.clone(),
+        )
+        .expect("QUIC client")
+    });
     while !stop.load(Ordering::Relaxed) {
         if shared.cut_off.lock().expect("lock").contains(&index) {
             // Cut off: no coordinator answers, so no new step starts.
@@ -157,44 +178,45 @@ async fn agent(
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }
-        let body = json!({
-            "hostId": format!("id-{host}"),
-            "hostName": host,
-            "hostIp": "127.0.0.1",
-            "groups": spec.groups,
-            "agentVersion": "simfleet",
-            "reports": report.iter().collect::<Vec<_>>(),
-        });
-        let url = format!("{}/v1/system/ping", spec.coordinators[coordinator]);
-        let resp: Value = match client.post(&url).json(&body).send().await {
-            Ok(r) if r.status().is_success() => match r.json().await {
-                Ok(v) => v,
-                Err(_) => Value::Null,
-            },
-            _ => Value::Null,
+        let mut req = PingRequestBean::new(HostId::new(format!("id-{host}")));
+        req.host_name = Some(host.clone());
+        req.host_ip = Some("127.0.0.1".into());
+        req.groups = spec.groups.iter().cloned().collect();
+        req.agent_version = Some("simfleet".into());
+        req.reports = report.iter().cloned().collect();
+        let resp: Option<PingResponseBean> = match (&quic, &spec.long_poll) {
+            (Some(q), Some(lp)) => q.ping(&req, lp.wait).await.ok(),
+            _ => {
+                let url = format!("{}/v1/system/ping", spec.coordinators[coordinator]);
+                match client.post(&url).json(&req).send().await {
+                    Ok(r) if r.status().is_success() => r.json().await.ok(),
+                    _ => None,
+                }
+            }
         };
-        if resp.is_null() {
+        let Some(resp) = resp else {
             shared.ping_errors.fetch_add(1, Ordering::Relaxed);
-            coordinator = (coordinator + 1) % spec.coordinators.len();
+            coordinator = (coordinator + 1) % spec.coordinators.len().max(1);
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
-        }
-        let op = resp["opCode"].as_str().unwrap_or("NOOP");
-        let goal = &resp["deployGoal"];
-        match op {
-            "NOOP" => {
-                tokio::time::sleep(spec.idle_ping).await;
+        };
+        match (resp.op_code, &resp.deploy_goal) {
+            (OpCode::Noop, _) | (_, None) => {
+                if spec.long_poll.is_none() {
+                    tokio::time::sleep(spec.idle_ping).await;
+                }
                 continue;
             }
-            "DELETE" => {
+            (OpCode::Delete, _) => {
                 report = None;
                 continue;
             }
             _ => {}
         }
-        let stage = goal["deployStage"].as_str().unwrap_or("UNKNOWN").to_string();
-        let deploy_id = goal["deployId"].as_str().unwrap_or_default().to_string();
-        if stage == "SERVING_BUILD" {
+        let goal = resp.deploy_goal.expect("checked above");
+        let stage = goal.deploy_stage.unwrap_or(DeployStage::Unknown);
+        let deploy_id = goal.deploy_id.clone().map(|d| d.into_string()).unwrap_or_default();
+        if stage == DeployStage::ServingBuild {
             shared.serving.lock().expect("lock").insert(host.clone(), deploy_id.clone());
         } else {
             if open.is_none() {
@@ -208,19 +230,21 @@ async fn agent(
                 open = Some(all.len() - 1);
             }
             tokio::time::sleep(spec.hook).await;
-            if stage == "POST_RESTART"
+            if stage == DeployStage::PostRestart
                 && let Some(i) = open.take()
             {
                 shared.intervals.lock().expect("lock")[i].end = Some(Instant::now());
             }
         }
-        report = Some(json!({
-            "deployId": deploy_id,
-            "envId": goal["envId"],
-            "deployStage": stage,
-            "agentStatus": "SUCCEEDED",
-            "errorCode": 0,
-            "failCount": 0,
-        }));
+        report = Some(PingReportBean {
+            deploy_id: goal.deploy_id.clone(),
+            env_id: goal.env_id.clone(),
+            deploy_stage: Some(stage),
+            agent_status: Some(AgentStatus::Succeeded),
+            error_code: Some(0),
+            fail_count: Some(0),
+            deploy_alias: goal.deploy_alias.clone(),
+            ..Default::default()
+        });
     }
 }
