@@ -45,15 +45,29 @@ impl CoordinatorClient {
         nodes: Vec<SocketAddr>,
         token: Option<String>,
     ) -> Result<Self, ClientError> {
+        Ok(Self::with_endpoint(Self::endpoint(ca)?, nodes, token))
+    }
+
+    /// A QUIC endpoint configured for the cluster whose CA is `ca`; many clients may share one
+    /// (each keeps its own connection).
+    pub fn endpoint(ca: &CertificateDer<'_>) -> Result<quinn::Endpoint, ClientError> {
         tls::install_crypto_provider();
-        assert!(!nodes.is_empty(), "at least one coordinator address");
         let config = tls::client_config(None, ca, &[proto::alpn::AGENT])
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let endpoint = make_client_endpoint(config).map_err(|e| ClientError::Tls(e.to_string()))?;
+        make_client_endpoint(config).map_err(|e| ClientError::Tls(e.to_string()))
+    }
+
+    /// A client over an existing endpoint (see [`CoordinatorClient::endpoint`]).
+    pub fn with_endpoint(
+        endpoint: quinn::Endpoint,
+        nodes: Vec<SocketAddr>,
+        token: Option<String>,
+    ) -> Self {
+        assert!(!nodes.is_empty(), "at least one coordinator address");
         let first = nodes[0];
         let current =
             Mutex::new((first, std::sync::Arc::new(RpcClient::new(endpoint.clone(), first))));
-        Ok(Self { endpoint, nodes, token, current })
+        Self { endpoint, nodes, token, current }
     }
 
     async fn rotate(&self, to: Option<SocketAddr>) {

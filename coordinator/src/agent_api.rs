@@ -12,6 +12,10 @@ use proto::agent::{AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_LONG_POL
 use crate::api::{App, known_leader};
 use crate::rpc::{BoxFuture, RpcHandler};
 
+/// Agent connections one node serves at once: one per host of a large fleet (each QUIC
+/// connection costs tens of KiB).
+pub const MAX_AGENT_CONNECTIONS: usize = 200_000;
+
 /// Serves agent requests on one node.
 pub struct AgentHandler {
     pub app: App,

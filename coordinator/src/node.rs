@@ -149,7 +149,9 @@ pub async fn run(
         StartError::Bind { what: "agent QUIC endpoint", addr: e.addr, source: e.source }
     })?;
     let agent_handler = Arc::new(crate::agent_api::AgentHandler { app: app.clone() });
-    tokio::spawn(async move { agent_server.serve(agent_handler).await });
+    tokio::spawn(async move {
+        agent_server.serve_with_limit(agent_handler, crate::agent_api::MAX_AGENT_CONNECTIONS).await
+    });
     tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
     tokio::spawn(crate::api::deploys::lease_loop(app.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)

@@ -455,6 +455,7 @@ async fn rollout(
                 agent_addrs: cluster.nodes.iter().map(|n| n.agent_addr).collect(),
                 token: None,
                 wait: Duration::from_secs(30),
+                endpoint: None,
             })
         })
         .transpose()?;

@@ -35,6 +35,8 @@ pub struct LongPoll {
     pub agent_addrs: Vec<std::net::SocketAddr>,
     pub token: Option<String>,
     pub wait: Duration,
+    /// One UDP endpoint shared by the fleet's connections (set by [`Fleet::start`]).
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 /// One host's run of deploy steps for one deploy: from the first goal (PRE_DOWNLOAD) until it
@@ -63,8 +65,16 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn start(spec: FleetSpec) -> Fleet {
+    pub fn start(mut spec: FleetSpec) -> Fleet {
         crate::ensure_crypto_provider();
+        if let Some(lp) = &mut spec.long_poll
+            && lp.endpoint.is_none()
+        {
+            lp.endpoint = Some(
+                agent::coordinator_client::CoordinatorClient::endpoint(&lp.ca)
+                    .expect("QUIC endpoint"),
+            );
+        }
         let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
         let client = reqwest::Client::builder().timeout(PING_TIMEOUT).build().expect("HTTP client");
@@ -162,12 +172,12 @@ async fn agent(
     let mut report: Option<PingReportBean> = None;
     let mut open: Option<usize> = None;
     let quic = spec.long_poll.as_ref().map(|lp| {
-        agent::coordinator_client::CoordinatorClient::new(
-            &lp.ca,
+        let endpoint = lp.endpoint.clone().expect("Fleet::start sets the shared endpoint");
+        agent::coordinator_client::CoordinatorClient::with_endpoint(
+            endpoint,
             lp.agent_addrs.clone(),
             lp.token.clone(),
         )
-        .expect("QUIC client")
     });
     while !stop.load(Ordering::Relaxed) {
         if shared.cut_off.lock().expect("lock").contains(&index) {

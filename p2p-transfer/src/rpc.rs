@@ -208,11 +208,17 @@ impl RpcServer {
     /// Accepts connections until the endpoint is closed, serving every stream with `handler`
     /// in its own task. Returns after [`RpcServer::close`].
     pub async fn serve(&self, handler: Arc<dyn RpcHandler>) {
-        let connection_slots = Arc::new(Semaphore::new(MAX_CONCURRENT_RPC_CONNECTIONS));
+        self.serve_with_limit(handler, MAX_CONCURRENT_RPC_CONNECTIONS).await;
+    }
+
+    /// [`RpcServer::serve`] with another limit on concurrent connections (e.g. one per agent
+    /// of a fleet, where each host keeps one connection).
+    pub async fn serve_with_limit(&self, handler: Arc<dyn RpcHandler>, max_connections: usize) {
+        let connection_slots = Arc::new(Semaphore::new(max_connections));
         while let Some(incoming) = self.endpoint.accept().await {
             let peer = incoming.remote_address();
             let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
-                warn!(%peer, n_max = MAX_CONCURRENT_RPC_CONNECTIONS, "too many connections; refusing");
+                warn!(%peer, n_max = max_connections, "too many connections; refusing");
                 incoming.refuse();
                 continue;
             };

@@ -46,6 +46,7 @@ pub fn routes() -> Router<App> {
             get(get_agent_configs).put(put_agent_configs),
         )
         .route("/v1/deploys/{id}", put(update_deploy))
+        .route("/v1/envs/{env}/{stage}/history", get(history))
 }
 
 fn env_of(app: &AppState, env: &str, stage: &str) -> Result<EnvironBean, ApiError> {
@@ -97,12 +98,22 @@ pub async fn ping_core(
     loop {
         app.liveness.seen(&req.host_id);
         let now = crate::node::now_ms();
+        // Subscribe, plan and (if it must wait for a slot) queue under one read lock: a change
+        // applied after this point is announced to this ping, so no wake-up is lost.
         let (plan, subscription) = {
             let applied = app.applied.read().expect("applied lock poisoned");
             let stages = applied.state.host_stage_ids(&host, &req.groups);
-            let subscription = app.feed.subscribe(&stages);
-            (applied.state.plan_ping(now, &req), subscription)
+            let mut subscription = app.feed.subscribe(&stages);
+            let plan = applied.state.plan_ping(now, &req);
+            if !wait.is_zero()
+                && plan.is_read_only()
+                && let Some(env) = &plan.waiting_for_slot
+            {
+                app.feed.queue_for_slot(&mut subscription, env);
+            }
+            (plan, subscription)
         };
+        let proposed = !plan.is_read_only();
         let response = if plan.is_read_only() {
             plan.response
         } else {
@@ -114,6 +125,11 @@ pub async fn ping_core(
         if response.op_code != proto::enums::OpCode::Noop || tokio::time::Instant::now() >= deadline
         {
             return Ok(response);
+        }
+        if proposed {
+            // The state moved under this ping (e.g. another host took the slot it saw free):
+            // plan again on the new state before deciding what to wait for.
+            continue;
         }
         tokio::select! {
             _ = subscription.changed() => {}
@@ -656,4 +672,34 @@ async fn update_deploy(
         OpOutput::Deploy(d) => Ok(Json(d)),
         other => unreachable!("update_deploy answered {other:?}"),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryQuery {
+    page_index: Option<usize>,
+    page_size: Option<usize>,
+    #[serde(default)]
+    stale: bool,
+}
+
+/// Config history of a stage, newest first (Teletraan: pageIndex from 1, pageSize 30).
+async fn history(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Vec<proto::beans::ConfigHistoryBean>>, ApiError> {
+    let index = q.page_index.unwrap_or(1).max(1);
+    let size = q.page_size.unwrap_or(30).clamp(1, super::teletraan::MAX_PAGE_SIZE);
+    read_barrier(&app, &ReadMode { stale: q.stale }).await?;
+    let e = env_of(&app, &env, &stage)?;
+    let applied = app.applied.read().expect("applied lock poisoned");
+    let page = applied
+        .state
+        .history_of(e.id.as_ref().expect("stages have ids"))
+        .skip((index - 1) * size)
+        .take(size)
+        .cloned()
+        .collect();
+    Ok(Json(page))
 }

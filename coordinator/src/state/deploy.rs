@@ -118,6 +118,8 @@ pub struct PingPlan {
     pub response: PingResponseBean,
     pub host: Option<(String, HostRecord)>,
     pub agents: Vec<AgentWrite>,
+    /// The stage whose parallelism limit kept this host waiting, if any.
+    pub waiting_for_slot: Option<EnvId>,
 }
 
 impl PingPlan {
@@ -401,8 +403,8 @@ impl State {
         if old.as_ref().is_some_and(|o| {
             contribution(o).active > row.as_ref().map_or(0, |r| contribution(r).active)
         }) {
-            // A slot was freed: hosts waiting on this stage may be admitted now.
-            self.changed.insert(key.0.clone());
+            // A slot was freed: one host waiting on this stage may be admitted now.
+            *self.freed.entry(key.0.clone()).or_default() += 1;
         }
         // Derived maps hold no all-zero entries, so a reloaded state compares equal.
         if *c == StageCounters::default() {
@@ -419,7 +421,12 @@ impl State {
         self.dirty.insert(Key::Agent(key.0, key.1));
     }
 
-    pub(super) fn set_capacity(&mut self, env_id: &EnvId, capacity: Capacity) -> OpResult {
+    pub(super) fn set_capacity(
+        &mut self,
+        now: i64,
+        env_id: &EnvId,
+        capacity: Capacity,
+    ) -> OpResult {
         if !self.envs.contains_key(env_id) {
             return Err(OpError::NotFound { what: format!("stage {env_id}") });
         }
@@ -429,6 +436,15 @@ impl State {
             });
         }
         let old = self.capacity(env_id);
+        use proto::beans::ConfigHistoryBean as H;
+        if old.hosts != capacity.hosts {
+            let change = serde_json::to_string(&capacity.hosts).expect("sets serialize");
+            self.record_history(now, env_id, H::TYPE_ENV_HOST_CAPACITY, "anonymous", change);
+        }
+        if old.groups != capacity.groups {
+            let change = serde_json::to_string(&capacity.groups).expect("sets serialize");
+            self.record_history(now, env_id, H::TYPE_ENV_GROUP_CAPACITY, "anonymous", change);
+        }
         for h in &old.hosts {
             if let Some(s) = self.capacity_by_host.get_mut(h) {
                 s.remove(env_id);
@@ -588,6 +604,14 @@ impl State {
             });
         }
         self.changed.insert(env_id.clone());
+        let change = serde_json::json!({"hosts": hosts, "state": state}).to_string();
+        self.record_history(
+            now,
+            env_id,
+            proto::beans::ConfigHistoryBean::TYPE_HOST_ACTION,
+            "anonymous",
+            change,
+        );
         for h in hosts {
             let key = (env_id.clone(), h.clone());
             if let Some(mut row) = self.agents.get(&key).cloned() {
@@ -831,6 +855,7 @@ impl State {
                 chosen = Some(c);
                 break;
             }
+            plan.waiting_for_slot.get_or_insert_with(|| c.env_id.clone());
         }
         for u in &uninstalls {
             updates.insert(u.env_id.clone(), u.bean.clone());

@@ -11,6 +11,7 @@
 //! one-letter table prefix and the record id (`e/`, `b/`, `d/`); values are postcard beans.
 
 pub mod deploy;
+pub mod history;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,8 @@ enum Key {
     Host(String),
     Capacity(EnvId),
     Config(EnvId, EnvConfigKind),
+    History(EnvId, u64),
+    HistorySeq,
 }
 
 impl Key {
@@ -43,6 +46,9 @@ impl Key {
             Key::Capacity(id) => format!("c/{id}").into_bytes(),
             Key::Config(id, EnvConfigKind::Script) => format!("s/{id}").into_bytes(),
             Key::Config(id, EnvConfigKind::Agent) => format!("g/{id}").into_bytes(),
+            // Zero-padded hex keeps a stage's entries in order on disk.
+            Key::History(id, seq) => format!("y/{id}/{seq:016x}").into_bytes(),
+            Key::HistorySeq => b"z/history_seq".to_vec(),
         }
     }
 }
@@ -68,6 +74,9 @@ pub struct State {
     capacity_by_group: BTreeMap<String, BTreeSet<EnvId>>,
     /// Script variables and agent configs per stage.
     configs: BTreeMap<(EnvId, EnvConfigKind), BTreeMap<String, String>>,
+    /// Config history, by stage and replicated sequence number.
+    history: BTreeMap<(EnvId, u64), proto::beans::ConfigHistoryBean>,
+    history_seq: u64,
     /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
     counters: BTreeMap<EnvId, StageCounters>,
     /// The current deploy's progress per stage (derived, not persisted).
@@ -76,6 +85,8 @@ pub struct State {
     /// whether capacity moved (may concern any host). Drained by [`State::take_changes`].
     changed: BTreeSet<EnvId>,
     capacity_changed: bool,
+    /// Parallelism slots freed per stage by the last applies (wakes that many waiters).
+    freed: BTreeMap<EnvId, u32>,
     dirty: BTreeSet<Key>,
 }
 
@@ -102,6 +113,7 @@ impl State {
             Op::PublishBuild { build } => self.publish_build(now_ms, build),
             Op::DeleteBuild { build_id } => self.delete_build(&BuildId::new(build_id)),
             Op::SetCapacity { env_id, hosts, groups } => self.set_capacity(
+                now_ms,
                 &env_id,
                 Capacity {
                     hosts: hosts.into_iter().collect(),
@@ -156,7 +168,7 @@ impl State {
             .env_id(env_name, stage_name)
             .cloned()
             .ok_or_else(|| OpError::NotFound { what: format!("stage {env_name}/{stage_name}") })?;
-        let env = self.envs.get_mut(&id).expect("env_by_name points at a stage");
+        let env = self.envs.get(&id).expect("env_by_name points at a stage");
         let mut next = env.clone();
         // The current-deploy pointer moves only through `CreateDeploy`.
         let mut patch = patch.clone();
@@ -164,6 +176,15 @@ impl State {
         patch.deploy_type = None;
         if next.apply_update(&patch) {
             self.changed.insert(id.clone());
+            let change = serde_json::to_string(&patch).expect("beans serialize");
+            self.record_history(
+                now_ms,
+                &id,
+                proto::beans::ConfigHistoryBean::TYPE_ENV_GENERAL,
+                &operator,
+                change,
+            );
+            let env = self.envs.get_mut(&id).expect("env_by_name points at a stage");
             next.last_operator = Some(operator);
             next.last_update = Some(now_ms);
             *env = next.clone();
@@ -247,9 +268,15 @@ impl State {
             .envs
             .get_mut(env_id)
             .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
-        env.last_operator = Some(operator);
+        env.last_operator = Some(operator.clone());
         env.last_update = Some(now_ms);
         self.dirty.insert(Key::Env(env_id.clone()));
+        let change_type = match kind {
+            EnvConfigKind::Script => proto::beans::ConfigHistoryBean::TYPE_ENV_SCRIPT,
+            EnvConfigKind::Agent => proto::beans::ConfigHistoryBean::TYPE_ENV_ADVANCED,
+        };
+        let change = serde_json::to_string(&values).expect("maps serialize");
+        self.record_history(now_ms, env_id, change_type, &operator, change);
         let key = (env_id.clone(), kind);
         if values.is_empty() {
             self.configs.remove(&key);
@@ -290,9 +317,13 @@ impl State {
 
     // ----- persistence ---------------------------------------------------------------------
 
-    /// Stages whose changes may wake held pings, and whether capacity moved (see `feed`).
-    pub fn take_changes(&mut self) -> (BTreeSet<EnvId>, bool) {
-        (std::mem::take(&mut self.changed), std::mem::take(&mut self.capacity_changed))
+    /// What the last applies changed for held pings (see `feed`).
+    pub fn take_changes(&mut self) -> crate::feed::Changes {
+        crate::feed::Changes {
+            stages: std::mem::take(&mut self.changed),
+            everyone: std::mem::take(&mut self.capacity_changed),
+            freed_slots: std::mem::take(&mut self.freed),
+        }
     }
 
     /// Records changed since the last call, encoded for RocksDB (`None` = deleted).
@@ -309,6 +340,8 @@ impl State {
                     Key::Host(name) => self.hosts.get(name).map(encode),
                     Key::Capacity(id) => self.capacity.get(id).map(encode),
                     Key::Config(id, kind) => self.configs.get(&(id.clone(), *kind)).map(encode),
+                    Key::History(id, seq) => self.history.get(&(id.clone(), *seq)).map(encode),
+                    Key::HistorySeq => Some(encode(&self.history_seq)),
                 };
                 (key.encode(), value)
             })
@@ -347,6 +380,18 @@ impl State {
             Some(b"s/") => {
                 let v = postcard::from_bytes(value).map_err(bad)?;
                 self.configs.insert((EnvId::new(id), EnvConfigKind::Script), v);
+            }
+            Some(b"y/") => {
+                let (env, seq) = id
+                    .split_once('/')
+                    .ok_or_else(|| format!("history key {id:?} lacks a sequence"))?;
+                let seq =
+                    u64::from_str_radix(seq, 16).map_err(|e| format!("history key {id:?}: {e}"))?;
+                self.history
+                    .insert((EnvId::new(env), seq), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"z/") if id == "history_seq" => {
+                self.history_seq = postcard::from_bytes(value).map_err(bad)?;
             }
             Some(b"g/") => {
                 let v = postcard::from_bytes(value).map_err(bad)?;

@@ -163,3 +163,63 @@ fn apply_is_deterministic_and_records_round_trip() {
     assert!(matches!(a.apply(9, Op::Noop), Ok(OpOutput::Done)));
     assert!(reloaded.load_record(b"z/x", b"").is_err(), "unknown tables are refused");
 }
+
+#[test]
+fn config_changes_are_recorded_newest_first_and_bounded() {
+    use proto::beans::ConfigHistoryBean as H;
+    let mut s = State::default();
+    s.apply(1, Op::CreateEnv { env: env("e1", "svc", "prod") }).unwrap();
+    let mut patch = EnvironBean { max_parallel: Some(3), ..Default::default() };
+    patch.normalize_request().unwrap();
+    s.apply(
+        2,
+        Op::UpdateEnv {
+            env_name: "svc".into(),
+            stage_name: "prod".into(),
+            patch: patch.clone(),
+            operator: "alice".into(),
+        },
+    )
+    .unwrap();
+    // An update that changes nothing records nothing.
+    s.apply(
+        3,
+        Op::UpdateEnv {
+            env_name: "svc".into(),
+            stage_name: "prod".into(),
+            patch,
+            operator: "alice".into(),
+        },
+    )
+    .unwrap();
+    s.apply(
+        4,
+        Op::SetCapacity { env_id: EnvId::new("e1"), hosts: vec!["h1".into()], groups: vec![] },
+    )
+    .unwrap();
+    let h: Vec<_> = s.history_of(&EnvId::new("e1")).collect();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0].change_type.as_deref(), Some(H::TYPE_ENV_HOST_CAPACITY));
+    assert_eq!(h[1].change_type.as_deref(), Some(H::TYPE_ENV_GENERAL));
+    assert_eq!(h[1].operator.as_deref(), Some("alice"));
+    assert!(h[1].config_change.as_deref().unwrap().contains("\"maxParallel\":3"));
+    for i in 0..(super::history::MAX_HISTORY_PER_STAGE + 5) {
+        let hosts = vec![format!("h{i}")];
+        s.apply(10 + i as i64, Op::SetCapacity { env_id: EnvId::new("e1"), hosts, groups: vec![] })
+            .unwrap();
+    }
+    assert_eq!(s.history_of(&EnvId::new("e1")).count(), super::history::MAX_HISTORY_PER_STAGE);
+    // And it persists: reloading the records gives the same history.
+    let mut disk = std::collections::BTreeMap::new();
+    let mut fresh = State::default();
+    for (k, v) in s.take_dirty() {
+        if let Some(v) = v {
+            disk.insert(k, v);
+        }
+    }
+    for (k, v) in &disk {
+        fresh.load_record(k, v).unwrap();
+    }
+    fresh.finish_load();
+    assert_eq!(fresh.history_of(&EnvId::new("e1")).count(), super::history::MAX_HISTORY_PER_STAGE);
+}

@@ -152,7 +152,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.db.write(batch).map_err(|e| StorageIOError::apply(last, &e))?;
             changes = applied.state.take_changes();
         }
-        self.feed.notify(&changes.0, changes.1);
+        self.feed.notify(changes);
         Ok(responses)
     }
 
@@ -190,7 +190,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         debug_assert_eq!(fresh.last_applied, meta.last_log_id);
         *self.applied.write().expect("applied lock poisoned") = fresh;
         // Anything may have changed: wake every held ping to re-plan.
-        self.feed.notify(&Default::default(), true);
+        self.feed.notify(crate::feed::Changes { everyone: true, ..Default::default() });
         Ok(())
     }
 
