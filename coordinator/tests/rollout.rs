@@ -22,6 +22,42 @@ async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
     v
 }
 
+/// Creates stage `svc/prod` (capacity: group `fleet`, limit `max_parallel`) and two builds of
+/// it; returns the build ids.
+async fn stage_with_two_builds(
+    c: &reqwest::Client,
+    base: &str,
+    max_parallel: usize,
+) -> Vec<String> {
+    post_json(
+        c,
+        format!("{base}/v1/envs"),
+        json!({"envName": "svc", "stageName": "prod", "maxParallel": max_parallel}),
+    )
+    .await;
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
+        .json(&json!(["fleet"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut builds = vec![];
+    for commit in ["1111111aaaa", "2222222bbbb"] {
+        let body = json!({"name": "svc", "artifactUrl": format!("file:///svc-{commit}.tgz"), "repo": "r", "branch": "main", "commit": commit});
+        let b = post_json(c, format!("{base}/v1/builds"), body).await;
+        builds.push(b["id"].as_str().unwrap().to_string());
+    }
+    builds
+}
+
+/// Starts a deploy of `build` on `svc/prod`; returns its id.
+async fn start_deploy(c: &reqwest::Client, base: &str, build: &str) -> String {
+    let d =
+        post_json(c, format!("{base}/v1/envs/svc/prod/deploys?buildId={build}"), json!(null)).await;
+    d["id"].as_str().unwrap().to_string()
+}
+
 async fn wait_serving(fleet: &Fleet, deploy: &str, cluster: &DevCluster, limit: Duration) {
     let deadline = Instant::now() + limit;
     while fleet.serving(deploy) < HOSTS {
@@ -43,24 +79,7 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
     let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
     let c = http();
     let base = cluster.base_url(leader);
-    post_json(
-        &c,
-        format!("{base}/v1/envs"),
-        json!({"envName": "svc", "stageName": "prod", "maxParallel": MAX_PARALLEL}),
-    )
-    .await;
-    let r = c
-        .put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
-        .json(&json!(["fleet"]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let mut builds = vec![];
-    for commit in ["1111111aaaa", "2222222bbbb"] {
-        let b = post_json(&c, format!("{base}/v1/builds"), json!({"name": "svc", "artifactUrl": format!("file:///svc-{commit}.tgz"), "repo": "r", "branch": "main", "commit": commit})).await;
-        builds.push(b["id"].as_str().unwrap().to_string());
-    }
+    let builds = stage_with_two_builds(&c, &base, MAX_PARALLEL).await;
     let fleet = Fleet::start(FleetSpec {
         hosts: HOSTS,
         prefix: "host-".into(),
@@ -71,26 +90,14 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
         long_poll: None,
     });
     // First deploy: new hosts bypass the limit.
-    let d1 = post_json(
-        &c,
-        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[0]),
-        json!(null),
-    )
-    .await;
-    let d1 = d1["id"].as_str().unwrap().to_string();
+    let d1 = start_deploy(&c, &base, &builds[0]).await;
     wait_serving(&fleet, &d1, &cluster, Duration::from_secs(120)).await;
     let dep: Value = get_json(&c, format!("{base}/v1/deploys/{d1}")).await;
     assert_eq!(dep["state"], "SUCCEEDING", "{dep}");
     assert_eq!(dep["successTotal"], HOSTS);
 
     // The rolling deploy, with the leader killed once a quarter of the hosts are done.
-    let d2 = post_json(
-        &c,
-        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[1]),
-        json!(null),
-    )
-    .await;
-    let d2 = d2["id"].as_str().unwrap().to_string();
+    let d2 = start_deploy(&c, &base, &builds[1]).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while fleet.serving(&d2) < HOSTS / 4 {
         assert!(
@@ -151,22 +158,7 @@ async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
     let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
     let c = http();
     let base = cluster.base_url(leader);
-    post_json(
-        &c,
-        format!("{base}/v1/envs"),
-        json!({"envName": "svc", "stageName": "prod", "maxParallel": LIMIT}),
-    )
-    .await;
-    c.put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
-        .json(&json!(["fleet"]))
-        .send()
-        .await
-        .unwrap();
-    let mut builds = vec![];
-    for commit in ["1111111aaaa", "2222222bbbb"] {
-        let b = post_json(&c, format!("{base}/v1/builds"), json!({"name": "svc", "artifactUrl": "file:///x", "repo": "r", "branch": "main", "commit": commit})).await;
-        builds.push(b["id"].as_str().unwrap().to_string());
-    }
+    let builds = stage_with_two_builds(&c, &base, LIMIT).await;
     let fleet = Fleet::start(FleetSpec {
         hosts: N,
         prefix: "host-".into(),
@@ -176,25 +168,13 @@ async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
         idle_ping: Duration::from_millis(100),
         long_poll: None,
     });
-    let d1 = post_json(
-        &c,
-        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[0]),
-        json!(null),
-    )
-    .await;
-    let d1 = d1["id"].as_str().unwrap().to_string();
+    let d1 = start_deploy(&c, &base, &builds[0]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while fleet.serving(&d1) < N {
         assert!(Instant::now() < deadline, "first deploy stalled at {}", fleet.serving(&d1));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let d2 = post_json(
-        &c,
-        format!("{base}/v1/envs/svc/prod/deploys?buildId={}", builds[1]),
-        json!(null),
-    )
-    .await;
-    let d2 = d2["id"].as_str().unwrap().to_string();
+    let d2 = start_deploy(&c, &base, &builds[1]).await;
     // Cut off the first hosts admitted, mid-deploy.
     let deadline = Instant::now() + Duration::from_secs(30);
     let victims = loop {

@@ -49,6 +49,11 @@ struct Member {
 }
 
 impl EtcdCluster {
+    /// Process ids of the members (to pause them while the other system is measured).
+    pub fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(|m| m.process.id()).collect()
+    }
+
     /// Launches the members and waits until every one reports itself healthy.
     ///
     /// Fails if etcd is not installed, if a member's data directory already exists (a stale

@@ -48,6 +48,28 @@ pub async fn write_path_compare(
     clients: &[usize],
     spec_template: &LoadSpec,
 ) -> anyhow::Result<Vec<LoadReport>> {
+    // etcd is paused while ours runs, so that its compaction after a run does not load ours.
+    write_path_compare_paused(ours_base_url, &[], etcd_dir, clients, spec_template).await
+}
+
+/// Sends `signal` to each of `pids` (best effort).
+fn signal_all(pids: &[u32], signal: nix::sys::signal::Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), signal);
+    }
+}
+
+/// Like [`write_path_compare`], with `ours_pids` (our node processes) paused (SIGSTOP) while etcd
+/// is measured. Not used by `tt bench write`: pausing a Raft cluster makes it elect a new leader
+/// when it resumes, which then costs our next run a forwarding hop and failed writes.
+pub async fn write_path_compare_paused(
+    ours_base_url: Option<String>,
+    ours_pids: &[u32],
+    etcd_dir: Option<PathBuf>,
+    clients: &[usize],
+    spec_template: &LoadSpec,
+) -> anyhow::Result<Vec<LoadReport>> {
+    use nix::sys::signal::Signal;
     let etcd = match &etcd_dir {
         Some(dir) => Some(etcd::EtcdCluster::start(dir, ETCD_BASE_PORT).await?),
         None => None,
@@ -56,15 +78,20 @@ pub async fn write_path_compare(
     let mut reports = Vec::new();
     for &concurrency in clients {
         let spec = LoadSpec { concurrency, ..spec_template.clone() };
+        let etcd_pids = etcd.as_ref().map(|e| e.pids()).unwrap_or_default();
         if let Some(base_url) = &ours_base_url {
+            signal_all(&etcd_pids, Signal::SIGSTOP);
             let target = ours::BuildPublish { base_url: base_url.clone() };
             reports.push(loadgen::run(&spec, Arc::new(target)).await);
+            signal_all(&etcd_pids, Signal::SIGCONT);
         }
         if let Some(cluster) = &etcd {
+            signal_all(ours_pids, Signal::SIGSTOP);
             let base_url = cluster.leader_client_url().await?;
             let key_prefix = format!("bench/n{concurrency}/");
             let target = etcd::EtcdPut { base_url, key_prefix };
             reports.push(loadgen::run(&spec, Arc::new(target)).await);
+            signal_all(ours_pids, Signal::SIGCONT);
         }
     }
     print!("{}", format_table(&reports));
