@@ -93,18 +93,15 @@ pub async fn ping_core(
         return Err(ApiError::bad_request("hostId is required"));
     }
     let deadline = tokio::time::Instant::now() + wait;
-    let host =
-        req.host_name.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| req.host_id.to_string());
     loop {
         app.liveness.seen(&req.host_id);
         let now = crate::node::now_ms();
-        // Subscribe, plan and (if it must wait for a slot) queue under one read lock: a change
-        // applied after this point is announced to this ping, so no wake-up is lost.
+        // Plan, subscribe and (if it must wait for a slot) queue under one read lock: no apply
+        // runs in between, and a change applied after it is announced to this ping.
         let (plan, subscription) = {
             let applied = app.applied.read().expect("applied lock poisoned");
-            let stages = applied.state.host_stage_ids(&host, &req.groups);
-            let mut subscription = app.feed.subscribe(&stages);
             let plan = applied.state.plan_ping(now, &req);
+            let mut subscription = app.feed.subscribe(&plan.stages);
             if !wait.is_zero()
                 && plan.is_read_only()
                 && let Some(env) = &plan.waiting_for_slot

@@ -120,6 +120,8 @@ pub struct PingPlan {
     pub agents: Vec<AgentWrite>,
     /// The stage whose parallelism limit kept this host waiting, if any.
     pub waiting_for_slot: Option<EnvId>,
+    /// Every stage this ping concerns (capacity, agent rows, reports): what a held ping waits on.
+    pub stages: BTreeSet<EnvId>,
 }
 
 impl PingPlan {
@@ -328,15 +330,6 @@ impl State {
         self.agents_of(env).map(contribution).fold(StageCounters::default(), |acc, c| {
             StageCounters { existing: acc.existing + c.existing, active: acc.active + c.active }
         })
-    }
-
-    /// The stages a ping from `host` concerns: its capacity stages and those it has rows on.
-    pub fn host_stage_ids(&self, host: &str, groups: &BTreeSet<String>) -> BTreeSet<EnvId> {
-        let mut ids: BTreeSet<EnvId> = self.stages_for_host(host, groups).into_keys().collect();
-        if let Some(keys) = self.agents_by_host.get(host) {
-            ids.extend(keys.iter().map(|(e, _)| e.clone()));
-        }
-        ids
     }
 
     /// Stages whose capacity includes `host` by name or one of `groups` (Teletraan's tiers:
@@ -711,6 +704,7 @@ impl State {
         let mut ids: BTreeSet<EnvId> = envs.keys().cloned().collect();
         ids.extend(agents.keys().cloned());
         ids.extend(reports.keys().cloned());
+        plan.stages = ids.clone();
 
         let mut updates: BTreeMap<EnvId, AgentBean> = BTreeMap::new();
         let mut installs: Vec<Candidate> = Vec::new();
