@@ -190,30 +190,14 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 "{hosts} hosts through their first deploy in {:.1} s ({sent} pings, most of them Raft writes)",
                 started.elapsed().as_secs_f64()
             );
-            let mut reports = Vec::new();
-            for &concurrency in &clients {
-                let spec = LoadSpec {
-                    concurrency,
-                    warmup: Duration::from_secs(warmup),
-                    duration: Duration::from_secs(duration),
-                    value_bytes: 0,
-                };
-                let target = bench::ping::SteadyPing {
-                    base_url: base.clone(),
-                    hosts,
-                    concurrency,
-                    prefix: "bench-host-".into(),
-                    group: "bench".into(),
-                    env_id: env["id"].as_str().unwrap_or_default().into(),
-                    deploy_id: d["id"].as_str().unwrap_or_default().into(),
-                };
-                let r = bench::loadgen::run(&spec, std::sync::Arc::new(target)).await;
-                println!(
-                    "steady-state pings, JSON over HTTP, {concurrency} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
-                    r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
-                );
-                reports.push(r);
-            }
+            let fleet = |concurrency| bench::ping::SteadyFleet {
+                hosts,
+                concurrency,
+                prefix: "bench-host-".into(),
+                group: "bench".into(),
+                env_id: env["id"].as_str().unwrap_or_default().into(),
+                deploy_id: d["id"].as_str().unwrap_or_default().into(),
+            };
             let ca = p2p_transfer_ca(&cluster)?;
             let agent_addr = cluster.node(leader).agent_addr;
             let quic: Vec<_> = (0..quic_connections)
@@ -222,28 +206,44 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                         .map(std::sync::Arc::new)
                 })
                 .collect::<Result<_, _>>()?;
-            for &concurrency in &clients {
-                let spec = LoadSpec {
-                    concurrency,
-                    warmup: Duration::from_secs(warmup),
-                    duration: Duration::from_secs(duration),
-                    value_bytes: 0,
-                };
-                let target = bench::ping::QuicSteadyPing {
-                    clients: quic.clone(),
-                    hosts,
-                    concurrency,
-                    prefix: "bench-host-".into(),
-                    group: "bench".into(),
-                    env_id: env["id"].as_str().unwrap_or_default().into(),
-                    deploy_id: d["id"].as_str().unwrap_or_default().into(),
-                };
-                let r = bench::loadgen::run(&spec, std::sync::Arc::new(target)).await;
-                println!(
-                    "steady-state pings, native QUIC ({quic_connections} connections), {concurrency} in flight: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
-                    r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
-                );
-                reports.push(r);
+            let mut reports = Vec::new();
+            for quic_run in [false, true] {
+                for &concurrency in &clients {
+                    let spec = LoadSpec {
+                        concurrency,
+                        warmup: Duration::from_secs(warmup),
+                        duration: Duration::from_secs(duration),
+                        value_bytes: 0,
+                    };
+                    let (target, label): (std::sync::Arc<dyn bench::WriteTarget>, String) =
+                        if quic_run {
+                            let t = bench::ping::QuicSteadyPing {
+                                clients: quic.clone(),
+                                fleet: fleet(concurrency),
+                            };
+                            (
+                                std::sync::Arc::new(t),
+                                format!(
+                                    "native QUIC ({quic_connections} connections), {concurrency} in flight"
+                                ),
+                            )
+                        } else {
+                            let t = bench::ping::SteadyPing {
+                                base_url: base.clone(),
+                                fleet: fleet(concurrency),
+                            };
+                            (
+                                std::sync::Arc::new(t),
+                                format!("JSON over HTTP, {concurrency} clients"),
+                            )
+                        };
+                    let r = bench::loadgen::run(&spec, target).await;
+                    println!(
+                        "steady-state pings, {label}: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+                        r.ops_per_sec, r.p50_ms, r.p99_ms, r.errors
+                    );
+                    reports.push(r);
+                }
             }
             let metrics = c.get(format!("{base}/metrics")).send().await?.text().await?;
             let proposals = metrics

@@ -5,6 +5,9 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use proto::enums::{AgentStatus, DeployStage, OpCode};
+use proto::ids::{DeployId, EnvId, HostId};
+use proto::ping::{PingReportBean, PingRequestBean, PingResponseBean};
 use serde_json::{Value, json};
 
 use super::loadgen::WriteTarget;
@@ -14,27 +17,53 @@ pub fn host_name(prefix: &str, i: usize) -> String {
     format!("{prefix}{i}")
 }
 
-/// One ping body: the host reports SERVING_BUILD of `deploy_id` on `env_id`.
-pub fn steady_ping(host: &str, group: &str, env_id: &str, deploy_id: &str) -> Value {
-    json!({
-        "hostId": format!("id-{host}"),
-        "hostName": host,
-        "hostIp": "127.0.0.1",
-        "groups": [group],
-        "agentVersion": "bench",
-        "reports": [{"deployId": deploy_id, "envId": env_id, "deployStage": "SERVING_BUILD", "agentStatus": "SUCCEEDED", "errorCode": 0, "failCount": 0}],
-    })
-}
-
-/// Each write is one steady-state ping of host `(worker + seq × concurrency) mod hosts`.
-pub struct SteadyPing {
-    pub base_url: String,
+/// Which simulated hosts a steady-state ping run cycles through, and what they report.
+#[derive(Debug, Clone)]
+pub struct SteadyFleet {
     pub hosts: usize,
     pub concurrency: usize,
     pub prefix: String,
     pub group: String,
     pub env_id: String,
     pub deploy_id: String,
+}
+
+impl SteadyFleet {
+    /// Write `seq` of `worker`: a ping of host `(worker + seq × concurrency) mod hosts`, which
+    /// reports SERVING_BUILD of the current deploy.
+    pub fn request(&self, worker: usize, seq: u64) -> PingRequestBean {
+        let i = (worker + (seq as usize) * self.concurrency) % self.hosts;
+        let host = host_name(&self.prefix, i);
+        let mut req = PingRequestBean::new(HostId::new(format!("id-{host}")));
+        req.host_name = Some(host);
+        req.host_ip = Some("127.0.0.1".into());
+        req.groups.insert(self.group.clone());
+        req.agent_version = Some("bench".into());
+        req.reports = vec![PingReportBean {
+            deploy_id: Some(DeployId::new(self.deploy_id.clone())),
+            env_id: Some(EnvId::new(self.env_id.clone())),
+            deploy_stage: Some(DeployStage::ServingBuild),
+            agent_status: Some(AgentStatus::Succeeded),
+            error_code: Some(0),
+            fail_count: Some(0),
+            ..Default::default()
+        }];
+        req
+    }
+}
+
+fn expect_noop(resp: &PingResponseBean) -> Result<(), String> {
+    if resp.op_code == OpCode::Noop {
+        Ok(())
+    } else {
+        Err(format!("expected NOOP, got {}", resp.op_code))
+    }
+}
+
+/// Steady-state pings as Teletraan's JSON (`POST /v1/system/ping`).
+pub struct SteadyPing {
+    pub base_url: String,
+    pub fleet: SteadyFleet,
 }
 
 impl WriteTarget for SteadyPing {
@@ -45,20 +74,14 @@ impl WriteTarget for SteadyPing {
         seq: u64,
         _value: &[u8],
     ) -> BoxFuture<'static, Result<(), String>> {
-        let i = (worker + (seq as usize) * self.concurrency) % self.hosts;
-        let body =
-            steady_ping(&host_name(&self.prefix, i), &self.group, &self.env_id, &self.deploy_id);
+        let body = self.fleet.request(worker, seq);
         let req = client.post(format!("{}/v1/system/ping", self.base_url)).json(&body);
         Box::pin(async move {
             let resp = req.send().await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status()));
             }
-            let v: Value = resp.json().await.map_err(|e| e.to_string())?;
-            if v["opCode"] != "NOOP" {
-                return Err(format!("expected NOOP, got {}", v["opCode"]));
-            }
-            Ok(())
+            expect_noop(&resp.json().await.map_err(|e| e.to_string())?)
         })
     }
 
@@ -119,12 +142,7 @@ pub async fn bring_to_steady_state(
 /// worker `w` uses client `w mod clients` (one QUIC connection each).
 pub struct QuicSteadyPing {
     pub clients: Vec<Arc<agent::coordinator_client::CoordinatorClient>>,
-    pub hosts: usize,
-    pub concurrency: usize,
-    pub prefix: String,
-    pub group: String,
-    pub env_id: String,
-    pub deploy_id: String,
+    pub fleet: SteadyFleet,
 }
 
 impl WriteTarget for QuicSteadyPing {
@@ -135,32 +153,12 @@ impl WriteTarget for QuicSteadyPing {
         seq: u64,
         _value: &[u8],
     ) -> BoxFuture<'static, Result<(), String>> {
-        use proto::enums::{AgentStatus, DeployStage, OpCode};
-        use proto::ids::{DeployId, EnvId, HostId};
-        let i = (worker + (seq as usize) * self.concurrency) % self.hosts;
-        let host = host_name(&self.prefix, i);
-        let mut req = proto::ping::PingRequestBean::new(HostId::new(format!("id-{host}")));
-        req.host_name = Some(host);
-        req.host_ip = Some("127.0.0.1".into());
-        req.groups.insert(self.group.clone());
-        req.agent_version = Some("bench".into());
-        req.reports = vec![proto::ping::PingReportBean {
-            deploy_id: Some(DeployId::new(self.deploy_id.clone())),
-            env_id: Some(EnvId::new(self.env_id.clone())),
-            deploy_stage: Some(DeployStage::ServingBuild),
-            agent_status: Some(AgentStatus::Succeeded),
-            error_code: Some(0),
-            fail_count: Some(0),
-            ..Default::default()
-        }];
+        let req = self.fleet.request(worker, seq);
         let client = self.clients[worker % self.clients.len()].clone();
         Box::pin(async move {
-            let goal =
-                client.ping(&req, std::time::Duration::ZERO).await.map_err(|e| e.to_string())?;
-            if goal.op_code != OpCode::Noop {
-                return Err(format!("expected NOOP, got {}", goal.op_code));
-            }
-            Ok(())
+            expect_noop(
+                &client.ping(&req, std::time::Duration::ZERO).await.map_err(|e| e.to_string())?,
+            )
         })
     }
 
