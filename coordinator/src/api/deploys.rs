@@ -37,14 +37,8 @@ pub fn routes() -> Router<App> {
         .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(host_actions))
         .route("/v1/envs/{env}/{stage}/deploys/current/progress", put(progress))
         .route("/v1/envs/{env}/{stage}/agents", get(agents))
-        .route(
-            "/v1/envs/{env}/{stage}/script_configs",
-            get(get_script_configs).put(put_script_configs),
-        )
-        .route(
-            "/v1/envs/{env}/{stage}/agent_configs",
-            get(get_agent_configs).put(put_agent_configs),
-        )
+        .route("/v1/envs/{env}/{stage}/script_configs", config_route(EnvConfigKind::Script))
+        .route("/v1/envs/{env}/{stage}/agent_configs", config_route(EnvConfigKind::Agent))
         .route("/v1/deploys/{id}", put(update_deploy))
         .route("/v1/envs/{env}/{stage}/history", get(history))
 }
@@ -607,36 +601,22 @@ async fn put_config(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_script_configs(
-    State(app): State<App>,
-    Path((env, stage)): Path<(String, String)>,
-    Query(mode): Query<ReadMode>,
-) -> Result<Json<BTreeMap<String, String>>, ApiError> {
-    get_config(&app, &env, &stage, &mode, EnvConfigKind::Script).await
-}
-
-async fn put_script_configs(
-    State(app): State<App>,
-    Path((env, stage)): Path<(String, String)>,
-    JsonBody(values): JsonBody<BTreeMap<String, String>>,
-) -> Result<Response, ApiError> {
-    put_config(&app, &env, &stage, values, EnvConfigKind::Script).await
-}
-
-async fn get_agent_configs(
-    State(app): State<App>,
-    Path((env, stage)): Path<(String, String)>,
-    Query(mode): Query<ReadMode>,
-) -> Result<Json<BTreeMap<String, String>>, ApiError> {
-    get_config(&app, &env, &stage, &mode, EnvConfigKind::Agent).await
-}
-
-async fn put_agent_configs(
-    State(app): State<App>,
-    Path((env, stage)): Path<(String, String)>,
-    JsonBody(values): JsonBody<BTreeMap<String, String>>,
-) -> Result<Response, ApiError> {
-    put_config(&app, &env, &stage, values, EnvConfigKind::Agent).await
+/// GET and PUT of one of a stage's config maps.
+fn config_route(kind: EnvConfigKind) -> axum::routing::MethodRouter<App> {
+    get(
+        move |State(app): State<App>,
+              Path((env, stage)): Path<(String, String)>,
+              Query(mode): Query<ReadMode>| async move {
+            get_config(&app, &env, &stage, &mode, kind).await
+        },
+    )
+    .put(
+        move |State(app): State<App>,
+              Path((env, stage)): Path<(String, String)>,
+              JsonBody(values): JsonBody<BTreeMap<String, String>>| async move {
+            put_config(&app, &env, &stage, values, kind).await
+        },
+    )
 }
 
 /// `PUT /v1/deploys/{id}`: only `acceptanceStatus` and `description` may change (Teletraan
