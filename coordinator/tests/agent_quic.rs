@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agent::coordinator_client::{ClientError, CoordinatorClient};
-use common::{LEADER_WAIT, http, spec};
+use common::{LEADER_WAIT, http, post_json, spec};
 use ops::devcluster::DevCluster;
 use proto::enums::{AgentStatus, DeployStage, OpCode};
 use proto::ids::HostId;
@@ -33,14 +33,7 @@ async fn quic_ping_redirects_long_polls_and_checks_the_token() {
     let ca = p2p_transfer::tls::ClusterCa::load_cert(&cluster.dir().join("ca")).unwrap();
     let c = http();
     let base = cluster.base_url(leader);
-    let post = |path: String, body: Value| {
-        let req = c.post(format!("{base}{path}")).json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-            r.json::<Value>().await.unwrap()
-        }
-    };
+    let post = |path: String, body: Value| post_json(&c, format!("{base}{path}"), body);
     post("/v1/envs".into(), json!({"envName": "svc", "stageName": "prod"})).await;
     c.put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=HOST"))
         .json(&json!(["web-1"]))

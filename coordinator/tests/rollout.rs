@@ -6,21 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{LEADER_WAIT, get_json, http, spec};
+use common::{LEADER_WAIT, get_json, http, post_json, spec};
 use ops::devcluster::DevCluster;
 use ops::simfleet::{Fleet, FleetSpec, max_overlap};
 use serde_json::{Value, json};
 
 const HOSTS: usize = 200;
 const MAX_PARALLEL: usize = 10;
-
-async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = c.post(&url).json(&body).send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{url}: {status} {v}");
-    v
-}
 
 /// Creates stage `svc/prod` (capacity: group `fleet`, limit `max_parallel`) and two builds of
 /// it; returns the build ids.

@@ -45,3 +45,12 @@ pub async fn publish(c: &reqwest::Client, base: &str, n: u64) -> Result<String, 
     }
     Ok(v["id"].as_str().unwrap().to_string())
 }
+
+/// POST `body` to `url` and return the JSON answer, asserting success.
+pub async fn post_json(c: &reqwest::Client, url: String, body: Value) -> Value {
+    let r = c.post(&url).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{url}: {status} {v}");
+    v
+}
