@@ -1,6 +1,12 @@
-//! The deploy agent. For now: the client of the coordinators' native agent protocol.
+//! The deploy agent: pings the coordinators, runs the deploy stages they ask for with the
+//! user's hook scripts, stages builds, and persists what it did.
 
 pub mod coordinator_client;
+pub mod download;
+pub mod executor;
+pub mod extract;
+pub mod staging;
+pub mod template;
 
 /// Loads a cluster's CA certificate (`ca.pem`) from `dir`.
 pub fn ca_cert(
