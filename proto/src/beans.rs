@@ -309,6 +309,11 @@ pub struct BuildBean {
     /// The authenticated principal that published the build.
     pub publisher: Option<String>,
     pub publish_date: Option<EpochMillis>,
+    /// BLAKE3 hash of the artifact, 64 lowercase hex digits (ours; Teletraan has none). Agents
+    /// refuse to stage bytes that do not match it.
+    pub artifact_blake3: Option<String>,
+    /// Size of the artifact in bytes (ours), checked with the hash.
+    pub artifact_size: Option<u64>,
 }
 
 impl BuildBean {
@@ -972,7 +977,9 @@ mod tests {
             "commitDate": 1_699_990_000_000_i64,
             "publishInfo": "https://ci.example.com/job/web/42",
             "publisher": "ci-bot",
-            "publishDate": 1_700_000_000_000_i64
+            "publishDate": 1_700_000_000_000_i64,
+            "artifactBlake3": "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+            "artifactSize": 0
         }));
         assert_eq!(build.scm.as_deref(), Some("Github"));
         assert!(!build.is_private());

@@ -37,6 +37,7 @@ pub fn routes() -> Router<App> {
         .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(host_actions))
         .route("/v1/envs/{env}/{stage}/deploys/current/progress", put(progress))
         .route("/v1/envs/{env}/{stage}/agents", get(agents))
+        .route("/v1/envs/{env}/{stage}/agents/errors/{host}", get(agent_error))
         .route("/v1/envs/{env}/{stage}/script_configs", config_route(EnvConfigKind::Script))
         .route("/v1/envs/{env}/{stage}/agent_configs", config_route(EnvConfigKind::Agent))
         .route("/v1/deploys/{id}", put(update_deploy))
@@ -421,6 +422,31 @@ async fn agents(
     let e = env_of(&app, &env, &stage)?;
     let applied = app.applied.read().expect("applied lock poisoned");
     Ok(Json(applied.state.agents_of(e.id.as_ref().expect("stages have ids")).cloned().collect()))
+}
+
+/// Teletraan's `AgentErrorBean`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AgentErrorBean {
+    host_name: String,
+    env_id: EnvId,
+    error_message: String,
+}
+
+/// The last error output a host reported on a stage (its hook's output tail).
+async fn agent_error(
+    State(app): State<App>,
+    Path((env, stage, host)): Path<(String, String, String)>,
+    Query(mode): Query<ReadMode>,
+) -> Result<Json<AgentErrorBean>, ApiError> {
+    read_barrier(&app, &mode).await?;
+    let e = env_of(&app, &env, &stage)?;
+    let env_id = e.id.clone().expect("stages have ids");
+    let applied = app.applied.read().expect("applied lock poisoned");
+    let message = applied.state.agent_error(&env_id, &host).ok_or_else(|| {
+        ApiError::not_found(format!("host {host} reported no error on {env}/{stage}"))
+    })?;
+    Ok(Json(AgentErrorBean { host_name: host, env_id, error_message: message.to_string() }))
 }
 
 #[derive(Debug, Serialize)]

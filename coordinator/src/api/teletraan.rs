@@ -258,6 +258,14 @@ async fn publish_build(
     required(&b.branch, "branch")?;
     required(&b.commit, "commit")?;
     check_name("name", b.name.as_deref().unwrap_or_default(), "./")?;
+    if let Some(hash) = &mut b.artifact_blake3 {
+        *hash = hash.trim().to_ascii_lowercase();
+        if hash.len() != 64 || !hash.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "artifactBlake3 must be 64 hex digits (the BLAKE3 hash of the artifact)",
+            ));
+        }
+    }
     let commit = b.commit.clone().unwrap_or_default();
     let short =
         b.commit_short.get_or_insert_with(|| BuildBean::short_commit(&commit).to_string()).clone();

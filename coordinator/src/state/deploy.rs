@@ -122,12 +122,14 @@ pub struct PingPlan {
     pub waiting_for_slot: Option<EnvId>,
     /// Every stage this ping concerns (capacity, agent rows, reports): what a held ping waits on.
     pub stages: BTreeSet<EnvId>,
+    /// New error output reported for (stage, host name).
+    pub errors: Vec<((EnvId, String), String)>,
 }
 
 impl PingPlan {
     /// Whether this ping changes nothing (and so needs no Raft entry).
     pub fn is_read_only(&self) -> bool {
-        self.host.is_none() && self.agents.is_empty()
+        self.host.is_none() && self.agents.is_empty() && self.errors.is_empty()
     }
 }
 
@@ -200,6 +202,18 @@ fn propose_state(report: &PingReportBean, agent: Option<&AgentBean>) -> AgentSta
     } else {
         agent.and_then(|a| a.state).unwrap_or(AgentState::Normal)
     }
+}
+
+/// Longest error output kept per (stage, host); longer reports keep their end.
+pub const MAX_AGENT_ERROR_BYTES: usize = 16 * 1024;
+
+/// The last [`MAX_AGENT_ERROR_BYTES`] of `message`, cut at a character boundary.
+fn error_tail(message: &str) -> &str {
+    let mut start = message.len().saturating_sub(MAX_AGENT_ERROR_BYTES);
+    while !message.is_char_boundary(start) {
+        start += 1;
+    }
+    &message[start..]
 }
 
 /// `genUpdateBeanByReport`.
@@ -294,6 +308,11 @@ impl State {
     pub fn agents_of(&self, env: &EnvId) -> impl Iterator<Item = &AgentBean> {
         let lo = (env.clone(), HostId::new(""));
         self.agents.range(lo..).take_while(move |((e, _), _)| e == env).map(|(_, a)| a)
+    }
+
+    /// The last error output `host` reported on stage `env` (Teletraan's `agent_errors`).
+    pub fn agent_error(&self, env: &EnvId, host: &str) -> Option<&str> {
+        self.agent_errors.get(&(env.clone(), host.to_string())).map(String::as_str)
     }
 
     pub fn capacity(&self, env: &EnvId) -> Capacity {
@@ -659,6 +678,10 @@ impl State {
             touched.insert(key.0.clone());
             self.put_agent(key, row);
         }
+        for (key, message) in plan.errors {
+            self.dirty.insert(Key::AgentError(key.0.clone(), key.1.clone()));
+            self.agent_errors.insert(key, message);
+        }
         for env in touched {
             self.transition(now, &env);
         }
@@ -696,6 +719,19 @@ impl State {
             .collect();
         let reports: BTreeMap<EnvId, &PingReportBean> =
             req.reports.iter().filter_map(|r| Some((r.env_id.clone()?, r))).collect();
+        for (env_id, r) in &reports {
+            if r.error_code.unwrap_or(0) == 0 {
+                continue;
+            }
+            let Some(message) = r.error_message.as_deref().filter(|m| !m.is_empty()) else {
+                continue;
+            };
+            let message = error_tail(message);
+            let key = ((*env_id).clone(), host.clone());
+            if self.agent_errors.get(&key).map(String::as_str) != Some(message) {
+                plan.errors.push((key, message.to_string()));
+            }
+        }
         let host_env_names: BTreeSet<String> = agents
             .keys()
             .filter_map(|id| self.envs.get(id).and_then(|e| e.env_name.clone()))

@@ -679,3 +679,25 @@ mod property {
         }
     }
 }
+
+#[test]
+fn error_output_is_kept_per_host_and_stage_and_written_only_when_it_changes() {
+    let mut s = stage(1, 1);
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    ping(&mut s, 2, "h0", vec![]);
+    let mut failed = report("d1", DeployStage::Restarting, AgentStatus::TooManyRetry);
+    failed.error_code = Some(3);
+    failed.error_message = Some("boom: port 8000 in use\n".into());
+    let mut req = PingRequestBean::new(HostId::new("h0"));
+    req.host_name = Some("h0".into());
+    req.reports = vec![failed.clone()];
+    assert!(!s.plan_ping(3, &req).is_read_only(), "new error output must be written");
+    ping(&mut s, 3, "h0", vec![failed.clone()]);
+    assert_eq!(s.agent_error(&env_id(), "h0"), Some("boom: port 8000 in use\n"));
+    assert!(s.plan_ping(4, &req).errors.is_empty(), "the same output is not written twice");
+
+    failed.error_message = Some("é".repeat(super::deploy::MAX_AGENT_ERROR_BYTES));
+    ping(&mut s, 5, "h0", vec![failed]);
+    let kept = s.agent_error(&env_id(), "h0").unwrap();
+    assert!(kept.len() <= super::deploy::MAX_AGENT_ERROR_BYTES && kept.starts_with('é'));
+}

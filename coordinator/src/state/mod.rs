@@ -32,6 +32,8 @@ enum Key {
     Config(EnvId, EnvConfigKind),
     History(EnvId, u64),
     HistorySeq,
+    /// The last error output a host reported for a stage (Teletraan's `agent_errors`).
+    AgentError(EnvId, String),
 }
 
 impl Key {
@@ -49,6 +51,7 @@ impl Key {
             // Zero-padded hex keeps a stage's entries in order on disk.
             Key::History(id, seq) => format!("y/{id}/{seq:016x}").into_bytes(),
             Key::HistorySeq => b"z/history_seq".to_vec(),
+            Key::AgentError(env, host) => format!("x/{env}/{host}").into_bytes(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct State {
     /// Config history, by stage and replicated sequence number.
     history: BTreeMap<(EnvId, u64), proto::beans::ConfigHistoryBean>,
     history_seq: u64,
+    /// (stage, host name) -> the last error output the host reported there.
+    agent_errors: BTreeMap<(EnvId, String), String>,
     /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
     counters: BTreeMap<EnvId, StageCounters>,
     /// The current deploy's progress per stage (derived, not persisted).
@@ -342,6 +347,9 @@ impl State {
                     Key::Config(id, kind) => self.configs.get(&(id.clone(), *kind)).map(encode),
                     Key::History(id, seq) => self.history.get(&(id.clone(), *seq)).map(encode),
                     Key::HistorySeq => Some(encode(&self.history_seq)),
+                    Key::AgentError(e, h) => {
+                        self.agent_errors.get(&(e.clone(), h.clone())).map(encode)
+                    }
                 };
                 (key.encode(), value)
             })
@@ -392,6 +400,14 @@ impl State {
             }
             Some(b"z/") if id == "history_seq" => {
                 self.history_seq = postcard::from_bytes(value).map_err(bad)?;
+            }
+            Some(b"x/") => {
+                let (env, host) =
+                    id.split_once('/').ok_or_else(|| format!("error key {id:?} lacks a host"))?;
+                self.agent_errors.insert(
+                    (EnvId::new(env), host.to_string()),
+                    postcard::from_bytes(value).map_err(bad)?,
+                );
             }
             Some(b"g/") => {
                 let v = postcard::from_bytes(value).map_err(bad)?;
