@@ -1,11 +1,16 @@
 //! The deploy agent: pings the coordinators, runs the deploy stages they ask for with the
 //! user's hook scripts, stages builds, and persists what it did.
 
+pub mod config;
 pub mod coordinator_client;
+pub mod daemon;
 pub mod download;
 pub mod executor;
 pub mod extract;
+pub mod hostinfo;
+pub mod machine;
 pub mod staging;
+pub mod status;
 pub mod template;
 
 /// Loads a cluster's CA certificate (`ca.pem`) from `dir`.
