@@ -63,18 +63,24 @@ pub struct DevCluster {
 /// Finds the `coordinator` binary: `TT_COORDINATOR_BIN`, else next to the running executable
 /// (or its parent, for test binaries in `target/*/deps`).
 pub fn find_coordinator_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("TT_COORDINATOR_BIN") {
+    find_sibling_bin("coordinator", "TT_COORDINATOR_BIN")
+}
+
+/// Finds binary `name` of this workspace: the path in `$env_var`, else next to the running
+/// executable (or its parent, for test binaries in `target/*/deps`).
+pub fn find_sibling_bin(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating the running executable")?;
     for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("coordinator");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "cannot find the `coordinator` binary next to {}; build it with `cargo build -p coordinator` or set TT_COORDINATOR_BIN",
+        "cannot find the `{name}` binary next to {}; build the workspace with `cargo build --workspace --bins` or set {env_var}",
         exe.display()
     )
 }
@@ -347,6 +353,16 @@ impl DevCluster {
 
     pub fn dir(&self) -> &Path {
         &self.spec.dir
+    }
+
+    /// The cluster CA certificate agents verify coordinators with.
+    pub fn ca_file(&self) -> PathBuf {
+        self.spec.dir.join("ca").join("ca.pem")
+    }
+
+    /// Every node's agent endpoint (QUIC `tt-agent/1`).
+    pub fn agent_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.agent_addr).collect()
     }
 }
 

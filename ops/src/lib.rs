@@ -5,6 +5,8 @@
 pub mod bench;
 pub mod client;
 pub mod devcluster;
+pub mod devfleet;
+pub mod publish;
 pub mod simfleet;
 
 /// Installs rustls' ring crypto provider for this process (idempotent). reqwest is built without

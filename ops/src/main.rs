@@ -188,12 +188,18 @@ enum EnvCmd {
 
 #[derive(Subcommand)]
 enum BuildCmd {
-    /// Publish build metadata.
+    /// Publish a build: its metadata, and the artifact's BLAKE3 hash and size when `--file`
+    /// names the artifact (agents refuse unverified builds by default).
     Publish {
         #[arg(long)]
         name: String,
+        /// Where agents fetch the artifact (`https://`, `file://`). Defaults to `file://` of
+        /// `--file`.
+        #[arg(long, required_unless_present = "file")]
+        artifact_url: Option<String>,
+        /// The artifact itself: hashed here (BLAKE3) so that agents can verify what they fetch.
         #[arg(long)]
-        artifact_url: String,
+        file: Option<std::path::PathBuf>,
         #[arg(long)]
         commit: String,
         #[arg(long, default_value = "main")]
@@ -515,8 +521,19 @@ const BUILD_HEADERS: &[&str] = &["ID", "NAME", "BRANCH", "COMMIT", "PUBLISHED (m
 
 async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()> {
     match cmd {
-        BuildCmd::Publish { name, artifact_url, commit, branch, repo } => {
-            let body = json!({"name": name, "artifactUrl": artifact_url, "commit": commit, "branch": branch, "repo": repo});
+        BuildCmd::Publish { name, artifact_url, file, commit, branch, repo } => {
+            let mut body = json!({"name": name, "commit": commit, "branch": branch, "repo": repo});
+            let url = match (&artifact_url, &file) {
+                (Some(url), _) => url.clone(),
+                (None, Some(f)) => ops::publish::file_url(f)?,
+                (None, None) => unreachable!("clap requires --artifact-url or --file"),
+            };
+            body["artifactUrl"] = json!(url);
+            if let Some(f) = &file {
+                let digest = ops::publish::digest_file(f)?;
+                body["artifactBlake3"] = json!(digest.blake3_hex);
+                body["artifactSize"] = json!(digest.size);
+            }
             let v: Option<Value> = client.post("/v1/builds", &body).await?;
             match (out, v) {
                 (Output::Json, Some(v)) => print_json(&v),

@@ -1,0 +1,396 @@
+//! End to end: real coordinators and real `deploy-agent` processes deploy real tarballs with
+//! real hook scripts on loopback.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ops::client::Client;
+use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use ops::devfleet::{AgentSpec, DevAgent, find_agent_bin};
+use serde_json::{Value, json};
+
+/// Longest any wait in these tests may take before the test fails (a hang guard).
+const WAIT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(100);
+
+/// A `.tar.gz` with `files` (path, mode, contents).
+fn tarball(path: &Path, files: &[(&str, u32, String)]) -> (String, u64) {
+    let f = std::fs::File::create(path).unwrap();
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, mode, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        tar.append_data(&mut h, name, body.as_bytes()).unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+    let digest = ops::publish::digest_file(path).unwrap();
+    (digest.blake3_hex, digest.size)
+}
+
+/// A hook that journals its start and end (with the deploy id) and takes a moment.
+fn journaling_hook(step: &str) -> String {
+    format!(
+        "#!/bin/sh\nset -eu\necho \"{step} start $DEPLOY_ID\" >> \"$JOURNAL\"\nsleep 0.3\necho \"{step} end $DEPLOY_ID\" >> \"$JOURNAL\"\n"
+    )
+}
+
+struct Fleet {
+    cluster: DevCluster,
+    agents: Vec<DevAgent>,
+    client: Client,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+async fn fleet(agents: usize, group: &str) -> Fleet {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cluster = DevCluster::start(Spec {
+        nodes: 3,
+        dir: dir.join("cluster"),
+        base_http_port: None,
+        base_raft_port: None,
+        coordinator_bin: find_coordinator_bin().unwrap(),
+        env: vec![],
+    })
+    .unwrap();
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let client = Client::new(&format!("http://{}", cluster.nodes[1].http_addr), None);
+    let bin = find_agent_bin().unwrap();
+    let agents = (1..=agents)
+        .map(|i| {
+            let root = dir.join(format!("host-{i}"));
+            DevAgent::start(
+                &bin,
+                AgentSpec {
+                    hostname: format!("host-{i}"),
+                    groups: vec![group.into()],
+                    root: root.clone(),
+                    coordinators: cluster.agent_addrs(),
+                    ca_file: cluster.ca_file(),
+                    token: None,
+                    hook_env: vec![("JOURNAL".into(), root.join("journal").display().to_string())],
+                    extra_config: "process_wait_interval = 1\n".into(),
+                },
+            )
+            .unwrap()
+        })
+        .collect();
+    Fleet { cluster, agents, client, dir, _tmp: tmp }
+}
+
+impl Fleet {
+    async fn create_stage(&self, env: &str, stage: &str, group: &str, max_parallel: i32) {
+        self.client
+            .post::<_, Value>(
+                "/v1/envs",
+                &json!({"envName": env, "stageName": stage, "maxParallel": max_parallel, "buildName": "svc"}),
+            )
+            .await
+            .unwrap();
+        self.client
+            .put(&format!("/v1/envs/{env}/{stage}/capacity?capacityType=GROUP"), &[group])
+            .await
+            .unwrap();
+    }
+
+    async fn publish(
+        &self,
+        name: &str,
+        files: &[(&str, u32, String)],
+        blake3: Option<&str>,
+    ) -> String {
+        let path = self.dir.join(format!("{name}.tar.gz"));
+        let (hash, size) = tarball(&path, files);
+        let b: Option<Value> = self
+            .client
+            .post(
+                "/v1/builds",
+                &json!({"name": "svc", "artifactUrl": ops::publish::file_url(&path).unwrap(),
+                        "commit": format!("{name}0000000"), "branch": "main", "repo": "t/svc",
+                        "artifactBlake3": blake3.unwrap_or(&hash), "artifactSize": size}),
+            )
+            .await
+            .unwrap();
+        b.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    async fn deploy(&self, env: &str, stage: &str, build: &str) -> String {
+        let d: Option<Value> = self
+            .client
+            .post(&format!("/v1/envs/{env}/{stage}/deploys?buildId={build}"), &Value::Null)
+            .await
+            .unwrap();
+        d.unwrap()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Agent rows of the stage, after a transition (as the UI's poll does).
+    async fn agents(&self, env: &str, stage: &str) -> Vec<Value> {
+        let p: Value = self
+            .client
+            .put_json(&format!("/v1/envs/{env}/{stage}/deploys/current/progress"), &Value::Null)
+            .await
+            .unwrap();
+        p["agents"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `n` hosts of the stage satisfy `pred`.
+    async fn wait_hosts(
+        &self,
+        env: &str,
+        stage: &str,
+        n: usize,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let start = Instant::now();
+        loop {
+            let agents = self.agents(env, stage).await;
+            if agents.iter().filter(|a| pred(a)).count() >= n {
+                return;
+            }
+            if start.elapsed() > WAIT {
+                let logs: Vec<String> = self
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{}:\n{}\n{}",
+                            a.spec.hostname,
+                            a.log_tail(3000),
+                            a.env_log_tail(env, 2000)
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "timed out waiting for {n} hosts {what}; agents: {agents:#?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+fn serving(deploy: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |a: &Value| {
+        a["deployId"] == deploy && a["deployStage"] == "SERVING_BUILD" && a["status"] == "SUCCEEDED"
+    }
+}
+
+fn read_env_file(path: &Path) -> BTreeMap<String, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_deploy_a_real_tarball_and_report_failures_with_their_output() {
+    let f = fleet(3, "web").await;
+    f.create_stage("web", "prod", "web", 3).await;
+    f.client.put("/v1/envs/web/prod/script_configs", &json!({"GREETING": "hi"})).await.unwrap();
+
+    let good = f
+        .publish(
+            "good",
+            &[
+                ("VERSION", 0o644, "a\n".into()),
+                (
+                    "teletraan/RESTARTING",
+                    0o755,
+                    "#!/bin/sh\nset -eu\nenv | sort > \"$TARGET/restart.env\"\necho restarted $(cat ../VERSION)\n".into(),
+                ),
+                ("teletraan/POST_RESTART", 0o755, "#!/bin/sh\necho post-restart ok\n".into()),
+                ("teletraan/app.conf.tmpl", 0o644, "greeting=${TELETRAAN_GREETING:none}\n".into()),
+            ],
+            None,
+        )
+        .await;
+    let d1 = f.deploy("web", "prod", &good).await;
+    f.wait_hosts("web", "prod", 3, "serving the good build", serving(&d1)).await;
+    for a in &f.agents {
+        let target = a.target("web");
+        assert_eq!(std::fs::read_to_string(target.join("VERSION")).unwrap(), "a\n");
+        let env = read_env_file(&target.join("restart.env"));
+        assert_eq!(env["DEPLOY_ID"], d1);
+        assert_eq!(env["BUILD_ID"], good);
+        assert_eq!(env["ENV_NAME"], "web");
+        assert_eq!(env["STAGE_NAME"], "prod");
+        assert_eq!(env["DEPLOY_STEP"], "RESTARTING");
+        assert_eq!(env["OPCODE"], "DEPLOY");
+        assert_eq!(env["DEPLOY_TYPE"], "REGULAR");
+        assert_eq!(env["GREETING"], "hi", "script variables reach hooks");
+        assert_eq!(std::fs::read_link(&target).unwrap().file_name().unwrap(), good.as_str());
+        assert_eq!(
+            std::fs::read_to_string(target.join("teletraan/app.conf")).unwrap(),
+            "greeting=hi\n",
+            "templates are rendered with the stage's script variables"
+        );
+        assert!(a.env_log_tail("web", 20_000).contains("restarted a"), "hook output is logged");
+        let out = std::process::Command::new(find_agent_bin().unwrap())
+            .arg("--config")
+            .arg(&a.config)
+            .args(["status", "-o", "json"])
+            .output()
+            .unwrap();
+        let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(st["web"]["report"]["deployStage"], "SERVING_BUILD", "{st}");
+    }
+
+    // A build whose RESTARTING fails: the failure, its output tail and FAILING.
+    let bad = f
+        .publish(
+            "bad",
+            &[
+                ("VERSION", 0o644, "b\n".into()),
+                (
+                    "teletraan/RESTARTING",
+                    0o755,
+                    "#!/bin/sh\necho 'boom: cannot bind port 8000' >&2\nexit 7\n".into(),
+                ),
+            ],
+            None,
+        )
+        .await;
+    let d2 = f.deploy("web", "prod", &bad).await;
+    f.wait_hosts("web", "prod", 3, "failed at RESTARTING", |a| {
+        a["deployId"] == d2.as_str() && a["state"] == "PAUSED_BY_SYSTEM"
+    })
+    .await;
+    for a in f.agents("web", "prod").await {
+        assert_eq!(a["deployStage"], "RESTARTING");
+        assert_eq!(a["status"], "TOO_MANY_RETRY");
+        assert_eq!(a["lastErrno"], 7);
+        let host = a["hostName"].as_str().unwrap();
+        let err: Value =
+            f.client.get(&format!("/v1/envs/web/prod/agents/errors/{host}")).await.unwrap();
+        assert!(
+            err["errorMessage"].as_str().unwrap().contains("boom: cannot bind port 8000"),
+            "the output tail reaches the coordinator: {err}"
+        );
+    }
+    let deploy: Value = f.client.get("/v1/envs/web/prod/deploys/current").await.unwrap();
+    assert_eq!(deploy["state"], "FAILING", "{deploy}");
+
+    // A build whose bytes do not match its published hash is never staged.
+    let forged = f
+        .publish(
+            "forged",
+            &[
+                ("VERSION", 0o644, "c\n".into()),
+                ("teletraan/RESTARTING", 0o755, "#!/bin/sh\n".into()),
+            ],
+            Some(&"0".repeat(64)),
+        )
+        .await;
+    let d3 = f.deploy("web", "prod", &forged).await;
+    f.wait_hosts("web", "prod", 3, "refusing the forged build", |a| {
+        a["deployId"] == d3.as_str() && a["state"] == "PAUSED_BY_SYSTEM"
+    })
+    .await;
+    for a in &f.agents {
+        let target = a.target("web");
+        assert_eq!(
+            std::fs::read_link(&target).unwrap().file_name().unwrap(),
+            bad.as_str(),
+            "the forged build was not staged"
+        );
+        assert!(!a.spec.root.join("builds").join(&forged).exists(), "nor extracted");
+        let err: Value = f
+            .client
+            .get(&format!("/v1/envs/web/prod/agents/errors/{}", a.spec.hostname))
+            .await
+            .unwrap();
+        let msg = err["errorMessage"].as_str().unwrap().to_lowercase();
+        assert!(msg.contains("hash") || msg.contains("blake3"), "{msg}");
+    }
+    drop(f.cluster);
+}
+
+/// `kill -9` the agent once at every step of a deploy (mid-hook where there is one), restart
+/// it, and check the deploy completes without skipping or reordering a step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
+    let mut f = fleet(1, "crash").await;
+    f.create_stage("crash", "prod", "crash", 1).await;
+    const HOOKS: [&str; 5] =
+        ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"];
+    let files = |v: &str| -> Vec<(&'static str, u32, String)> {
+        let mut f: Vec<(&'static str, u32, String)> = vec![("VERSION", 0o644, format!("{v}\n"))];
+        for h in HOOKS {
+            let name: &'static str = Box::leak(format!("teletraan/{h}").into_boxed_str());
+            f.push((name, 0o755, journaling_hook(h)));
+        }
+        f
+    };
+    let a = f.publish("a", &files("a"), None).await;
+    let d1 = f.deploy("crash", "prod", &a).await;
+    f.wait_hosts("crash", "prod", 1, "serving build a", serving(&d1)).await;
+
+    let b = f.publish("b", &files("b"), None).await;
+    let d2 = f.deploy("crash", "prod", &b).await;
+    let status_file = f.agents[0].spec.root.join("agent").join("env_status");
+    let mut killed_at: Vec<String> = Vec::new();
+    let start = Instant::now();
+    loop {
+        let st: Value = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let r = &st["crash"]["report"];
+        let step = r["deployStage"].as_str().unwrap_or("").to_string();
+        if r["deployId"] == d2.as_str() {
+            if step == "SERVING_BUILD" && r["status"] == "SUCCEEDED" {
+                break;
+            }
+            if r["status"] == "UNKNOWN" && !killed_at.contains(&step) {
+                // Mid-step: hooks take 0.3 s.
+                tokio::time::sleep(Duration::from_millis(120)).await;
+                f.agents[0].kill9();
+                killed_at.push(step);
+                f.agents[0].restart().unwrap();
+            }
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the deploy did not finish; killed at {killed_at:?}\n{}",
+            f.agents[0].log_tail(4000)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f.wait_hosts("crash", "prod", 1, "serving build b", serving(&d2)).await;
+    for h in HOOKS {
+        assert!(killed_at.iter().any(|k| k == h), "never killed during {h}: {killed_at:?}");
+    }
+
+    let journal = std::fs::read_to_string(f.agents[0].spec.root.join("journal")).unwrap();
+    let lines: Vec<(&str, &str)> = journal
+        .lines()
+        .filter(|l| l.ends_with(d2.as_str()))
+        .filter_map(|l| {
+            let mut it = l.split(' ');
+            Some((it.next()?, it.next()?))
+        })
+        .collect();
+    let first_end = |h: &str| lines.iter().position(|&(s, e)| s == h && e == "end");
+    let first_start = |h: &str| lines.iter().position(|&(s, e)| s == h && e == "start");
+    let mut prev_end = None;
+    for h in HOOKS {
+        let end = first_end(h).unwrap_or_else(|| panic!("{h} never finished:\n{journal}"));
+        let start = first_start(h).unwrap();
+        if let Some(prev) = prev_end {
+            assert!(start > prev, "{h} started before the previous step finished:\n{journal}");
+        }
+        prev_end = Some(end);
+    }
+    let target = f.agents[0].target("crash");
+    assert_eq!(std::fs::read_to_string(target.join("VERSION")).unwrap(), "b\n");
+    drop(f.cluster);
+}
