@@ -13,6 +13,8 @@ use crate::executor::ExecLimits;
 
 /// Longest a NOOP ping is held by the coordinator before it answers (our long-poll).
 pub const DEFAULT_LONG_POLL_MS: u64 = 30_000;
+/// Teletraan's idle ping interval, used when long-poll is off.
+pub const DEFAULT_DAEMON_SLEEP_TIME_MS: u64 = 30_000;
 /// How long a parallelism slot lasts without a successful ping. Must be shorter than the
 /// coordinators' `lease_ttl_ms` (default 300 000) so the agent gives up first.
 pub const DEFAULT_LEASE_MS: u64 = 240_000;
@@ -38,7 +40,10 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// The agent token (`[auth] agent_token` of the coordinators).
     pub token: Option<String>,
+    /// How long the coordinator may hold a ping that has nothing to say (0: no long-poll).
     pub long_poll_ms: u64,
+    /// Pause between idle pings when long-poll is off (Teletraan's `daemon_sleep_time`).
+    pub daemon_sleep_time_ms: u64,
     pub lease_ms: u64,
     /// Hook limits (Teletraan's names and defaults).
     pub process_timeout: u64,
@@ -81,6 +86,7 @@ impl Default for AgentConfig {
             ca_file: None,
             token: None,
             long_poll_ms: DEFAULT_LONG_POLL_MS,
+            daemon_sleep_time_ms: DEFAULT_DAEMON_SLEEP_TIME_MS,
             lease_ms: DEFAULT_LEASE_MS,
             process_timeout: d.process_timeout.as_secs(),
             termination_timeout: d.termination_timeout.as_secs(),

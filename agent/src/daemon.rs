@@ -42,6 +42,9 @@ pub enum DaemonError {
     Download(String),
 }
 
+/// Where a running hook's process group is recorded (inside the agent directory).
+pub const HOOK_PGID_FILE: &str = "hook.pgid";
+
 /// How a step ended.
 #[derive(Debug)]
 enum Outcome {
@@ -124,9 +127,18 @@ impl Daemon {
     }
 
     async fn serve(&mut self, once: bool) -> Result<(), DaemonError> {
+        // A hook the previous agent process left running (it crashed mid-step) is stopped
+        // before the step runs again.
+        let grace = Duration::from_secs(self.cfg.termination_timeout);
+        let pgid_file = self.cfg.deploy_agent_dir.join(HOOK_PGID_FILE);
+        if let Some(pgid) = executor::stop_orphaned_group(&pgid_file, grace).await {
+            warn!(pgid, "stopped a hook left running by a previous agent process");
+        }
         let long_poll =
             if once { Duration::ZERO } else { Duration::from_millis(self.cfg.long_poll_ms) };
+        let mut idle_pause = Duration::ZERO;
         loop {
+            tokio::time::sleep(std::mem::take(&mut idle_pause)).await;
             let resp = self.ping_until_answered(long_poll).await;
             let received = self.now_ms();
             match self.machine.on_response(&resp) {
@@ -134,6 +146,10 @@ impl Daemon {
                     self.clean_stale_builds();
                     if once {
                         return Ok(());
+                    }
+                    if long_poll.is_zero() {
+                        // Teletraan's polling: without long-poll, wait before asking again.
+                        idle_pause = Duration::from_millis(self.cfg.daemon_sleep_time_ms);
                     }
                 }
                 Action::Delete { env } => self.delete_env(&env)?,
@@ -261,7 +277,9 @@ impl Daemon {
         match &step.kind {
             StepKind::Hook => {
                 let env_vars = self.hook_env(&step.env, &target);
-                run_hook(step, &target, &self.log_path(&step.env), env_vars, &limits, &mut hb).await
+                let pgid_file = self.cfg.deploy_agent_dir.join(HOOK_PGID_FILE);
+                let log = self.log_path(&step.env);
+                run_hook(step, &target, &log, &pgid_file, env_vars, &limits, &mut hb).await
             }
             StepKind::Download(build) => {
                 let Some(url) = build.build_url.clone() else {
@@ -466,6 +484,7 @@ async fn run_hook(
     step: &Step,
     target: &Path,
     log: &Path,
+    pgid_file: &Path,
     env: BTreeMap<String, String>,
     limits: &ExecLimits,
     hb: &mut Heartbeat<'_>,
@@ -500,6 +519,7 @@ async fn run_hook(
         env,
         log_file: log.to_path_buf(),
         label: stage.as_str().to_string(),
+        pgid_file: Some(pgid_file.to_path_buf()),
     };
     exec_to_result(executor::run(&cmd, limits, hb).await)
 }

@@ -121,6 +121,10 @@ pub struct HookCommand {
     pub log_file: PathBuf,
     /// The stage name, for the log and `tracing`.
     pub label: String,
+    /// While an attempt runs, its process group is recorded here (and removed when it ends), so
+    /// that an agent restarted after a crash can stop what the crashed one left running
+    /// ([`stop_orphaned_group`]).
+    pub pgid_file: Option<PathBuf>,
 }
 
 /// Where a stage stands, or how it ended.
@@ -377,6 +381,7 @@ async fn run_attempt(
     let pid = child.id().expect("a child that was not waited for has an id");
     let pgid = Pid::from_raw(i32::try_from(pid).expect("pids fit in i32"));
     let mut guard = GroupGuard { pgid, armed: true };
+    let _record = cmd.pgid_file.as_deref().map(|path| GroupRecord::write(path, pgid));
     let deadline = Instant::now() + limits.process_timeout;
 
     let stop = loop {
@@ -501,6 +506,57 @@ fn group_alive(pgid: Pid) -> bool {
     })
 }
 
+/// The record of a running attempt's process group (`<boot id> <pgid>`); removed on drop.
+struct GroupRecord(PathBuf);
+
+impl GroupRecord {
+    fn write(path: &Path, pgid: Pid) -> Self {
+        let line = format!("{} {}\n", boot_id().unwrap_or_default(), pgid.as_raw());
+        if let Err(e) = std::fs::write(path, line) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record the hook's process group");
+        }
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for GroupRecord {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+}
+
+/// Stops the hook a crashed agent left running, as recorded in `pgid_file`: SIGTERM to its
+/// process group, `grace` to exit, then SIGKILL. A record from before a reboot is ignored (the
+/// id may belong to someone else now); while a group exists its id is never reused, so a live
+/// group with the recorded id is the orphan. Returns the group stopped, if any.
+pub async fn stop_orphaned_group(pgid_file: &Path, grace: Duration) -> Option<i32> {
+    let text = std::fs::read_to_string(pgid_file).ok()?;
+    let _ = std::fs::remove_file(pgid_file);
+    let mut fields = text.split_whitespace();
+    let (boot, pgid) = (fields.next()?, fields.next()?.parse::<i32>().ok()?);
+    if Some(boot) != boot_id().as_deref() || pgid <= 1 {
+        return None;
+    }
+    let pgid = Pid::from_raw(pgid);
+    if !group_alive(pgid) {
+        return None;
+    }
+    tracing::warn!(pgid = pgid.as_raw(), "stopping the hook a previous agent left running");
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while group_alive(pgid) && Instant::now() < deadline {
+        sleep(GROUP_EXIT_POLL_INTERVAL).await;
+    }
+    if group_alive(pgid) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    Some(pgid.as_raw())
+}
+
 /// SIGKILLs the group of an attempt whose future was dropped before it ended.
 struct GroupGuard {
     pgid: Pid,
@@ -602,6 +658,8 @@ fn now_utc() -> String {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
+    use std::os::unix::process::CommandExt;
+
     use nix::sys::signal::kill;
 
     use super::*;
@@ -635,6 +693,7 @@ mod tests {
             env: BTreeMap::new(),
             log_file: dir.path().join("deploy.log"),
             label: "RESTARTING".to_string(),
+            pgid_file: None,
         };
         (dir, cmd)
     }
@@ -1076,5 +1135,41 @@ mod tests {
         assert_eq!(d.process_wait_interval, Duration::from_secs(2));
         assert_eq!(d.max_sleep_interval, Duration::from_secs(60));
         assert_eq!(d.heartbeat_interval, Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_running_attempt_records_its_group_and_a_restart_stops_the_orphan() {
+        let (dir, mut cmd) = hook("cat \"$REC\" > \"$OUT\"");
+        let rec = dir.path().join("hook.pgid");
+        cmd.pgid_file = Some(rec.clone());
+        cmd.env.insert("REC".into(), rec.display().to_string());
+        cmd.env.insert("OUT".into(), dir.path().join("seen").display().to_string());
+        let r = run(&cmd, &quick_limits(), &mut NoHeartbeat).await;
+        assert_eq!(r.status, ExecStatus::Succeeded, "{r:?}");
+        let seen = std::fs::read_to_string(dir.path().join("seen")).unwrap();
+        assert_eq!(seen.split_whitespace().count(), 2, "boot id and group: {seen:?}");
+        assert!(!rec.exists(), "the record is removed when the attempt ends");
+
+        // An orphan from a "crashed agent": its own group, recorded with this boot's id.
+        let orphan =
+            std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pgid = orphan.id() as i32;
+        std::fs::write(&rec, format!("{} {pgid}\n", boot_id().unwrap())).unwrap();
+        let stopped = stop_orphaned_group(&rec, Duration::from_secs(5)).await;
+        assert_eq!(stopped, Some(pgid));
+        assert!(!group_alive(Pid::from_raw(pgid)), "the orphan is gone");
+        assert!(!rec.exists());
+        let mut orphan = orphan;
+        let _ = orphan.wait();
+
+        // A record from another boot is ignored: that id may be someone else's now.
+        let other = std::process::Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pgid = other.id() as i32;
+        std::fs::write(&rec, format!("not-this-boot {pgid}\n")).unwrap();
+        assert_eq!(stop_orphaned_group(&rec, Duration::from_secs(1)).await, None);
+        assert!(group_alive(Pid::from_raw(pgid)), "left alone");
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let mut other = other;
+        let _ = other.wait();
     }
 }

@@ -35,7 +35,7 @@ fn tarball(path: &Path, files: &[(&str, u32, String)]) -> (String, u64) {
 /// A hook that journals its start and end (with the deploy id) and takes a moment.
 fn journaling_hook(step: &str) -> String {
     format!(
-        "#!/bin/sh\nset -eu\necho \"{step} start $DEPLOY_ID\" >> \"$JOURNAL\"\nsleep 0.3\necho \"{step} end $DEPLOY_ID\" >> \"$JOURNAL\"\n"
+        "#!/bin/sh\nset -eu\necho \"{step} start $DEPLOY_ID\" >> \"$JOURNAL\"\nsleep 1\necho \"{step} end $DEPLOY_ID\" >> \"$JOURNAL\"\n"
     )
 }
 
@@ -351,8 +351,8 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
                 break;
             }
             if r["status"] == "UNKNOWN" && !killed_at.contains(&step) {
-                // Mid-step: hooks take 0.3 s.
-                tokio::time::sleep(Duration::from_millis(120)).await;
+                // Mid-step: hooks take 1 s.
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 f.agents[0].kill9();
                 killed_at.push(step);
                 f.agents[0].restart().unwrap();
@@ -389,6 +389,11 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
             assert!(start > prev, "{h} started before the previous step finished:\n{journal}");
         }
         prev_end = Some(end);
+        let ends = lines.iter().filter(|&&(s, e)| s == h && e == "end").count();
+        assert_eq!(
+            ends, 1,
+            "{h} must complete exactly once (the killed attempt is stopped, not left running):\n{journal}"
+        );
     }
     let target = f.agents[0].target("crash");
     assert_eq!(std::fs::read_to_string(target.join("VERSION")).unwrap(), "b\n");
