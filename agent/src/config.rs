@@ -203,6 +203,11 @@ mod tests {
         assert_eq!(limits.max_retry, 2);
         assert_eq!(limits.process_timeout, Duration::from_secs(7));
 
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd/agent.toml");
+        let cfg = AgentConfig::load(&example).expect("the shipped example config loads");
+        assert_eq!(cfg.coordinators.len(), 3);
+        assert_eq!(cfg.lease_ms, DEFAULT_LEASE_MS);
+
         std::fs::write(&path, "max_retyr = 5\n").unwrap();
         let err = AgentConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_retyr"), "a typo is named: {err}");

@@ -21,7 +21,7 @@ use crate::config::{AgentConfig, ConfigError, MAX_PING_BACKOFF_MS, MIN_PING_BACK
 use crate::coordinator_client::{ClientError, CoordinatorClient};
 use crate::download::{Downloader, Expected};
 use crate::executor::{self, ExecLimits, ExecReport, HookCommand, Verdict};
-use crate::hostinfo::{HostInfo, Overrides};
+use crate::hostinfo::{HOST_INFO_FILE, HostInfo, Overrides};
 use crate::machine::{Action, Machine, PRE_STAGE_STEPS, Step, StepKind, StepResult, plan_changed};
 use crate::status::{self, InstanceLock, StatusError};
 use crate::{staging, template};
@@ -56,6 +56,8 @@ enum Outcome {
 pub struct Daemon {
     cfg: AgentConfig,
     overrides: Overrides,
+    /// The resolved identity and the `host_info` modification time it was resolved at.
+    host: Option<(HostInfo, Option<std::time::SystemTime>)>,
     machine: Machine,
     client: CoordinatorClient,
     downloader: Downloader,
@@ -97,16 +99,38 @@ impl Daemon {
         };
         let downloader =
             Downloader::new(&extra_ca, limits).map_err(|e| DaemonError::Download(e.to_string()))?;
-        Ok(Self { cfg, overrides, machine, client, downloader, epoch: Instant::now(), _lock: lock })
+        Ok(Self {
+            cfg,
+            overrides,
+            host: None,
+            machine,
+            client,
+            downloader,
+            epoch: Instant::now(),
+            _lock: lock,
+        })
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn host(&self) -> HostInfo {
-        // Re-read on every ping, as Teletraan does: an operator may fix host_info live.
-        HostInfo::resolve(&self.cfg.deploy_agent_dir, &self.overrides)
+    /// The host's identity. Teletraan re-read it on every ping; we re-resolve only when the
+    /// `host_info` file changed (an operator may fix it live), because resolving the address
+    /// is a DNS lookup that can take seconds.
+    fn host(&mut self) -> HostInfo {
+        let stamp = std::fs::metadata(self.cfg.deploy_agent_dir.join(HOST_INFO_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        match &self.host {
+            Some((info, seen)) if *seen == stamp => info.clone(),
+            _ => {
+                let info = HostInfo::resolve(&self.cfg.deploy_agent_dir, &self.overrides);
+                info!(host_id = info.host_id, hostname = info.hostname, ip = ?info.ip, groups = ?info.groups, "host identity");
+                self.host = Some((info.clone(), stamp));
+                info
+            }
+        }
     }
 
     /// Runs until `shutdown` resolves. Steps in progress when it does are re-run after a
@@ -174,7 +198,8 @@ impl Daemon {
     async fn ping_until_answered(&mut self, wait: Duration) -> PingResponseBean {
         let mut backoff = Duration::from_millis(MIN_PING_BACKOFF_MS);
         loop {
-            let req = self.machine.ping_request(&self.host());
+            let host = self.host();
+            let req = self.machine.ping_request(&host);
             match self.client.ping(&req, wait).await {
                 Ok(resp) => return resp,
                 Err(e) => {
@@ -268,9 +293,10 @@ impl Daemon {
         let runtime =
             self.machine.envs.get(&step.env).map(|s| s.runtime_config.clone()).unwrap_or_default();
         let limits = self.cfg.exec_limits(&runtime);
+        let host = self.host();
         let mut hb = Heartbeat {
             client: &self.client,
-            request: self.machine.ping_request(&self.host()),
+            request: self.machine.ping_request(&host),
             env_id: self.machine.envs.get(&step.env).and_then(|s| s.report.env_id.clone()),
             goal,
         };

@@ -68,15 +68,19 @@ struct RunArgs {
     /// Agent token.
     #[arg(long, env = "TT_AGENT_TOKEN")]
     token: Option<String>,
+    /// Host name (else `host_info`, else the system's).
     #[arg(short = 'n', long = "host")]
     hostname: Option<String>,
+    /// Host id (else `host_info`'s `id`, else the host name).
     #[arg(long)]
     host_id: Option<String>,
+    /// Address reported to the coordinators (else `host_info`, else the host name's address).
     #[arg(long)]
     ip: Option<String>,
     /// Capacity group (repeatable, or comma-separated).
     #[arg(short = 'g', long = "group")]
     groups: Vec<String>,
+    /// Availability zone (optional).
     #[arg(long)]
     availability_zone: Option<String>,
     /// Extra variable for every hook, KEY=VALUE (repeatable).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
-use ops::bench::{self, LoadSpec};
+use ops::bench::{self, LoadSpec, percentile};
 use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
 use serde::Serialize;
 use serde_json::json;
@@ -79,6 +79,28 @@ pub enum BenchCmd {
         /// Which agents to run: long-poll, poll, or both.
         #[arg(long, value_delimiter = ',', default_values_t = vec!["long-poll".to_string(), "poll".to_string()])]
         modes: Vec<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Real deploy agents: time from a deploy's creation to the first hook on each host, and
+    /// idle RSS and CPU; long-poll (ours) and Teletraan-style 30 s polling side by side.
+    Agent {
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+        /// Measured deploys with long-poll.
+        #[arg(long, default_value_t = 10)]
+        deploys: usize,
+        /// Measured deploys with polling (each waits up to a poll interval).
+        #[arg(long, default_value_t = 3)]
+        poll_deploys: usize,
+        /// Idle time over which RSS and CPU are measured, seconds.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
+        /// Idle ping interval of the polling agents, seconds (Teletraan's default is 30).
+        #[arg(long, default_value_t = 30)]
+        poll_secs: u64,
         #[arg(long)]
         dir: Option<PathBuf>,
         #[arg(long)]
@@ -285,6 +307,17 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
+        BenchCmd::Agent { agents, deploys, poll_deploys, idle_secs, poll_secs, dir, json } => {
+            let dir = work_dir(dir, "agent")?;
+            let reports =
+                bench::agent::run(dir.clone(), agents, deploys, poll_deploys, idle_secs, poll_secs)
+                    .await?;
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
+                println!("wrote {}", path.display());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         BenchCmd::Failover { kills, dir, json, keep_dir } => {
             let dir = work_dir(dir, "failover")?;
             let report = failover(dir.clone(), kills).await?;
@@ -314,14 +347,6 @@ struct FailoverReport {
     p99_ms: f64,
     max_ms: f64,
     election_timeout_ms: String,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 async fn try_write(c: &reqwest::Client, base: &str, n: u64) -> bool {

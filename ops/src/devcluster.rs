@@ -368,11 +368,9 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
-        for slot in &mut self.children {
-            if let Some(child) = slot {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod demo;
 pub mod demo_build;
 pub mod devcluster;
 pub mod devfleet;

@@ -113,6 +113,27 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum DevCmd {
+    /// The whole system at work: three coordinators and five agents on this machine deploy a
+    /// real service to canary, promote it to prod, then roll a second version back.
+    Demo {
+        /// Directory for the cluster, the agents and the builds (wiped first).
+        #[arg(long, default_value = ".tt-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        agents: usize,
+        /// How many prod hosts may deploy at once.
+        #[arg(long, default_value_t = 2)]
+        parallel: i32,
+        /// HTTP port of coordinator node 1 (node i gets PORT + i - 1).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Raft QUIC port of node 1.
+        #[arg(long, default_value_t = 7400)]
+        raft_port: u16,
+        /// Exit when the story is done instead of keeping everything up until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Start a local coordinator cluster in the foreground; Ctrl-C stops it.
     Cluster {
         #[arg(long, default_value_t = 3)]
@@ -256,6 +277,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let client = Client::new(&cli.addr, cli.token.clone());
     let out = cli.output;
     match cli.cmd {
+        Cmd::Dev(DevCmd::Demo { dir, agents, parallel, http_port, raft_port, exit }) => {
+            if dir.join("cluster").exists() || dir.join("agents").exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("wiping the previous demo in {}", dir.display()))?;
+            }
+            let opts = ops::demo::DemoOptions {
+                dir,
+                agents,
+                http_port: Some(http_port),
+                raft_port: Some(raft_port),
+                prod_parallel: parallel,
+                verbose: true,
+            };
+            ops::demo::run(opts, exit).await?;
+        }
         Cmd::Dev(DevCmd::Cluster { nodes, dir, http_port, raft_port }) => {
             dev_cluster(nodes, dir, http_port, raft_port).await?
         }

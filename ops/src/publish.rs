@@ -41,6 +41,24 @@ pub fn file_url(path: &Path) -> anyhow::Result<String> {
     Ok(format!("file://{s}"))
 }
 
+/// Writes a `.tar.gz` of `files` (path inside the archive, mode, contents) and returns its
+/// digest: builds for tests and benchmarks.
+pub fn write_tarball(path: &Path, files: &[(&str, u32, &[u8])]) -> anyhow::Result<Digest> {
+    use std::io::Write;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, mode, body) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(*mode);
+        h.set_cksum();
+        tar.append_data(&mut h, name, *body).with_context(|| format!("adding {name}"))?;
+    }
+    tar.into_inner()?.finish()?.flush()?;
+    digest_file(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! real hook scripts on loopback.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,20 +14,11 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 
-/// A `.tar.gz` with `files` (path, mode, contents).
+/// A `.tar.gz` with `files` (path, mode, contents); its BLAKE3 hash and size.
 fn tarball(path: &Path, files: &[(&str, u32, String)]) -> (String, u64) {
-    let f = std::fs::File::create(path).unwrap();
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    for (name, mode, body) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(body.len() as u64);
-        h.set_mode(*mode);
-        h.set_cksum();
-        tar.append_data(&mut h, name, body.as_bytes()).unwrap();
-    }
-    tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
-    let digest = ops::publish::digest_file(path).unwrap();
+    let files: Vec<(&str, u32, &[u8])> =
+        files.iter().map(|(n, m, b)| (*n, *m, b.as_bytes())).collect();
+    let digest = ops::publish::write_tarball(path, &files).unwrap();
     (digest.blake3_hex, digest.size)
 }
 
@@ -75,7 +65,8 @@ async fn fleet(agents: usize, group: &str) -> Fleet {
                     ca_file: cluster.ca_file(),
                     token: None,
                     hook_env: vec![("JOURNAL".into(), root.join("journal").display().to_string())],
-                    extra_config: "process_wait_interval = 1\n".into(),
+                    // Quick retries and heartbeats: the tests' hooks are short.
+                    extra_config: "process_wait_interval = 1\nmin_running_time = 1\n".into(),
                 },
             )
             .unwrap()
@@ -181,6 +172,20 @@ fn serving(deploy: &str) -> impl Fn(&Value) -> bool + '_ {
     move |a: &Value| {
         a["deployId"] == deploy && a["deployStage"] == "SERVING_BUILD" && a["status"] == "SUCCEEDED"
     }
+}
+
+/// Processes of group `pgid` that are not zombies (init may reap orphans late).
+fn live_members(pgid: i32) -> usize {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return 0 };
+    procs
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return false };
+            let f: Vec<&str> = after.split_whitespace().collect();
+            f.len() > 3 && f[2].parse::<i32>().ok() == Some(pgid) && !matches!(f[0], "Z" | "X")
+        })
+        .count()
 }
 
 fn read_env_file(path: &Path) -> BTreeMap<String, String> {
@@ -398,4 +403,87 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
     let target = f.agents[0].target("crash");
     assert_eq!(std::fs::read_to_string(target.join("VERSION")).unwrap(), "b\n");
     drop(f.cluster);
+}
+
+/// The leader dies mid-deploy: agents fail over by themselves and the deploy completes. Then a
+/// new deploy arrives while a hook hangs: the heartbeat sees the changed goal, the hook's whole
+/// process group is stopped, and the new deploy proceeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fail_over_and_a_new_deploy_aborts_a_hanging_hook() {
+    let mut f = fleet(2, "ha").await;
+    f.create_stage("ha", "prod", "ha", 2).await;
+    let slow = f
+        .publish(
+            "slow",
+            &[
+                ("VERSION", 0o644, "slow\n".into()),
+                ("teletraan/RESTARTING", 0o755, "#!/bin/sh\nsleep 3\n".into()),
+            ],
+            None,
+        )
+        .await;
+    let d1 = f.deploy("ha", "prod", &slow).await;
+    f.wait_hosts("ha", "prod", 1, "restarting", |a| {
+        a["deployId"] == d1.as_str() && a["deployStage"] == "RESTARTING"
+    })
+    .await;
+    let leader = f.cluster.wait_leader(&f.cluster.ids(), Duration::from_secs(10)).await.unwrap();
+    f.cluster.kill9(leader);
+    let others: Vec<u64> = f.cluster.ids().into_iter().filter(|&i| i != leader).collect();
+    let new_leader = f.cluster.wait_leader(&others, Duration::from_secs(30)).await.unwrap();
+    f.client = Client::new(&f.cluster.base_url(new_leader), None);
+    f.wait_hosts("ha", "prod", 2, "serving after the failover", serving(&d1)).await;
+
+    let hang = f
+        .publish(
+            "hang",
+            &[
+                ("VERSION", 0o644, "hang\n".into()),
+                (
+                    "teletraan/RESTARTING",
+                    0o755,
+                    "#!/bin/sh\necho \"hang $$\" >> \"$JOURNAL\"\nsleep 600 &\nwait\n".into(),
+                ),
+            ],
+            None,
+        )
+        .await;
+    let d2 = f.deploy("ha", "prod", &hang).await;
+    f.wait_hosts("ha", "prod", 2, "hanging in RESTARTING", |a| {
+        a["deployId"] == d2.as_str() && a["deployStage"] == "RESTARTING"
+    })
+    .await;
+    let quick = f
+        .publish(
+            "quick",
+            &[
+                ("VERSION", 0o644, "quick\n".into()),
+                ("teletraan/RESTARTING", 0o755, "#!/bin/sh\n".into()),
+            ],
+            None,
+        )
+        .await;
+    let d3 = f.deploy("ha", "prod", &quick).await;
+    f.wait_hosts("ha", "prod", 2, "serving the new deploy", serving(&d3)).await;
+    for a in &f.agents {
+        assert_eq!(std::fs::read_to_string(a.target("ha").join("VERSION")).unwrap(), "quick\n");
+        let journal = std::fs::read_to_string(a.spec.root.join("journal")).unwrap();
+        for line in journal.lines().filter(|l| l.starts_with("hang ")) {
+            let pid: i32 = line[5..].trim().parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while live_members(pid) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+            assert_eq!(
+                live_members(pid),
+                0,
+                "the aborted hook's group {pid} (and its sleep) must be gone"
+            );
+        }
+        assert!(
+            a.env_log_tail("ha", 20_000).contains("aborted by the coordinator"),
+            "{}",
+            a.env_log_tail("ha", 3000)
+        );
+    }
 }

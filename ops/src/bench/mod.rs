@@ -11,6 +11,7 @@
 //!
 //! Non-goals: launching our own cluster (the caller passes a URL), and comparing reads.
 
+pub mod agent;
 pub mod etcd;
 pub mod loadgen;
 pub mod ours;
@@ -50,6 +51,15 @@ pub async fn write_path_compare(
 ) -> anyhow::Result<Vec<LoadReport>> {
     // etcd is paused while ours runs, so that its compaction after a run does not load ours.
     write_path_compare_paused(ours_base_url, &[], etcd_dir, clients, spec_template).await
+}
+
+/// The nearest-rank percentile `p` (0–100) of `sorted` samples; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Sends `signal` to each of `pids` (best effort).
