@@ -267,7 +267,9 @@ mod tests {
                     "commitDate": 1_699_990_000_000_i64,
                     "publishInfo": "UNKNOWN",
                     "publisher": "ci-bot",
-                    "publishDate": 1_700_000_000_000_i64
+                    "publishDate": 1_700_000_000_000_i64,
+                    "artifactBlake3": "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                    "artifactSize": 4096
                 },
                 "deployAlias": null,
                 "agentConfigs": {"max_retry": "5"},
