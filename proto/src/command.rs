@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::beans::{BuildBean, DeployBean, EnvironBean};
+use crate::beans::{BuildBean, DeployBean, EnvironBean, PromoteBean, TagBean};
 use crate::enums::{AcceptanceStatus, AgentState};
-use crate::ids::{DeployId, EnvId, HostId};
+use crate::ids::{BuildId, DeployId, EnvId, HostId, TagId};
 use crate::ping::{PingRequestBean, PingResponseBean};
 
 /// Layout version of [`Proposal`]; bumped when a variant's fields change meaning.
@@ -72,6 +72,25 @@ pub enum Op {
         acceptance_status: Option<AcceptanceStatus>,
         description: Option<String>,
     },
+    /// Update a stage's promote config (`PUT .../promotes`): fields of `patch` that are `None`
+    /// stay unchanged (a stage without one starts from the defaults). `apply` validates the
+    /// result (the predecessor stage exists and forms no cycle).
+    UpdatePromote { env_id: EnvId, patch: PromoteBean, operator: String },
+    /// The auto-promoter's fail policy for the stage's failed current deploy `failed`: start
+    /// `rollback` (ROLLBACK policy, if there is a deploy to go back to), then turn auto-promotion
+    /// off. Refused if the current deploy is no longer `failed`.
+    PromoteFailed { env_id: EnvId, failed: DeployId, rollback: Option<DeployBean> },
+    /// Tag a build (or a stage, or the system). The bean carries the leader-generated id; for
+    /// BUILD tags `target_id` is the build id, rewritten by `apply` to the build's name with
+    /// the build's JSON in `meta_info` (Teletraan's `BuildTagHandler`).
+    CreateTag { tag: TagBean },
+    /// Delete a tag.
+    DeleteTag { tag_id: TagId },
+    /// Retention (deploy janitor): delete these deploys. `apply` skips any that became a
+    /// stage's current deploy, or that a current deploy or an agent row still references.
+    PurgeDeploys { ids: Vec<DeployId> },
+    /// Retention (build janitor): delete these builds, skipping any that a deploy references.
+    PurgeBuilds { ids: Vec<BuildId> },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -101,6 +120,12 @@ impl Op {
             Op::ExpireLeases { .. } => "expire_leases",
             Op::SetEnvConfig { .. } => "set_env_config",
             Op::UpdateDeploy { .. } => "update_deploy",
+            Op::UpdatePromote { .. } => "update_promote",
+            Op::PromoteFailed { .. } => "promote_failed",
+            Op::CreateTag { .. } => "create_tag",
+            Op::DeleteTag { .. } => "delete_tag",
+            Op::PurgeDeploys { .. } => "purge_deploys",
+            Op::PurgeBuilds { .. } => "purge_builds",
         }
     }
 }
@@ -122,6 +147,10 @@ pub enum OpOutput {
     Build(BuildBean),
     Deploy(DeployBean),
     Ping(PingResponseBean),
+    Promote(PromoteBean),
+    Tag(TagBean),
+    /// How many records a retention operation deleted.
+    Purged(u32),
 }
 
 /// Why an operation was refused. Refusals change nothing.

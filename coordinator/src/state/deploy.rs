@@ -532,6 +532,10 @@ impl State {
                 ),
             });
         }
+        let operator = deploy.operator.clone().unwrap_or_default();
+        if operator == proto::beans::AUTO_PROMOTER_OPERATOR {
+            self.check_auto_promotion(env_id, &deploy)?;
+        }
         deploy.env_id = Some(env_id.clone());
         deploy.deploy_type = Some(deploy_type);
         deploy.state = Some(DeployState::Running);
@@ -560,6 +564,7 @@ impl State {
         env.last_update = Some(now);
         self.dirty.insert(Key::Env(env_id.clone()));
         self.deploys_by_build.entry(build_id).or_default().insert(id.clone());
+        self.deploys_by_env.entry(env_id.clone()).or_default().insert((now, id.clone()));
         self.deploys.insert(id.clone(), deploy.clone());
         self.dirty.insert(Key::Deploy(id));
         // The current deploy changed: its progress is counted afresh (once per deploy).
@@ -571,6 +576,8 @@ impl State {
             self.progress.insert(env_id.clone(), fresh);
         }
         self.transition(now, env_id);
+        // A deploy by anyone but the auto-promoter may turn auto-promotion off (disable policy).
+        self.disable_auto_promote(now, env_id, &operator, false);
         let deploy = self.deploys.get(deploy.id.as_ref().expect("set")).cloned().expect("inserted");
         Ok(OpOutput::Deploy(deploy))
     }

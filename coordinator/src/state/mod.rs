@@ -10,14 +10,18 @@
 //! [`State::take_dirty`] into the same RocksDB `WriteBatch` as `last_applied`. Keys are a
 //! one-letter table prefix and the record id (`e/`, `b/`, `d/`); values are postcard beans.
 
+pub mod cron;
 pub mod deploy;
 pub mod history;
+pub mod promote;
+pub mod retention;
+pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean};
+use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean, PromoteBean, TagBean};
 use proto::command::{EnvConfigKind, Op, OpError, OpOutput, OpResult};
-use proto::ids::{BuildId, DeployId, EnvId, HostId};
+use proto::ids::{BuildId, DeployId, EnvId, HostId, TagId};
 
 use self::deploy::{Capacity, HostRecord, Progress, StageCounters};
 
@@ -34,6 +38,9 @@ enum Key {
     HistorySeq,
     /// The last error output a host reported for a stage (Teletraan's `agent_errors`).
     AgentError(EnvId, String),
+    /// A stage's promote config (Teletraan's `promotes`).
+    Promote(EnvId),
+    Tag(TagId),
 }
 
 impl Key {
@@ -52,6 +59,8 @@ impl Key {
             Key::History(id, seq) => format!("y/{id}/{seq:016x}").into_bytes(),
             Key::HistorySeq => b"z/history_seq".to_vec(),
             Key::AgentError(env, host) => format!("x/{env}/{host}").into_bytes(),
+            Key::Promote(id) => format!("p/{id}").into_bytes(),
+            Key::Tag(id) => format!("t/{id}").into_bytes(),
         }
     }
 }
@@ -66,6 +75,8 @@ pub struct State {
     builds_by_name: BTreeSet<(String, i64, BuildId)>,
     deploys: BTreeMap<DeployId, DeployBean>,
     deploys_by_build: BTreeMap<BuildId, BTreeSet<DeployId>>,
+    /// stage -> (start date, id) of its deploys, oldest first.
+    deploys_by_env: BTreeMap<EnvId, BTreeSet<(i64, DeployId)>>,
     /// Agent rows, one per (stage, host).
     agents: BTreeMap<(EnvId, HostId), AgentBean>,
     /// host name -> keys of its agent rows.
@@ -82,6 +93,13 @@ pub struct State {
     history_seq: u64,
     /// (stage, host name) -> the last error output the host reported there.
     agent_errors: BTreeMap<(EnvId, String), String>,
+    /// Promote configs of the stages that have one.
+    promotes: BTreeMap<EnvId, PromoteBean>,
+    tags: BTreeMap<TagId, TagBean>,
+    /// build name -> its BUILD tags in effective-tag order (derived from `tags`).
+    build_tags: BTreeMap<String, BTreeSet<tags::TagOrder>>,
+    /// BUILD tag -> the build it was placed on, from `metaInfo` (derived from `tags`).
+    tagged_builds: BTreeMap<TagId, BuildBean>,
     /// Teletraan's per-stage counts, maintained on every agent write (derived, not persisted).
     counters: BTreeMap<EnvId, StageCounters>,
     /// The current deploy's progress per stage (derived, not persisted).
@@ -140,6 +158,16 @@ impl State {
             Op::UpdateDeploy { deploy_id, acceptance_status, description } => {
                 self.update_deploy(now_ms, &deploy_id, acceptance_status, description)
             }
+            Op::UpdatePromote { env_id, patch, operator } => {
+                self.update_promote(now_ms, &env_id, patch, operator)
+            }
+            Op::PromoteFailed { env_id, failed, rollback } => {
+                self.promote_failed(now_ms, &env_id, &failed, rollback)
+            }
+            Op::CreateTag { tag } => self.create_tag(now_ms, tag),
+            Op::DeleteTag { tag_id } => self.delete_tag(&tag_id),
+            Op::PurgeDeploys { ids } => self.purge_deploys(&ids),
+            Op::PurgeBuilds { ids } => self.purge_builds(&ids),
         }
     }
 
@@ -219,6 +247,9 @@ impl State {
             if self.configs.remove(&(id.clone(), kind)).is_some() {
                 self.dirty.insert(Key::Config(id.clone(), kind));
             }
+        }
+        if self.promotes.remove(&id).is_some() {
+            self.dirty.insert(Key::Promote(id.clone()));
         }
         self.dirty.insert(Key::Env(id));
         Ok(OpOutput::Done)
@@ -350,6 +381,8 @@ impl State {
                     Key::AgentError(e, h) => {
                         self.agent_errors.get(&(e.clone(), h.clone())).map(encode)
                     }
+                    Key::Promote(id) => self.promotes.get(id).map(encode),
+                    Key::Tag(id) => self.tags.get(id).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -413,6 +446,12 @@ impl State {
                 let v = postcard::from_bytes(value).map_err(bad)?;
                 self.configs.insert((EnvId::new(id), EnvConfigKind::Agent), v);
             }
+            Some(b"p/") => {
+                self.promotes.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"t/") => {
+                self.tags.insert(TagId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
         Ok(())
@@ -430,10 +469,22 @@ impl State {
             })
             .collect();
         self.deploys_by_build.clear();
+        self.deploys_by_env.clear();
         for (id, d) in &self.deploys {
             if let Some(b) = &d.build_id {
                 self.deploys_by_build.entry(b.clone()).or_default().insert(id.clone());
             }
+            if let Some(e) = &d.env_id {
+                let at = (d.start_date.unwrap_or(0), id.clone());
+                self.deploys_by_env.entry(e.clone()).or_default().insert(at);
+            }
+        }
+        self.build_tags.clear();
+        self.tagged_builds.clear();
+        let tagged: Vec<(TagBean, BuildBean)> =
+            self.tags.values().filter_map(|t| Some((t.clone(), tags::tagged_build(t)?))).collect();
+        for (tag, build) in tagged {
+            self.index_tag(&tag, build);
         }
         self.agents_by_host.clear();
         self.counters.clear();
@@ -528,6 +579,15 @@ impl State {
         self.deploys.values()
     }
 
+    /// A stage's deploys, oldest first (by start date).
+    pub fn deploys_of(&self, env: &EnvId) -> impl DoubleEndedIterator<Item = &DeployBean> {
+        self.deploys_by_env
+            .get(env)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.deploys.get(id))
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.envs.len(), self.builds.len(), self.deploys.len())
     }
@@ -542,3 +602,9 @@ mod tests;
 
 #[cfg(test)]
 mod deploy_tests;
+
+#[cfg(test)]
+mod promote_tests;
+
+#[cfg(test)]
+mod retention_tests;
