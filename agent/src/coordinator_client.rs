@@ -16,6 +16,8 @@ use tokio::sync::Mutex;
 pub const PING_RPC_SLACK: Duration = Duration::from_secs(5);
 /// Pause before trying another node when none knows a leader.
 pub const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+/// How long one blob piece may take to arrive.
+pub const BLOB_RPC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attempts per ping, over all nodes, before giving up.
 pub const MAX_ATTEMPTS_PER_NODE: usize = 3;
 
@@ -117,6 +119,10 @@ impl CoordinatorClient {
                         self.rotate(None).await;
                         tokio::time::sleep(NO_LEADER_PAUSE).await;
                     }
+                    Ok(AgentReply::Blob { .. }) => {
+                        last = format!("{addr} answered a ping with blob data");
+                        self.rotate(None).await;
+                    }
                     Err(e) => {
                         last = format!("{addr} sent a malformed reply: {e}");
                         self.rotate(None).await;
@@ -133,5 +139,59 @@ impl CoordinatorClient {
             }
         }
         Err(ClientError::NoCoordinator { attempts, last })
+    }
+
+    /// Up to `max_len` bytes of blob `hash` from `offset`, from any node that has it (nodes
+    /// without it answer 404 and the next one is asked).
+    pub async fn fetch_blob(
+        &self,
+        hash: &str,
+        offset: u64,
+        max_len: u32,
+    ) -> Result<(u64, Vec<u8>), ClientError> {
+        let req = AgentRequest::FetchBlob {
+            token: self.token.clone(),
+            blake3: hash.to_string(),
+            offset,
+            max_len,
+        };
+        let bytes = Bytes::from(postcard::to_stdvec(&req).expect("requests encode"));
+        let attempts = MAX_ATTEMPTS_PER_NODE * self.nodes.len();
+        let mut last = String::new();
+        for _ in 0..attempts {
+            let (addr, client) = {
+                let cur = self.current.lock().await;
+                (cur.0, cur.1.clone())
+            };
+            match client.call(bytes.clone(), BLOB_RPC_TIMEOUT).await {
+                Ok(reply) => match postcard::from_bytes::<AgentReply>(&reply) {
+                    Ok(AgentReply::Blob { total, data }) => return Ok((total, data)),
+                    Ok(AgentReply::Refused { code: 404, message }) => {
+                        last = format!("{addr}: {message}")
+                    }
+                    Ok(AgentReply::Refused { code, message }) => {
+                        return Err(ClientError::Refused { code, message });
+                    }
+                    Ok(other) => last = format!("{addr} answered {other:?} to a blob fetch"),
+                    Err(e) => last = format!("{addr} sent a malformed reply: {e}"),
+                },
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+            self.rotate(None).await;
+        }
+        Err(ClientError::NoCoordinator { attempts, last })
+    }
+}
+
+impl crate::download::BlobSource for CoordinatorClient {
+    fn read_blob<'a>(
+        &'a self,
+        hash: &'a str,
+        offset: u64,
+        max_len: u32,
+    ) -> futures::future::BoxFuture<'a, Result<(u64, Vec<u8>), String>> {
+        Box::pin(
+            async move { self.fetch_blob(hash, offset, max_len).await.map_err(|e| e.to_string()) },
+        )
     }
 }

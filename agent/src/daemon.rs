@@ -59,7 +59,7 @@ pub struct Daemon {
     /// The resolved identity and the `host_info` modification time it was resolved at.
     host: Option<(HostInfo, Option<std::time::SystemTime>)>,
     machine: Machine,
-    client: CoordinatorClient,
+    client: std::sync::Arc<CoordinatorClient>,
     downloader: Downloader,
     epoch: Instant,
     _lock: InstanceLock,
@@ -85,7 +85,11 @@ impl Daemon {
             rustls_pki_types::pem::PemObject::from_pem_slice(&pem)
                 .map_err(|e| DaemonError::Ca { path: ca_path.clone(), message: e.to_string() })?
         };
-        let client = CoordinatorClient::new(&ca, cfg.coordinator_addrs()?, cfg.token.clone())?;
+        let client = std::sync::Arc::new(CoordinatorClient::new(
+            &ca,
+            cfg.coordinator_addrs()?,
+            cfg.token.clone(),
+        )?);
         let extra_ca =
             match &cfg.download_ca_file {
                 Some(p) => vec![std::fs::read(p).map_err(|e| {
@@ -97,8 +101,9 @@ impl Daemon {
             allow_plain_http: cfg.allow_plain_http,
             ..Default::default()
         };
-        let downloader =
-            Downloader::new(&extra_ca, limits).map_err(|e| DaemonError::Download(e.to_string()))?;
+        let downloader = Downloader::new(&extra_ca, limits)
+            .map_err(|e| DaemonError::Download(e.to_string()))?
+            .with_blob_source(client.clone());
         Ok(Self {
             cfg,
             overrides,

@@ -223,10 +223,35 @@ fn http_hint(status: u16) -> &'static str {
 
 /// Fetches builds over `https://` (and `file://`), verifying TLS against the system roots plus
 /// extra CAs. Cheap to share: one connection pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Downloader {
     client: reqwest::Client,
     limits: DownloadLimits,
+    blobs: Option<std::sync::Arc<dyn BlobSource>>,
+}
+
+impl fmt::Debug for Downloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Downloader")
+            .field("limits", &self.limits)
+            .field("blobs", &self.blobs.is_some())
+            .finish()
+    }
+}
+
+/// Bytes one `tt://blob/<hash>` read asks for.
+pub const BLOB_READ_BYTES: u32 = proto::agent::MAX_BLOB_CHUNK_BYTES;
+
+/// Where `tt://blob/<hash>` artifacts come from: the coordinators (the peer-to-peer swarm
+/// later). The bytes are hashed as they arrive and checked like any other download.
+pub trait BlobSource: Send + Sync {
+    /// Up to `max_len` bytes of blob `hash` (hex) from `offset`, and the blob's size.
+    fn read_blob<'a>(
+        &'a self,
+        hash: &'a str,
+        offset: u64,
+        max_len: u32,
+    ) -> futures::future::BoxFuture<'a, Result<(u64, Vec<u8>), String>>;
 }
 
 impl Downloader {
@@ -257,7 +282,13 @@ impl Downloader {
             .user_agent(concat!("tt-deploy-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| DownloadError::Client { detail: error_chain(&e) })?;
-        Ok(Downloader { client, limits })
+        Ok(Downloader { client, limits, blobs: None })
+    }
+
+    /// Fetches `tt://blob/<hash>` URLs from `source`.
+    pub fn with_blob_source(mut self, source: std::sync::Arc<dyn BlobSource>) -> Self {
+        self.blobs = Some(source);
+        self
     }
 
     /// The limits this downloader enforces.
@@ -296,10 +327,68 @@ impl Downloader {
                 self.fetch_http(&parsed, &shown, dest_file, expected).await
             }
             "http" => Err(DownloadError::PlainHttpRefused { url: shown }),
+            "tt" => self.fetch_blob(&parsed, &shown, dest_file, expected).await,
             scheme => {
                 Err(DownloadError::UnsupportedScheme { scheme: scheme.to_owned(), url: shown })
             }
         }
+    }
+
+    /// `tt://blob/<hash>`: read from the blob source in pieces; the URL's hash is the expected
+    /// one unless the build names its own (they must agree).
+    async fn fetch_blob(
+        &self,
+        url: &reqwest::Url,
+        shown: &str,
+        dest_file: &Path,
+        expected: &Expected,
+    ) -> Result<Fetched, DownloadError> {
+        let invalid = |reason: &str| DownloadError::InvalidUrl {
+            url: shown.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if url.host_str() != Some("blob") {
+            return Err(invalid("a tt:// URL must be tt://blob/<BLAKE3 hash>"));
+        }
+        let hash = blake3::Hash::from_hex(url.path().trim_start_matches('/'))
+            .map_err(|_| invalid("the path must be a BLAKE3 hash (64 hex digits)"))?;
+        if expected.blake3.is_some_and(|e| e != hash) {
+            return Err(invalid("the URL's hash differs from the build's artifactBlake3"));
+        }
+        let Some(source) = &self.blobs else {
+            return Err(DownloadError::UnsupportedScheme {
+                scheme: "tt".to_owned(),
+                url: shown.to_owned(),
+            });
+        };
+        let expected = Expected { blake3: Some(hash), size: expected.size };
+        let hex = hash.to_hex().to_string();
+        let mut sink = Sink::create(dest_file, shown, None, self, &expected).await?;
+        let mut offset = 0u64;
+        loop {
+            let (total, data) = source
+                .read_blob(&hex, offset, BLOB_READ_BYTES)
+                .await
+                .map_err(|detail| DownloadError::Transport { url: shown.to_owned(), detail })?;
+            if total > self.limits.max_download_bytes {
+                return Err(DownloadError::TooLarge {
+                    url: shown.to_owned(),
+                    limit_bytes: self.limits.max_download_bytes,
+                });
+            }
+            if data.is_empty() && offset < total {
+                return Err(DownloadError::Transport {
+                    url: shown.to_owned(),
+                    detail: format!("the source sent nothing at offset {offset} of {total}"),
+                });
+            }
+            offset += data.len() as u64;
+            sink.write(&data).await?;
+            if offset >= total {
+                break;
+            }
+        }
+        sink.finish(dest_file, &expected, None).await
     }
 
     async fn fetch_http(

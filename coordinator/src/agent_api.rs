@@ -7,9 +7,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::agent::{AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_LONG_POLL_MS};
+use proto::agent::{
+    AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_BLOB_CHUNK_BYTES, MAX_LONG_POLL_MS,
+};
 
 use crate::api::{App, known_leader};
+use crate::blobs::BlobError;
 use crate::rpc::{BoxFuture, RpcHandler};
 
 /// Agent connections one node serves at once: one per host of a large fleet (each QUIC
@@ -19,6 +22,10 @@ pub const MAX_AGENT_CONNECTIONS: usize = 200_000;
 /// Serves agent requests on one node.
 pub struct AgentHandler {
     pub app: App,
+}
+
+fn token_ok(app: &App, token: Option<&str>) -> bool {
+    app.agent_token.as_deref().is_none_or(|want| token == Some(want))
 }
 
 fn encode(reply: &AgentReply) -> Result<Bytes, String> {
@@ -41,10 +48,23 @@ impl RpcHandler for AgentHandler {
                 Ok(r) => r,
                 Err(e) => return refused(400, format!("malformed agent request: {e}")),
             };
-            let AgentRequest::Ping { token, wait_ms, request } = request;
-            if let Some(want) = &app.agent_token
-                && token.as_deref() != Some(want.as_str())
-            {
+            let (token, wait_ms, request) = match request {
+                AgentRequest::Ping { token, wait_ms, request } => (token, wait_ms, request),
+                AgentRequest::FetchBlob { token, blake3, offset, max_len } => {
+                    if !token_ok(&app, token.as_deref()) {
+                        tracing::warn!(%peer, "blob fetch with a missing or wrong token refused");
+                        return refused(401, "missing or wrong agent token".into());
+                    }
+                    let max_len = max_len.min(MAX_BLOB_CHUNK_BYTES);
+                    return match app.blobs.read(&blake3, offset, max_len).await {
+                        Ok((total, data)) => encode(&AgentReply::Blob { total, data }),
+                        Err(e @ BlobError::NotFound(_)) => refused(404, e.to_string()),
+                        Err(e @ BlobError::BadHash(_)) => refused(400, e.to_string()),
+                        Err(e) => refused(503, e.to_string()),
+                    };
+                }
+            };
+            if !token_ok(&app, token.as_deref()) {
                 tracing::warn!(%peer, host = %request.host_id, "agent ping with a missing or wrong token refused");
                 return refused(401, "missing or wrong agent token".into());
             }

@@ -58,10 +58,19 @@ pub struct Config {
     /// this must exceed the longest hook timeout plus a ping interval for the limit to hold.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl_ms: u64,
+    /// Largest build artifact `POST /v1/blobs` accepts, in bytes.
+    #[serde(default = "default_max_blob")]
+    pub max_blob_bytes: u64,
 }
 
 /// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 300_000;
+/// Default largest build artifact (8 GiB).
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
+
+fn default_max_blob() -> u64 {
+    DEFAULT_MAX_BLOB_BYTES
+}
 
 fn default_lease_ttl() -> u64 {
     DEFAULT_LEASE_TTL_MS
@@ -167,6 +176,8 @@ pub struct Overrides {
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "TT_LEASE_TTL_MS")]
     pub lease_ttl_ms: Option<u64>,
+    #[arg(long, env = "TT_MAX_BLOB_BYTES")]
+    pub max_blob_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -188,6 +199,7 @@ struct FileConfig {
     raft: Option<RaftTimings>,
     max_body_bytes: Option<usize>,
     lease_ttl_ms: Option<u64>,
+    max_blob_bytes: Option<u64>,
 }
 
 impl Config {
@@ -247,6 +259,10 @@ impl Config {
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
             lease_ttl_ms: o.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(DEFAULT_LEASE_TTL_MS),
+            max_blob_bytes: o
+                .max_blob_bytes
+                .or(file.max_blob_bytes)
+                .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -141,6 +141,10 @@ pub async fn run(
         )),
         feed,
         agent_token: cfg.agent_token.clone(),
+        blobs: Arc::new(
+            crate::blobs::BlobStore::open(&cfg.data_dir.join("blobs"), cfg.max_blob_bytes)
+                .map_err(|e| StartError::Raft(format!("blob store: {e}")))?,
+        ),
     });
     // Agents: server-authenticated TLS under the cluster CA; identity by token.
     let agent_server_cfg =

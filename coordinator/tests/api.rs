@@ -261,3 +261,99 @@ async fn writes_without_a_quorum_get_503_with_a_retry_hint() {
         503
     );
 }
+
+/// Artifacts uploaded to any node are stored under their BLAKE3 hash on two nodes before the
+/// upload is acknowledged; copies between nodes are verified; agents fetch pieces over the
+/// native protocol from any node that has the blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_hashed_copied_to_two_nodes_and_served_to_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_MAX_BLOB_BYTES", "2000000")]))
+            .unwrap();
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let c = reqwest::Client::new();
+    let artifact: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let hash = blake3::hash(&artifact).to_hex().to_string();
+
+    // Upload to node 2 (any node; blobs are not forwarded to the leader).
+    let (s, up) = body(
+        c.post(format!("{}/v1/blobs", cluster.base_url(2)))
+            .body(artifact.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201, "{up}");
+    assert_eq!(up["blake3"], hash.as_str());
+    assert_eq!(up["size"], 1_500_000);
+    assert_eq!(up["url"], format!("tt://blob/{hash}"));
+    let copies: Vec<u64> = serde_json::from_value(up["copies"].clone()).unwrap();
+    assert_eq!(copies.len(), 2, "{up}");
+    assert!(copies.contains(&2));
+    for id in cluster.ids() {
+        let stored = cluster.node(id).data_dir.join("blobs").join(&hash);
+        assert_eq!(stored.exists(), copies.contains(&id), "node {id}");
+        let r = c.get(format!("{}/v1/blobs/{hash}", cluster.base_url(id))).send().await.unwrap();
+        if copies.contains(&id) {
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                artifact.as_slice(),
+                "node {id} serves it"
+            );
+        } else {
+            assert_eq!(r.status().as_u16(), 404, "node {id}");
+        }
+    }
+
+    // An agent reads it in pieces from whichever node has it.
+    let ca = agent::ca_cert(&dir.path().join("ca")).unwrap();
+    let client =
+        agent::coordinator_client::CoordinatorClient::new(&ca, cluster.agent_addrs(), None)
+            .unwrap();
+    let mut got = Vec::new();
+    while got.len() < artifact.len() {
+        let (total, piece) = client.fetch_blob(&hash, got.len() as u64, 400_000).await.unwrap();
+        assert_eq!(total, 1_500_000);
+        assert!(!piece.is_empty() && piece.len() <= 400_000);
+        got.extend(piece);
+    }
+    assert_eq!(got, artifact);
+    let missing = "0".repeat(64);
+    let err = client.fetch_blob(&missing, 0, 10).await.unwrap_err().to_string();
+    assert!(err.contains("not stored"), "{err}");
+
+    // A copy whose bytes do not match its name, a bad name, and an oversized upload are
+    // refused and leave nothing behind.
+    let wrong = "1".repeat(64);
+    let (s, e) = body(
+        c.put(format!("{}/v1/blobs/{wrong}", cluster.base_url(1)))
+            .body(b"abc".to_vec())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("hash"), "{e}");
+    let (s, _) =
+        body(c.get(format!("{}/v1/blobs/nothex", cluster.base_url(1))).send().await.unwrap()).await;
+    assert_eq!(s, 400);
+    let (s, e) = body(
+        c.post(format!("{}/v1/blobs", cluster.base_url(1)))
+            .body(vec![0u8; 2_000_001])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 413, "{e}");
+    for id in cluster.ids() {
+        let names: Vec<String> = std::fs::read_dir(cluster.node(id).data_dir.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| *n == hash), "node {id} holds only the good blob: {names:?}");
+    }
+}

@@ -94,6 +94,22 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.addr)).json(body)).await
     }
 
+    /// POST a raw (streamed) body, e.g. an artifact; `timeout` replaces the usual one.
+    pub async fn post_body<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        timeout: std::time::Duration,
+    ) -> Result<Option<T>, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.addr))
+            .header("Content-Type", "application/octet-stream")
+            .timeout(timeout)
+            .body(body);
+        self.send(req).await
+    }
+
     pub async fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
         self.send::<serde_json::Value>(self.http.put(format!("{}{path}", self.addr)).json(body))
             .await

@@ -207,21 +207,23 @@ impl Demo {
                 &commit[..12]
             ),
         );
-        let url = crate::publish::file_url(&out)?;
+        let up = crate::publish::upload(&self.client, &out, false).await?;
+        ensure!(up.blake3 == build.blake3_hex, "the cluster hashed the upload differently");
         let b: Option<Value> = self
             .client
             .post(
                 "/v1/builds",
-                &json!({"name": "demo-service", "artifactUrl": url, "commit": commit,
+                &json!({"name": "demo-service", "artifactUrl": up.url, "commit": commit,
                         "branch": "main", "repo": "local/demo-service",
-                        "artifactBlake3": build.blake3_hex, "artifactSize": build.bytes}),
+                        "artifactBlake3": up.blake3, "artifactSize": up.size}),
             )
             .await?;
         let id = b.as_ref().and_then(|b| b["id"].as_str()).context("publish answered no id")?;
         self.say(&format!(
-            "   build {id}: {} bytes, blake3 {}",
-            build.bytes,
-            &build.blake3_hex[..16]
+            "   uploaded to coordinators {:?}; build {id}: {} bytes, blake3 {}…",
+            up.copies,
+            up.size,
+            &up.blake3[..16]
         ));
         Ok(id.to_string())
     }

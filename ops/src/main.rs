@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 error, 2 usage, 4 not found, 5 service unavailable (no leader or
 //! unreachable).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -209,16 +210,16 @@ enum EnvCmd {
 
 #[derive(Subcommand)]
 enum BuildCmd {
-    /// Publish a build: its metadata, and the artifact's BLAKE3 hash and size when `--file`
-    /// names the artifact (agents refuse unverified builds by default).
+    /// Publish a build. With `--file`, the artifact is uploaded to the cluster (stored on two
+    /// nodes, BLAKE3-hashed) and agents fetch it from there; with `--artifact-url` too, it is
+    /// only hashed and agents fetch it from that URL. Agents refuse builds without a hash.
     Publish {
         #[arg(long)]
         name: String,
-        /// Where agents fetch the artifact (`https://`, `file://`). Defaults to `file://` of
-        /// `--file`.
+        /// Where agents fetch the artifact (`https://`, `file://`) instead of the cluster.
         #[arg(long, required_unless_present = "file")]
         artifact_url: Option<String>,
-        /// The artifact itself: hashed here (BLAKE3) so that agents can verify what they fetch.
+        /// The artifact itself.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
         #[arg(long)]
@@ -559,16 +560,31 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
     match cmd {
         BuildCmd::Publish { name, artifact_url, file, commit, branch, repo } => {
             let mut body = json!({"name": name, "commit": commit, "branch": branch, "repo": repo});
-            let url = match (&artifact_url, &file) {
-                (Some(url), _) => url.clone(),
-                (None, Some(f)) => ops::publish::file_url(f)?,
+            match (&artifact_url, &file) {
+                (Some(url), Some(f)) => {
+                    let digest = ops::publish::digest_file(f)?;
+                    body["artifactUrl"] = json!(url);
+                    body["artifactBlake3"] = json!(digest.blake3_hex);
+                    body["artifactSize"] = json!(digest.size);
+                }
+                (Some(url), None) => body["artifactUrl"] = json!(url),
+                (None, Some(f)) => {
+                    let progress = std::io::stderr().is_terminal();
+                    let up = ops::publish::upload(client, f, progress).await?;
+                    if out == Output::Table {
+                        println!(
+                            "uploaded {} ({} bytes, blake3 {}) to nodes {:?}",
+                            f.display(),
+                            up.size,
+                            up.blake3,
+                            up.copies
+                        );
+                    }
+                    body["artifactUrl"] = json!(up.url);
+                    body["artifactBlake3"] = json!(up.blake3);
+                    body["artifactSize"] = json!(up.size);
+                }
                 (None, None) => unreachable!("clap requires --artifact-url or --file"),
-            };
-            body["artifactUrl"] = json!(url);
-            if let Some(f) = &file {
-                let digest = ops::publish::digest_file(f)?;
-                body["artifactBlake3"] = json!(digest.blake3_hex);
-                body["artifactSize"] = json!(digest.size);
             }
             let v: Option<Value> = client.post("/v1/builds", &body).await?;
             match (out, v) {

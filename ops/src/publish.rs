@@ -41,6 +41,66 @@ pub fn file_url(path: &Path) -> anyhow::Result<String> {
     Ok(format!("file://{s}"))
 }
 
+/// Longest an artifact upload may take.
+pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Read size while uploading.
+const UPLOAD_READ_BYTES: usize = 256 * 1024;
+/// How often upload progress is printed.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What the cluster answered to an upload.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Uploaded {
+    pub blake3: String,
+    pub size: u64,
+    /// `tt://blob/<hash>`: the build's `artifactUrl`.
+    pub url: String,
+    /// Nodes holding a copy.
+    pub copies: Vec<u64>,
+}
+
+/// Streams `path` to the cluster (`POST /v1/blobs`), printing progress to stderr when
+/// `progress` is set; the cluster hashes it and keeps copies on two nodes.
+pub async fn upload(
+    client: &crate::client::Client,
+    path: &Path,
+    progress: bool,
+) -> anyhow::Result<Uploaded> {
+    use futures::StreamExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open the artifact {}", path.display()))?;
+    let total = file.metadata().await?.len();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut sent = 0u64;
+    let mut last = std::time::Instant::now();
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_READ_BYTES).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                if progress && (last.elapsed() >= PROGRESS_EVERY || sent == total) {
+                    last = std::time::Instant::now();
+                    let pct = if total == 0 { 100.0 } else { sent as f64 * 100.0 / total as f64 };
+                    eprint!(
+                        "\ruploading {name}: {pct:5.1}% ({:.1}/{:.1} MiB)",
+                        sent as f64 / 1048576.0,
+                        total as f64 / 1048576.0
+                    );
+                }
+            }
+            chunk
+        });
+    let up: Option<Uploaded> = client
+        .post_body("/v1/blobs", reqwest::Body::wrap_stream(stream), UPLOAD_TIMEOUT)
+        .await
+        .with_context(|| format!("uploading {}", path.display()))?;
+    if progress {
+        eprintln!();
+    }
+    up.context("the cluster answered the upload with no body")
+}
+
 /// Writes a `.tar.gz` of `files` (path inside the archive, mode, contents) and returns its
 /// digest: builds for tests and benchmarks.
 pub fn write_tarball(path: &Path, files: &[(&str, u32, &[u8])]) -> anyhow::Result<Digest> {

@@ -316,6 +316,29 @@ async fn agents_deploy_a_real_tarball_and_report_failures_with_their_output() {
         let msg = err["errorMessage"].as_str().unwrap().to_lowercase();
         assert!(msg.contains("hash") || msg.contains("blake3"), "{msg}");
     }
+
+    // The hosts leave the stage's capacity: each gets DELETE, forgets the env and removes
+    // what it left (symlink, script config, builds).
+    f.client
+        .put("/v1/envs/web/prod/capacity?capacityType=GROUP", &Vec::<String>::new())
+        .await
+        .unwrap();
+    for a in &f.agents {
+        let status_file = a.spec.root.join("agent").join("env_status");
+        let start = Instant::now();
+        loop {
+            let st: Value = serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+            if st.get("web").is_none() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "{} never forgot env web", a.spec.hostname);
+            tokio::time::sleep(POLL).await;
+        }
+        assert!(std::fs::symlink_metadata(a.target("web")).is_err(), "the symlink is removed");
+        assert!(!a.spec.root.join("agent").join("web_SCRIPT_CONFIG").exists());
+        assert!(!a.spec.root.join("builds").join(&good).exists(), "unused builds are removed");
+        assert!(!a.spec.root.join("builds").join(&bad).exists());
+    }
     drop(f.cluster);
 }
 

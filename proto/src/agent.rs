@@ -12,6 +12,8 @@ pub const AGENT_PROTOCOL_VERSION: u16 = 1;
 pub const MAX_LONG_POLL_MS: u32 = 60_000;
 /// Largest agent request or reply, in bytes.
 pub const MAX_AGENT_FRAME_BYTES: usize = 1024 * 1024;
+/// Largest piece of a blob one [`AgentReply::Blob`] carries (well under the frame limit).
+pub const MAX_BLOB_CHUNK_BYTES: u32 = 512 * 1024;
 
 /// What an agent asks. Append-only enum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,6 +22,10 @@ pub enum AgentRequest {
     /// (capped at [`MAX_LONG_POLL_MS`]) and answer as soon as something concerning this host
     /// changes: a new deploy on one of its stages, a freed parallelism slot, a host action.
     Ping { token: Option<String>, wait_ms: u32, request: PingRequestBean },
+    /// Up to `max_len` bytes (capped at [`MAX_BLOB_CHUNK_BYTES`]) of the blob whose BLAKE3 hash
+    /// is `blake3` (hex), from `offset`. Any node holding the blob answers; a node without it
+    /// refuses with 404.
+    FetchBlob { token: Option<String>, blake3: String, offset: u64, max_len: u32 },
 }
 
 /// What a coordinator answers. Append-only enum.
@@ -34,6 +40,11 @@ pub enum AgentReply {
     Refused {
         code: u16,
         message: String,
+    },
+    /// A piece of a blob: `data` starts at the requested offset; `total` is the blob's size.
+    Blob {
+        total: u64,
+        data: Vec<u8>,
     },
 }
 
@@ -55,6 +66,7 @@ mod tests {
             AgentReply::Goal(PingResponseBean::default()),
             AgentReply::Redirect { leader: Some("127.0.0.1:7410".into()) },
             AgentReply::Refused { code: 401, message: "bad token".into() },
+            AgentReply::Blob { total: 10, data: vec![1, 2, 3] },
         ] {
             let bytes = postcard::to_stdvec(&reply).unwrap();
             assert_eq!(postcard::from_bytes::<AgentReply>(&bytes).unwrap(), reply);

@@ -7,6 +7,7 @@
 //! (ReadIndex), and a follower asks the leader for that read index and waits until it has
 //! applied it, then answers from its own state. `?stale=true` reads local state as it is.
 
+pub mod blobs;
 pub mod cluster;
 pub mod deploys;
 pub mod error;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub feed: Arc<crate::feed::ChangeFeed>,
     /// The token agents must present, if any.
     pub agent_token: Option<String>,
+    /// Build artifacts stored on this node.
+    pub blobs: Arc<crate::blobs::BlobStore>,
 }
 
 pub type App = Arc<AppState>;
@@ -76,6 +79,9 @@ pub fn router(app: App) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), route_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))
+        // Blobs: any node stores and serves them (not forwarded); the store enforces its own
+        // size limit while streaming.
+        .merge(blobs::routes().layer(DefaultBodyLimit::disable()))
         .with_state(app)
 }
 
