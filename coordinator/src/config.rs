@@ -50,6 +50,13 @@ pub struct Config {
     pub initial_members: Vec<String>,
     #[serde(default)]
     pub raft: RaftTimings,
+    /// How often the leader runs auto-promotion, in milliseconds (Teletraan: 30 s). Must be
+    /// shorter than a promote schedule's window (2 min), or scheduled promotions can be missed.
+    #[serde(default = "default_promote_interval")]
+    pub promote_interval_ms: u64,
+    /// How often the leader runs the retention janitors, in milliseconds.
+    #[serde(default = "default_janitor_interval")]
+    pub janitor_interval_ms: u64,
     /// Largest HTTP request body, in bytes.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
@@ -75,6 +82,9 @@ fn default_max_blob() -> u64 {
 fn default_lease_ttl() -> u64 {
     DEFAULT_LEASE_TTL_MS
 }
+
+/// Shortest interval accepted for the leader's periodic loops, in milliseconds.
+pub const MIN_LOOP_INTERVAL_MS: u64 = 10;
 
 /// Raft timing and log-retention settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +117,12 @@ impl Default for RaftTimings {
     }
 }
 
+fn default_promote_interval() -> u64 {
+    crate::api::promotes::DEFAULT_PROMOTE_INTERVAL.as_millis() as u64
+}
+fn default_janitor_interval() -> u64 {
+    crate::api::promotes::DEFAULT_JANITOR_INTERVAL.as_millis() as u64
+}
 fn default_http() -> SocketAddr {
     "127.0.0.1:8080".parse().expect("literal")
 }
@@ -172,6 +188,10 @@ pub struct Overrides {
     pub keep_entries_after_snapshot: Option<u64>,
     #[arg(long, env = "TT_PURGE_BATCH_ENTRIES")]
     pub purge_batch_entries: Option<u64>,
+    #[arg(long, env = "TT_PROMOTE_INTERVAL_MS")]
+    pub promote_interval_ms: Option<u64>,
+    #[arg(long, env = "TT_JANITOR_INTERVAL_MS")]
+    pub janitor_interval_ms: Option<u64>,
     #[arg(long, env = "TT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "TT_LEASE_TTL_MS")]
@@ -197,6 +217,8 @@ struct FileConfig {
     initial_members: Vec<String>,
     #[serde(default)]
     raft: Option<RaftTimings>,
+    promote_interval_ms: Option<u64>,
+    janitor_interval_ms: Option<u64>,
     max_body_bytes: Option<usize>,
     lease_ttl_ms: Option<u64>,
     max_blob_bytes: Option<u64>,
@@ -254,6 +276,14 @@ impl Config {
                 o.initial_members.clone()
             },
             raft,
+            promote_interval_ms: o
+                .promote_interval_ms
+                .or(file.promote_interval_ms)
+                .unwrap_or_else(default_promote_interval),
+            janitor_interval_ms: o
+                .janitor_interval_ms
+                .or(file.janitor_interval_ms)
+                .unwrap_or_else(default_janitor_interval),
             max_body_bytes: o
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -290,6 +320,19 @@ impl Config {
             return bad(format!(
                 "lease_ttl_ms ({}) must be at least twice raft.election_timeout_max_ms ({})",
                 self.lease_ttl_ms, self.raft.election_timeout_max_ms
+            ));
+        }
+        let window = crate::state::promote::SCHEDULE_WINDOW_MS as u64;
+        if !(MIN_LOOP_INTERVAL_MS..window).contains(&self.promote_interval_ms) {
+            return bad(format!(
+                "promote_interval_ms ({}) must be at least {MIN_LOOP_INTERVAL_MS} and below a promote schedule's window ({window} ms)",
+                self.promote_interval_ms
+            ));
+        }
+        if self.janitor_interval_ms < MIN_LOOP_INTERVAL_MS {
+            return bad(format!(
+                "janitor_interval_ms ({}) must be at least {MIN_LOOP_INTERVAL_MS}",
+                self.janitor_interval_ms
             ));
         }
         if self.max_body_bytes < 1024 {
@@ -401,6 +444,11 @@ mod tests {
         o.initial_members = vec!["2=127.0.0.1:1,127.0.0.1:2".into()];
         let e = Config::from_sources(&o).unwrap_err();
         assert!(e.to_string().contains("does not include this node"), "{e}");
+
+        let mut o = base();
+        o.promote_interval_ms = Some(300_000);
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("promote_interval_ms"), "{e}");
 
         let mut o = base();
         o.initial_members = vec!["1=nope".into()];

@@ -158,6 +158,9 @@ pub async fn run(
     });
     tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
     tokio::spawn(crate::api::deploys::lease_loop(app.clone()));
+    let every = |ms| std::time::Duration::from_millis(ms);
+    tokio::spawn(crate::api::promotes::promote_loop(app.clone(), every(cfg.promote_interval_ms)));
+    tokio::spawn(crate::api::promotes::janitor_loop(app.clone(), every(cfg.janitor_interval_ms)));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;

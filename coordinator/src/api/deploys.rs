@@ -232,6 +232,9 @@ async fn remove_capacity(
 struct DeployQuery {
     build_id: Option<String>,
     description: Option<String>,
+    /// Deploy even a build tagged BAD_BUILD.
+    #[serde(default)]
+    force: bool,
 }
 
 /// Proposes a new deploy of `build_id` on the stage, expecting its current deploy to be
@@ -280,8 +283,9 @@ async fn create_deploy(
         .filter(|b| !b.is_empty())
         .ok_or_else(|| ApiError::bad_request("buildId is required"))?;
     let e = env_of(&app, &env, &stage)?;
-    start_deploy(&app, &e, BuildId::new(build_id), DeployType::Regular, None, None, q.description)
-        .await
+    let build_id = BuildId::new(build_id);
+    super::promotes::refuse_bad_build(&app, &build_id, q.force)?;
+    start_deploy(&app, &e, build_id, DeployType::Regular, None, None, q.description).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -291,6 +295,9 @@ struct ActionQuery {
     from_deploy_id: Option<String>,
     to_deploy_id: Option<String>,
     description: Option<String>,
+    /// PROMOTE even a build tagged BAD_BUILD.
+    #[serde(default)]
+    force: bool,
 }
 
 async fn deploy_action(
@@ -336,18 +343,11 @@ async fn deploy_action(
                     Some(id) => applied.state.deploy(&DeployId::new(id.clone())).cloned(),
                     // Quirk fixed: without a target, the newest SUCCEEDED deploy of the stage is
                     // used *and* becomes the alias (Teletraan dropped the alias here).
-                    None => {
-                        let mut ds: Vec<&DeployBean> = applied
-                            .state
-                            .deploys()
-                            .filter(|d| {
-                                d.env_id == e.id
-                                    && d.state == Some(proto::enums::DeployState::Succeeded)
-                            })
-                            .collect();
-                        ds.sort_by_key(|d| d.start_date);
-                        ds.last().map(|d| (*d).clone())
-                    }
+                    None => e
+                        .id
+                        .as_ref()
+                        .and_then(|id| applied.state.rollback_target(id))
+                        .cloned(),
                 }
             };
             let target =
@@ -374,6 +374,7 @@ async fn deploy_action(
             }
             .ok_or_else(|| ApiError::not_found(format!("deploy {from} not found")))?;
             let build = source.build_id.clone().expect("deploys have builds");
+            super::promotes::refuse_bad_build(&app, &build, q.force)?;
             start_deploy(&app, &e, build, DeployType::Regular, None, source.id, q.description).await
         }
     }

@@ -11,6 +11,7 @@ pub mod blobs;
 pub mod cluster;
 pub mod deploys;
 pub mod error;
+pub mod promotes;
 pub mod teletraan;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub fn router(app: App) -> Router {
         .merge(cluster::routes())
         .merge(teletraan::routes())
         .merge(deploys::routes())
+        .merge(promotes::routes())
         .layer(middleware::from_fn_with_state(app.clone(), route_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))
