@@ -22,6 +22,19 @@ fn tarball(path: &Path, files: &[(&str, u32, String)]) -> (String, u64) {
     (digest.blake3_hex, digest.size)
 }
 
+/// `len` pseudo-random hex characters seeded by `seed`.
+fn bulk(seed: &str, len: usize) -> String {
+    let mut x = blake3::hash(seed.as_bytes()).as_bytes()[0] as u64 | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789abcdef"[(x & 15) as usize])
+        })
+        .collect()
+}
+
 /// A hook that journals its start and end (with the deploy id) and takes a moment.
 fn journaling_hook(step: &str) -> String {
     format!(
@@ -351,7 +364,11 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
     const HOOKS: [&str; 5] =
         ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"];
     let files = |v: &str| -> Vec<(&'static str, u32, String)> {
-        let mut f: Vec<(&'static str, u32, String)> = vec![("VERSION", 0o644, format!("{v}\n"))];
+        let mut f: Vec<(&'static str, u32, String)> = vec![
+            ("VERSION", 0o644, format!("{v}\n")),
+            // Bulk (barely compressible), so that DOWNLOADING lasts long enough to be killed in.
+            ("data/bulk", 0o644, bulk(v, 24 << 20)),
+        ];
         for h in HOOKS {
             let name: &'static str = Box::leak(format!("teletraan/{h}").into_boxed_str());
             f.push((name, 0o755, journaling_hook(h)));
@@ -379,8 +396,10 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
                 break;
             }
             if r["status"] == "UNKNOWN" && !killed_at.contains(&step) {
-                // Mid-step: hooks take 1 s.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Mid-step: hooks take 1 s; built-in steps are killed at once.
+                if !matches!(step.as_str(), "DOWNLOADING" | "STAGING") {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 f.agents[0].kill9();
                 killed_at.push(step);
                 f.agents[0].restart().unwrap();
@@ -394,7 +413,7 @@ async fn an_agent_killed_at_every_step_resumes_and_never_skips_one() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f.wait_hosts("crash", "prod", 1, "serving build b", serving(&d2)).await;
-    for h in HOOKS {
+    for h in HOOKS.iter().chain(&["DOWNLOADING"]) {
         assert!(killed_at.iter().any(|k| k == h), "never killed during {h}: {killed_at:?}");
     }
 
