@@ -1,0 +1,708 @@
+//! Downloads: the IO shell around [`Scheduler`].
+//!
+//! One driver task per download owns the scheduler and feeds it events (links up and down,
+//! bitfields and haves routed from the peers' control streams, finished requests, time); it
+//! turns the scheduler's actions into piece requests, each its own task on its own QUIC
+//! stream. A request task verifies every chunk group with bao-tree's response decoder before
+//! writing it, so the first bad group ends the request and blames exactly that peer.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
+use bao_tree::io::{BaoContentItem, DecodeError};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+
+use crate::blob::{
+    BeginDownload, Bitfield, BlobHash, BlobSpec, CompleteBlob, FinalizeError, GroupWriteError,
+    PartialBlob, ReserveError,
+};
+use crate::swarm::node::{BlobNode, ConnectError, Link, Node};
+use crate::swarm::scheduler::{Action, Failure, PeerId, PeerRole, Scheduler, SchedulerConfig};
+use crate::wire::{ControlMsg, PieceRequest, ResponseStatus};
+
+/// Events queued for one download before the peers' control readers wait.
+pub const DOWNLOAD_EVENT_QUEUE: usize = 4096;
+/// A download fails after this long with no peer able to supply a missing piece.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Dial attempts per peer before it is given up on (until it is added again).
+pub const MAX_DIALS: u32 = 3;
+/// Pause before re-dialing a peer whose connection failed or ended.
+pub const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// The driver wakes at least this often to check for a stall.
+const DRIVER_TICK: Duration = Duration::from_millis(250);
+
+/// A peer to download from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    pub role: PeerRole,
+}
+
+/// Tuning for one download.
+#[derive(Debug, Clone)]
+pub struct DownloadOptions {
+    pub scheduler: SchedulerConfig,
+    pub stall_timeout: Duration,
+}
+
+impl DownloadOptions {
+    /// The recommended scheduler settings with a random seed, and [`STALL_TIMEOUT`].
+    pub fn recommended() -> DownloadOptions {
+        DownloadOptions {
+            scheduler: SchedulerConfig::recommended(rand::random()),
+            stall_timeout: STALL_TIMEOUT,
+        }
+    }
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// This node already runs a download of the blob; wait for that one.
+    #[error("a download of blob {0} is already running on this node")]
+    AlreadyRunning(BlobHash),
+    /// No space for the blob (quota or disk); nothing was staged.
+    #[error("reserving space: {0}")]
+    Reserve(#[from] ReserveError),
+    /// Writing verified data failed (e.g. disk full); the partial blob was deleted.
+    #[error("writing the blob: {0}")]
+    Write(#[source] GroupWriteError),
+    /// No peer could supply the missing pieces for the stall timeout. The partial blob is
+    /// kept; a later download with more peers resumes it.
+    #[error(
+        "stalled for {after:?}: no peer can supply the missing pieces ({pieces_done} of \
+         {n_pieces} held)"
+    )]
+    Stalled { after: Duration, pieces_done: u64, n_pieces: u32 },
+    /// The whole-blob check failed after every group verified (disk or bug); the partial
+    /// blob was deleted.
+    #[error("final verification: {0}")]
+    Finalize(#[source] FinalizeError),
+    /// Cancelled (or the node closed). The partial blob is kept for a later resume.
+    #[error("download cancelled")]
+    Cancelled,
+    /// The download task panicked or was aborted.
+    #[error("download task failed: {0}")]
+    Task(String),
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone)]
+pub struct DownloadReport {
+    /// The verified blob.
+    pub blob: CompleteBlob,
+    /// Response bytes (data and proofs) received by this download.
+    pub bytes_received: u64,
+    /// Chunk groups already held when the download started (a resume).
+    pub resumed_groups: u64,
+    /// Peers banned for sending bad data, with how often.
+    pub banned_peers: Vec<(PeerId, u32)>,
+    /// Responses that failed verification.
+    pub bad_responses: u64,
+}
+
+/// A snapshot of a running download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DownloadProgress {
+    pub pieces_done: u64,
+    pub n_pieces: u32,
+    pub connected_peers: usize,
+    pub bytes_received: u64,
+}
+
+/// A running download. Dropping it does not stop it; see [`Download::cancel`].
+#[derive(Debug)]
+pub struct Download {
+    spec: BlobSpec,
+    events: mpsc::Sender<DownloadEvent>,
+    progress: watch::Receiver<DownloadProgress>,
+    task: JoinHandle<Result<DownloadReport, DownloadError>>,
+}
+
+impl Download {
+    /// The blob being downloaded.
+    pub fn spec(&self) -> BlobSpec {
+        self.spec
+    }
+
+    /// Adds peers to a running download (from the tracker). Known peers are ignored.
+    pub fn add_peers(&self, peers: Vec<PeerInfo>) {
+        let _ = self.events.try_send(DownloadEvent::AddPeers(peers));
+    }
+
+    /// The latest progress.
+    pub fn progress(&self) -> DownloadProgress {
+        *self.progress.borrow()
+    }
+
+    /// Stops the download; [`Download::finish`] then returns [`DownloadError::Cancelled`].
+    pub fn cancel(&self) {
+        let _ = self.events.try_send(DownloadEvent::Cancel);
+    }
+
+    /// Stops the download at once without any cleanup, as if the process had died: what is
+    /// on disk stays as it is. For crash tests.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+
+    /// Waits for the download to end.
+    pub async fn finish(self) -> Result<DownloadReport, DownloadError> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(error) if error.is_cancelled() => Err(DownloadError::Cancelled),
+            Err(error) => Err(DownloadError::Task(error.to_string())),
+        }
+    }
+}
+
+/// Events for a download's driver, from the node and from the [`Download`] handle.
+#[derive(Debug)]
+pub(crate) enum DownloadEvent {
+    AddPeers(Vec<PeerInfo>),
+    LinkUp(Arc<Link>),
+    LinkDown {
+        peer: PeerId,
+        link_id: usize,
+    },
+    /// The peer subscribed to this blob: it downloads it too, so it is a peer for us.
+    PeerInterested(Arc<Link>),
+    Bitfield {
+        peer: PeerId,
+        size: u64,
+        pieces: Bitfield,
+    },
+    Have {
+        peer: PeerId,
+        piece: u32,
+    },
+    DontHave {
+        peer: PeerId,
+    },
+    Cancel,
+}
+
+impl BlobNode {
+    /// Starts downloading `spec` from `peers` (more can join later). Returns at once if the
+    /// store holds the blob; fails at once if there is no space for it.
+    pub async fn download(
+        &self,
+        spec: BlobSpec,
+        peers: Vec<PeerInfo>,
+        options: DownloadOptions,
+    ) -> Result<Download, DownloadError> {
+        let node = self.inner.clone();
+        let (tx, rx) = mpsc::channel(DOWNLOAD_EVENT_QUEUE);
+        {
+            let mut downloads = node.downloads.lock().expect("downloads lock");
+            if downloads.contains_key(&spec.hash) {
+                return Err(DownloadError::AlreadyRunning(spec.hash));
+            }
+            downloads.insert(spec.hash, tx.clone());
+        }
+        let registration = Registration { node: node.clone(), hash: spec.hash };
+        let store = node.store.clone();
+        let begun = tokio::task::spawn_blocking(move || store.begin_download(spec))
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))??;
+        let (progress_tx, progress) = watch::channel(DownloadProgress::default());
+        let span = info_span!("download", node = %node.id, blob = %spec.hash.short());
+        let task = match begun {
+            BeginDownload::Complete(blob) => tokio::spawn(async move {
+                drop(registration);
+                Ok(DownloadReport {
+                    blob,
+                    bytes_received: 0,
+                    resumed_groups: 0,
+                    banned_peers: Vec::new(),
+                    bad_responses: 0,
+                })
+            }),
+            BeginDownload::Partial(partial) => {
+                let now = now();
+                let geometry = partial.geometry();
+                let core = Scheduler::new(options.scheduler.clone(), geometry, &partial.pieces());
+                let mut driver = Driver {
+                    node,
+                    spec,
+                    resumed_groups: partial.groups_held(),
+                    partial,
+                    core,
+                    options,
+                    wanted: HashMap::new(),
+                    links: HashMap::new(),
+                    dialing: HashSet::new(),
+                    dial_attempts: HashMap::new(),
+                    dials: JoinSet::new(),
+                    requests: HashMap::new(),
+                    fetches: JoinSet::new(),
+                    rx,
+                    progress: progress_tx,
+                    bytes_received: 0,
+                    bad_responses: 0,
+                    stalled_since: None,
+                    _registration: registration,
+                };
+                driver.add_peers(peers, now);
+                tokio::spawn(async move { driver.run().await }.instrument(span))
+            }
+        };
+        Ok(Download { spec, events: tx, progress, task })
+    }
+}
+
+/// Unregisters a download from its node when the driver ends, however it ends.
+struct Registration {
+    node: Arc<Node>,
+    hash: BlobHash,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.node.downloads.lock().expect("downloads lock").remove(&self.hash);
+    }
+}
+
+type FetchResult = (PeerId, u32, Result<u64, FetchFailure>);
+
+struct Driver {
+    node: Arc<Node>,
+    spec: BlobSpec,
+    partial: Arc<PartialBlob>,
+    resumed_groups: u64,
+    core: Scheduler,
+    options: DownloadOptions,
+    /// Peers we were told about (or that came to us), with their role.
+    wanted: HashMap<PeerId, PeerRole>,
+    /// Peers with a link we subscribed on.
+    links: HashMap<PeerId, Arc<Link>>,
+    dialing: HashSet<PeerId>,
+    dial_attempts: HashMap<PeerId, u32>,
+    dials: JoinSet<(PeerId, Result<Arc<Link>, ConnectError>)>,
+    requests: HashMap<(PeerId, u32), AbortHandle>,
+    fetches: JoinSet<FetchResult>,
+    rx: mpsc::Receiver<DownloadEvent>,
+    progress: watch::Sender<DownloadProgress>,
+    bytes_received: u64,
+    bad_responses: u64,
+    stalled_since: Option<Instant>,
+    _registration: Registration,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Driver {
+    async fn run(mut self) -> Result<DownloadReport, DownloadError> {
+        let result = self.run_inner().await;
+        for link in self.links.values() {
+            link.send(ControlMsg::NotInterested { hash: self.spec.hash });
+        }
+        self.fetches.abort_all();
+        self.dials.abort_all();
+        let store = self.node.store.clone();
+        let hash = self.spec.hash;
+        match &result {
+            Ok(report) => {
+                info!(
+                    bytes = report.bytes_received,
+                    resumed_groups = report.resumed_groups,
+                    "download complete"
+                )
+            }
+            Err(DownloadError::Write(_) | DownloadError::Finalize(_)) => {
+                warn!(error = %result.as_ref().unwrap_err(), "download failed; discarding");
+                store.discard(&hash);
+            }
+            Err(error) => {
+                info!(%error, "download stopped; partial blob kept");
+                store.suspend(&hash);
+            }
+        }
+        result
+    }
+
+    async fn run_inner(&mut self) -> Result<DownloadReport, DownloadError> {
+        loop {
+            let now = now();
+            while let Some(action) = self.core.poll_action(now) {
+                self.act(action);
+            }
+            if self.core.is_complete() {
+                return self.finalize().await;
+            }
+            if self.core.can_progress(now) || !self.dialing.is_empty() {
+                self.stalled_since = None;
+            } else {
+                let since = *self.stalled_since.get_or_insert(now);
+                if now.duration_since(since) >= self.options.stall_timeout {
+                    return Err(DownloadError::Stalled {
+                        after: self.options.stall_timeout,
+                        pieces_done: self.core.pieces_done(),
+                        n_pieces: self.partial.geometry().n_pieces(),
+                    });
+                }
+            }
+            let wake =
+                self.core.poll_timeout().map_or(now + DRIVER_TICK, |t| t.min(now + DRIVER_TICK));
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.handle_event(event)?,
+                    None => return Err(DownloadError::Cancelled),
+                },
+                Some(done) = self.fetches.join_next(), if !self.fetches.is_empty() => {
+                    if let Ok((peer, piece, result)) = done {
+                        self.handle_fetch(peer, piece, result)?;
+                    }
+                }
+                Some(dialed) = self.dials.join_next(), if !self.dials.is_empty() => {
+                    if let Ok((peer, result)) = dialed {
+                        self.handle_dialed(peer, result);
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    self.core.handle_timeout(tokio::time::Instant::now().into_std());
+                }
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Request { peer, piece } => {
+                let Some(link) = self.links.get(&peer).cloned() else {
+                    // The scheduler only knows linked peers; a race with a link going down.
+                    self.core.handle_piece_failed(peer, piece, Failure::Transport, now());
+                    return;
+                };
+                let node = self.node.clone();
+                let partial = self.partial.clone();
+                let span =
+                    debug_span!("fetch", blob = %self.spec.hash.short(), peer = %peer, piece);
+                let handle = self.fetches.spawn(
+                    async move { (peer, piece, fetch_piece(node, link, partial, piece).await) }
+                        .instrument(span),
+                );
+                self.requests.insert((peer, piece), handle);
+            }
+            Action::Cancel { peer, piece } => {
+                if let Some(handle) = self.requests.remove(&(peer, piece)) {
+                    handle.abort();
+                }
+            }
+        }
+    }
+
+    fn handle_fetch(
+        &mut self,
+        peer: PeerId,
+        piece: u32,
+        result: Result<u64, FetchFailure>,
+    ) -> Result<(), DownloadError> {
+        self.requests.remove(&(peer, piece));
+        let now = now();
+        match result {
+            Ok(bytes) => {
+                self.bytes_received += bytes;
+                self.core.handle_piece_received(peer, piece, now);
+                self.publish_progress();
+            }
+            Err(FetchFailure::Peer(failure, bytes)) => {
+                self.bytes_received += bytes;
+                if failure == Failure::Corrupt {
+                    self.bad_responses += 1;
+                    self.node.counters.bad_responses.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, piece, "response failed verification; banning peer for this blob");
+                } else {
+                    debug!(%peer, piece, ?failure, "request failed");
+                }
+                self.core.handle_piece_failed(peer, piece, failure, now);
+            }
+            Err(FetchFailure::Store(error)) => return Err(DownloadError::Write(error)),
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, event: DownloadEvent) -> Result<(), DownloadError> {
+        let now = now();
+        match event {
+            DownloadEvent::AddPeers(peers) => self.add_peers(peers, now),
+            DownloadEvent::LinkUp(link) => self.link_up(link, now),
+            DownloadEvent::PeerInterested(link) => {
+                if let std::collections::hash_map::Entry::Vacant(entry) =
+                    self.wanted.entry(link.peer)
+                {
+                    debug!(peer = %link.peer, "peer downloading the same blob joins");
+                    entry.insert(PeerRole::Peer);
+                }
+                self.link_up(link, now);
+            }
+            DownloadEvent::LinkDown { peer, link_id } => {
+                if self.links.get(&peer).is_some_and(|l| l.id() == link_id) {
+                    self.links.remove(&peer);
+                    self.drop_peer(peer, now);
+                    self.dial(peer, Some(REDIAL_BACKOFF));
+                }
+            }
+            DownloadEvent::Bitfield { peer, size, pieces } => {
+                if self.links.contains_key(&peer) {
+                    if size == self.spec.size {
+                        self.core.handle_bitfield(peer, pieces, now);
+                    } else {
+                        self.core.handle_dont_have(peer, now);
+                    }
+                }
+            }
+            DownloadEvent::Have { peer, piece } => {
+                if self.links.contains_key(&peer) {
+                    self.core.handle_have(peer, piece, now);
+                }
+            }
+            DownloadEvent::DontHave { peer } => {
+                if self.links.contains_key(&peer) {
+                    self.core.handle_dont_have(peer, now);
+                }
+            }
+            DownloadEvent::Cancel => return Err(DownloadError::Cancelled),
+        }
+        Ok(())
+    }
+
+    fn add_peers(&mut self, peers: Vec<PeerInfo>, now: Instant) {
+        for PeerInfo { peer, role } in peers {
+            if peer == self.node.id {
+                continue;
+            }
+            self.dial_attempts.remove(&peer);
+            if self.wanted.insert(peer, role) != Some(role) {
+                if self.links.contains_key(&peer) {
+                    self.core.handle_peer_joined(peer, role, now);
+                } else {
+                    self.dial(peer, None);
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, peer: PeerId, delay: Option<Duration>) {
+        if !self.wanted.contains_key(&peer) || self.dialing.contains(&peer) {
+            return;
+        }
+        let attempts = self.dial_attempts.entry(peer).or_default();
+        if *attempts >= MAX_DIALS {
+            debug!(%peer, "giving up on peer");
+            return;
+        }
+        *attempts += 1;
+        self.dialing.insert(peer);
+        let node = self.node.clone();
+        self.dials.spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            (peer, node.connect(peer).await)
+        });
+    }
+
+    fn handle_dialed(&mut self, peer: PeerId, result: Result<Arc<Link>, ConnectError>) {
+        self.dialing.remove(&peer);
+        match result {
+            Ok(link) => self.link_up(link, now()),
+            Err(error) => {
+                debug!(%peer, %error, "dial failed");
+                self.dial(peer, Some(REDIAL_BACKOFF));
+            }
+        }
+    }
+
+    fn link_up(&mut self, link: Arc<Link>, now: Instant) {
+        let peer = link.peer;
+        let Some(&role) = self.wanted.get(&peer) else { return };
+        if link.connection.close_reason().is_some()
+            || self.links.get(&peer).is_some_and(|l| l.id() == link.id())
+        {
+            return;
+        }
+        if self.links.insert(peer, link.clone()).is_some() {
+            self.drop_peer(peer, now);
+        }
+        self.dial_attempts.remove(&peer);
+        self.core.handle_peer_joined(peer, role, now);
+        self.core.handle_rtt(peer, link.connection.rtt());
+        link.send(ControlMsg::Interested { spec: self.spec });
+        self.publish_progress();
+    }
+
+    /// Forgets the peer's state and requests (its link is gone or replaced).
+    fn drop_peer(&mut self, peer: PeerId, now: Instant) {
+        self.core.handle_peer_left(peer, now);
+        let keys: Vec<(PeerId, u32)> =
+            self.requests.keys().filter(|(p, _)| *p == peer).copied().collect();
+        for key in keys {
+            if let Some(handle) = self.requests.remove(&key) {
+                handle.abort();
+            }
+        }
+        self.publish_progress();
+    }
+
+    fn publish_progress(&self) {
+        let _ = self.progress.send(DownloadProgress {
+            pieces_done: self.core.pieces_done(),
+            n_pieces: self.partial.geometry().n_pieces(),
+            connected_peers: self.links.len(),
+            bytes_received: self.bytes_received,
+        });
+    }
+
+    async fn finalize(&mut self) -> Result<DownloadReport, DownloadError> {
+        let store = self.node.store.clone();
+        let partial = self.partial.clone();
+        let blob = tokio::task::spawn_blocking(move || store.finalize(&partial))
+            .await
+            .map_err(|e| DownloadError::Task(e.to_string()))?
+            .map_err(DownloadError::Finalize)?;
+        Ok(DownloadReport {
+            blob,
+            bytes_received: self.bytes_received,
+            resumed_groups: self.resumed_groups,
+            banned_peers: self.core.banned_peers(),
+            bad_responses: self.bad_responses,
+        })
+    }
+}
+
+/// Why a request failed: the peer's fault (with the bytes it cost), or our disk's.
+#[derive(Debug)]
+enum FetchFailure {
+    Peer(Failure, u64),
+    Store(GroupWriteError),
+}
+
+/// Requests one piece and writes each chunk group as soon as it verifies. Returns the
+/// response bytes read.
+async fn fetch_piece(
+    node: Arc<Node>,
+    link: Arc<Link>,
+    partial: Arc<PartialBlob>,
+    piece: u32,
+) -> Result<u64, FetchFailure> {
+    let transport = |bytes| FetchFailure::Peer(Failure::Transport, bytes);
+    let spec = partial.spec();
+    let geometry = partial.geometry();
+    let (mut send, mut recv) = link.connection.open_bi().await.map_err(|_| transport(0))?;
+    send.write_all(&PieceRequest { spec, piece }.encode()).await.map_err(|_| transport(0))?;
+    let _ = send.finish();
+    let mut status = [0u8; 1];
+    match recv.read_exact(&mut status).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(FetchFailure::Peer(Failure::Corrupt, 0));
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(transport(0)),
+    }
+    match ResponseStatus::from_byte(status[0]) {
+        Some(ResponseStatus::Ok) => {}
+        Some(ResponseStatus::NotHeld | ResponseStatus::Refused) => {
+            return Err(FetchFailure::Peer(Failure::NotHeld, 1));
+        }
+        Some(ResponseStatus::Busy) => return Err(FetchFailure::Peer(Failure::Busy, 1)),
+        None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
+    }
+    let received = Arc::new(AtomicU64::new(1));
+    let reader = StreamReader { recv, node, bytes: received.clone() };
+    let mut decoder = ResponseDecoder::new(
+        spec.hash.to_blake3(),
+        geometry.piece_chunks(piece),
+        geometry.tree(),
+        reader,
+    );
+    loop {
+        match decoder.next().await {
+            ResponseDecoderNext::More((next, item)) => {
+                let bytes = received.load(Ordering::Relaxed);
+                decoder = next;
+                match item {
+                    Ok(BaoContentItem::Parent(parent)) => {
+                        partial.write_verified_parent(&parent).map_err(FetchFailure::Store)?;
+                    }
+                    Ok(BaoContentItem::Leaf(leaf)) => {
+                        partial
+                            .write_verified_group(leaf.offset, &leaf.data)
+                            .map_err(FetchFailure::Store)?;
+                    }
+                    Err(
+                        error @ (DecodeError::LeafHashMismatch(_)
+                        | DecodeError::ParentHashMismatch(_)
+                        | DecodeError::LeafNotFound(_)
+                        | DecodeError::ParentNotFound(_)),
+                    ) => {
+                        debug!(?error, "bad response");
+                        return Err(FetchFailure::Peer(Failure::Corrupt, bytes));
+                    }
+                    Err(DecodeError::Io(_)) => return Err(transport(bytes)),
+                }
+            }
+            ResponseDecoderNext::Done(_) => return Ok(received.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// A QUIC receive stream as bao-tree's async reader, paying the node's download bucket for
+/// every byte before reading it.
+struct StreamReader {
+    recv: quinn::RecvStream,
+    node: Arc<Node>,
+    /// Response bytes read, shared with the request task (the decoder owns the reader).
+    bytes: Arc<AtomicU64>,
+}
+
+impl StreamReader {
+    fn count(&mut self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.node.counters.downloaded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl iroh_io::AsyncStreamReader for StreamReader {
+    async fn read_bytes(&mut self, len: usize) -> io::Result<Bytes> {
+        self.node.download.acquire(len as u64).await;
+        let mut buf = vec![0u8; len];
+        let n = match self.recv.read_exact(&mut buf).await {
+            Ok(()) => len,
+            Err(quinn::ReadExactError::FinishedEarly(n)) => n,
+            Err(quinn::ReadExactError::ReadError(error)) => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, error));
+            }
+        };
+        buf.truncate(n);
+        self.count(n);
+        Ok(Bytes::from(buf))
+    }
+
+    async fn read<const L: usize>(&mut self) -> io::Result<[u8; L]> {
+        self.node.download.acquire(L as u64).await;
+        let mut buf = [0u8; L];
+        match self.recv.read_exact(&mut buf).await {
+            Ok(()) => {
+                self.count(L);
+                Ok(buf)
+            }
+            Err(quinn::ReadExactError::FinishedEarly(n)) => {
+                self.count(n);
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
+            Err(quinn::ReadExactError::ReadError(error)) => {
+                Err(io::Error::new(io::ErrorKind::ConnectionReset, error))
+            }
+        }
+    }
+}

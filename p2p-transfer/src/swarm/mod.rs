@@ -1,0 +1,28 @@
+//! The swarm: a deterministic download scheduler ([`scheduler`]), and the QUIC node that
+//! serves blobs and drives downloads ([`BlobNode`]).
+//!
+//! Typical use on a host (the agent) or an origin (a coordinator):
+//!
+//! ```text
+//! let store = BlobStore::open(store_config)?;
+//! let node = BlobNode::start(node_config, NodeTls::cluster(&cert, &ca)?, store)?;
+//! // origin: node.store().import_file(path)?  — then it serves it
+//! let download = node.download(spec, peers_from_tracker, DownloadOptions::recommended()).await?;
+//! download.add_peers(more_peers);            // as the tracker learns of them
+//! let report = download.finish().await?;     // report.blob: verified, complete
+//! ```
+
+mod download;
+mod node;
+pub mod scheduler;
+
+pub use download::{
+    DOWNLOAD_EVENT_QUEUE, Download, DownloadError, DownloadOptions, DownloadProgress,
+    DownloadReport, MAX_DIALS, PeerInfo, REDIAL_BACKOFF, STALL_TIMEOUT,
+};
+pub use node::{
+    BlobNode, CONNECT_TIMEOUT, CONTROL_QUEUE_FRAMES, ConnectError, MAX_LINKS,
+    MAX_PIECE_STREAMS_PER_LINK, NodeConfig, NodeStats, NodeTls, RECENT_UPLOADS_MAX, ServeFault,
+    StartError, UPLOAD_QUEUE_MAX, UPLOAD_SLICE_BYTES,
+};
+pub use scheduler::{PeerId, PeerRole};

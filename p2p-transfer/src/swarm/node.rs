@@ -1,0 +1,796 @@
+//! [`BlobNode`]: one host's QUIC endpoint for `tt-blob/1`. It serves what its store holds,
+//! keeps one connection (a [`Link`]) per peer, pushes have-updates to interested peers, and
+//! runs downloads ([`crate::swarm::download`]).
+//!
+//! **Invariant:** at most one live connection per peer pair. When two peers dial each other at
+//! once, both keep the connection dialed by the peer with the smaller [`PeerId`] and close the
+//! other with [`CLOSE_DUPLICATE`]. This needs a node's `PeerId` to be the address its peers
+//! dial, which is why [`BlobNode::start`] refuses an unspecified listen address.
+//!
+//! **Invariant:** a malformed or oversized frame closes that one connection
+//! ([`CLOSE_PROTOCOL_VIOLATION`]); the node keeps serving everyone else.
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{ConnectionError, VarInt};
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
+
+use crate::blob::{BlobHash, BlobSpec, BlobStore, EncodePieceError, Geometry, StoreEvent};
+use crate::ratelimit::RateLimiter;
+use crate::swarm::download::DownloadEvent;
+use crate::swarm::scheduler::PeerId;
+use crate::tls::{self, ClientAuth, NodeCert, TlsConfigError};
+use crate::wire::{
+    self, ALPN, CLOSE_DUPLICATE, CLOSE_PROTOCOL_VIOLATION, CLOSE_SHUTDOWN, ControlMsg,
+    FRAME_HEADER_BYTES, MAX_CONTROL_FRAME_BYTES, MAX_REQUEST_FRAME_BYTES, PieceRequest,
+    ResponseStatus, WireError,
+};
+
+/// Most connections (peers) one node keeps. Further incoming connections are refused.
+pub const MAX_LINKS: usize = 512;
+/// Most piece-request streams a peer may have open to us at once (QUIC enforces it).
+pub const MAX_PIECE_STREAMS_PER_LINK: u32 = 64;
+/// Control messages queued for one peer before the link is treated as stuck and closed.
+pub const CONTROL_QUEUE_FRAMES: usize = 1024;
+/// How long dialing a peer may take, handshake included.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Piece uploads waiting for a slot beyond [`NodeConfig::max_concurrent_uploads`]; more are
+/// answered "busy".
+pub const UPLOAD_QUEUE_MAX: usize = 256;
+/// Pieces remembered for [`NodeConfig::origin_repeat_window`]; older entries are pruned when
+/// the table grows past this.
+pub const RECENT_UPLOADS_MAX: usize = 65_536;
+/// Piece data is written to the stream in slices of this many bytes, each paid for in the
+/// upload bucket first.
+pub const UPLOAD_SLICE_BYTES: usize = 16 * 1024;
+
+/// How a node behaves on the network.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Address to bind, which is also this node's [`PeerId`]: it must be the address peers
+    /// dial (not `0.0.0.0`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Host-wide upload cap, bytes per second, over all peers.
+    pub upload_bytes_per_sec: Option<u64>,
+    /// Host-wide download cap, bytes per second, over all downloads and peers.
+    pub download_bytes_per_sec: Option<u64>,
+    /// Download only: advertise nothing and refuse every piece request.
+    pub leech_only: bool,
+    /// Piece uploads served at once; further requests wait, the least-served piece first
+    /// (so an origin hands out pieces nobody has yet before repeats), or are told "busy".
+    pub max_concurrent_uploads: usize,
+    /// For an origin: after uploading a piece, answer "busy" to further requests for that
+    /// piece for this long, so that the swarm takes it from whoever got it and the origin
+    /// spends its upload on pieces nobody has yet (super-seeding). `None` for ordinary hosts.
+    pub origin_repeat_window: Option<Duration>,
+    /// Misbehave on purpose; for tests and chaos experiments only.
+    pub fault: Option<ServeFault>,
+}
+
+/// Deliberate misbehaviour of a serving node, to test that downloaders survive it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeFault {
+    /// Flip one byte in the last chunk group of every piece sent.
+    FlipByte,
+    /// Advertise every piece; answer pieces we lack with random bytes.
+    LieAboutPieces,
+    /// Answer a request for piece `n` with the (correctly encoded) piece `n + 1`.
+    WrongPiece,
+}
+
+/// The quinn configs for a node: mutual TLS under the cluster CA, ALPN `tt-blob/1`.
+#[derive(Debug, Clone)]
+pub struct NodeTls {
+    pub server: quinn::ServerConfig,
+    pub client: quinn::ClientConfig,
+}
+
+impl NodeTls {
+    /// Configs presenting `node`'s certificate and trusting only `ca_cert`, in both roles.
+    pub fn cluster(
+        node: &NodeCert,
+        ca_cert: &CertificateDer<'_>,
+    ) -> Result<NodeTls, TlsConfigError> {
+        let mut server = tls::server_config(node, ca_cert, &[ALPN], ClientAuth::Required)?;
+        let mut client = tls::client_config(Some(node), ca_cert, &[ALPN])?;
+        let transport = Arc::new(transport_config());
+        server.transport_config(transport.clone());
+        client.transport_config(transport);
+        Ok(NodeTls { server, client })
+    }
+}
+
+/// Stream limits of a blob connection: one control stream each way, bounded piece streams.
+fn transport_config() -> quinn::TransportConfig {
+    let mut transport = tls::transport_config();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_PIECE_STREAMS_PER_LINK));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(1));
+    transport
+}
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is `0.0.0.0` or `::`; peers could not name this node.
+    #[error("listen address {0} is unspecified; bind the address peers dial")]
+    UnspecifiedAddress(SocketAddr),
+    /// Binding the UDP socket failed.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Connecting to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connection failed: {0}")]
+    Connection(#[from] ConnectionError),
+    #[error("connecting timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("the node is closed")]
+    Closed,
+}
+
+/// Byte counters of a node (for benchmarks: origin egress is the origin's `uploaded_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeStats {
+    /// Bytes of piece responses sent (data and proofs).
+    pub uploaded_bytes: u64,
+    /// Bytes of piece responses received (data and proofs).
+    pub downloaded_bytes: u64,
+    /// Piece requests answered with data.
+    pub pieces_served: u64,
+    /// Responses that failed verification.
+    pub bad_responses: u64,
+    /// Connections closed for a protocol violation.
+    pub protocol_violations: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub uploaded_bytes: AtomicU64,
+    pub downloaded_bytes: AtomicU64,
+    pub pieces_served: AtomicU64,
+    pub bad_responses: AtomicU64,
+    pub protocol_violations: AtomicU64,
+}
+
+/// A `tt-blob/1` node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BlobNode {
+    pub(crate) inner: Arc<Node>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub id: PeerId,
+    endpoint: quinn::Endpoint,
+    pub store: Arc<BlobStore>,
+    pub config: NodeConfig,
+    upload: RateLimiter,
+    pub download: RateLimiter,
+    uploads: Arc<UploadSlots>,
+    /// When each piece was last handed out, for [`NodeConfig::origin_repeat_window`].
+    recent_uploads: Mutex<HashMap<(BlobHash, u32), tokio::time::Instant>>,
+    links: Mutex<HashMap<PeerId, Arc<Link>>>,
+    dial_locks: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
+    pub downloads: Mutex<HashMap<BlobHash, mpsc::Sender<DownloadEvent>>>,
+    pub counters: Counters,
+}
+
+/// The one connection to a peer.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub peer: PeerId,
+    pub connection: quinn::Connection,
+    dialed_by: PeerId,
+    control: mpsc::Sender<ControlMsg>,
+    /// Blobs the peer asked to hear about.
+    peer_wants: Mutex<HashSet<BlobHash>>,
+}
+
+impl Link {
+    /// Queues a control message; a peer that lets [`CONTROL_QUEUE_FRAMES`] pile up is cut.
+    pub fn send(&self, msg: ControlMsg) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.control.try_send(msg) {
+            warn!(peer = %self.peer, "control queue full; closing link");
+            self.connection.close(CLOSE_SHUTDOWN, b"control queue full");
+        }
+    }
+
+    pub fn id(&self) -> usize {
+        self.connection.stable_id()
+    }
+}
+
+impl BlobNode {
+    /// Binds the endpoint and starts serving `store`. Must be called inside a tokio runtime.
+    pub fn start(
+        config: NodeConfig,
+        tls: NodeTls,
+        store: Arc<BlobStore>,
+    ) -> Result<BlobNode, StartError> {
+        if config.listen.ip().is_unspecified() {
+            return Err(StartError::UnspecifiedAddress(config.listen));
+        }
+        let addr = config.listen;
+        let mut endpoint = quinn::Endpoint::server(tls.server, addr)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        endpoint.set_default_client_config(tls.client);
+        let id = PeerId(endpoint.local_addr().map_err(|source| StartError::Bind { addr, source })?);
+        let node = Arc::new(Node {
+            id,
+            endpoint,
+            upload: RateLimiter::new(config.upload_bytes_per_sec),
+            download: RateLimiter::new(config.download_bytes_per_sec),
+            uploads: Arc::new(UploadSlots::new(config.max_concurrent_uploads.max(1))),
+            recent_uploads: Mutex::new(HashMap::new()),
+            config,
+            store,
+            links: Mutex::new(HashMap::new()),
+            dial_locks: Mutex::new(HashMap::new()),
+            downloads: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        tokio::spawn(accept_loop(node.clone()).instrument(info_span!("blob_node", node = %id)));
+        Ok(BlobNode { inner: node })
+    }
+
+    /// This node's id: the address peers dial.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.id
+    }
+
+    /// The store this node serves and downloads into.
+    pub fn store(&self) -> &Arc<BlobStore> {
+        &self.inner.store
+    }
+
+    /// Byte counters.
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.inner.counters;
+        NodeStats {
+            uploaded_bytes: c.uploaded_bytes.load(Ordering::Relaxed),
+            downloaded_bytes: c.downloaded_bytes.load(Ordering::Relaxed),
+            pieces_served: c.pieces_served.load(Ordering::Relaxed),
+            bad_responses: c.bad_responses.load(Ordering::Relaxed),
+            protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Peers with a live connection.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.inner.links.lock().expect("links lock").keys().copied().collect()
+    }
+
+    /// Closes every connection and stops serving; running downloads end with
+    /// [`crate::swarm::DownloadError::Cancelled`] and their partial blobs stay resumable.
+    pub fn close(&self) {
+        let downloads: Vec<_> =
+            self.inner.downloads.lock().expect("downloads lock").values().cloned().collect();
+        for tx in downloads {
+            let _ = tx.try_send(DownloadEvent::Cancel);
+        }
+        self.inner.endpoint.close(CLOSE_SHUTDOWN, b"shutdown");
+    }
+}
+
+impl Node {
+    /// The link to `peer`, dialing it if there is none.
+    pub async fn connect(self: &Arc<Node>, peer: PeerId) -> Result<Arc<Link>, ConnectError> {
+        if let Some(link) = self.live_link(peer) {
+            return Ok(link);
+        }
+        let lock = self.dial_locks.lock().expect("dial lock").entry(peer).or_default().clone();
+        let _guard = lock.lock().await;
+        if let Some(link) = self.live_link(peer) {
+            return Ok(link);
+        }
+        let connecting = self.endpoint.connect(peer.0, tls::CLUSTER_SERVER_NAME)?;
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ConnectError::TimedOut(CONNECT_TIMEOUT))??;
+        debug!(%peer, "dialed");
+        self.install_link(connection, self.id).ok_or(ConnectError::Closed)
+    }
+
+    fn live_link(&self, peer: PeerId) -> Option<Arc<Link>> {
+        let links = self.links.lock().expect("links lock");
+        links.get(&peer).filter(|l| l.connection.close_reason().is_none()).cloned()
+    }
+
+    /// Registers a new connection, resolving duplicates, and starts its tasks. Returns the
+    /// link that won (possibly an existing one), or `None` if the node is closed.
+    fn install_link(
+        self: &Arc<Node>,
+        connection: quinn::Connection,
+        dialed_by: PeerId,
+    ) -> Option<Arc<Link>> {
+        let peer = PeerId(connection.remote_address());
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_FRAMES);
+        let link = Arc::new(Link {
+            peer,
+            connection: connection.clone(),
+            dialed_by,
+            control: control_tx,
+            peer_wants: Mutex::new(HashSet::new()),
+        });
+        let replaced = {
+            let mut links = self.links.lock().expect("links lock");
+            if let Some(existing) =
+                links.get(&peer).filter(|l| l.connection.close_reason().is_none())
+            {
+                let winner = self.id.min(peer);
+                if existing.dialed_by == winner || link.dialed_by != winner {
+                    debug!(%peer, "duplicate connection; keeping the existing one");
+                    connection.close(CLOSE_DUPLICATE, b"duplicate");
+                    return Some(existing.clone());
+                }
+            }
+            links.insert(peer, link.clone())
+        };
+        if let Some(old) = replaced {
+            debug!(%peer, "duplicate connection; replacing the existing one");
+            old.connection.close(CLOSE_DUPLICATE, b"duplicate");
+        }
+        let span = info_span!("blob_link", node = %self.id, peer = %peer);
+        tokio::spawn(write_control(link.clone(), control_rx).instrument(span.clone()));
+        tokio::spawn(read_control(self.clone(), link.clone()).instrument(span.clone()));
+        tokio::spawn(serve_requests(self.clone(), link.clone()).instrument(span.clone()));
+        if !self.config.leech_only {
+            tokio::spawn(forward_store_events(self.clone(), link.clone()).instrument(span.clone()));
+        }
+        tokio::spawn(watch_link(self.clone(), link.clone()).instrument(span));
+        self.broadcast(|| DownloadEvent::LinkUp(link.clone()));
+        Some(link)
+    }
+
+    fn broadcast(&self, event: impl Fn() -> DownloadEvent) {
+        let downloads: Vec<_> =
+            self.downloads.lock().expect("downloads lock").values().cloned().collect();
+        for tx in downloads {
+            let _ = tx.try_send(event());
+        }
+    }
+
+    fn download_channel(&self, hash: &BlobHash) -> Option<mpsc::Sender<DownloadEvent>> {
+        self.downloads.lock().expect("downloads lock").get(hash).cloned()
+    }
+
+    /// Whether an origin may hand out `piece` now (see [`NodeConfig::origin_repeat_window`]);
+    /// records the upload if so.
+    fn may_repeat(&self, hash: BlobHash, piece: u32) -> bool {
+        let Some(window) = self.config.origin_repeat_window else { return true };
+        let now = tokio::time::Instant::now();
+        let mut recent = self.recent_uploads.lock().expect("recent uploads lock");
+        if recent.get(&(hash, piece)).is_some_and(|&last| now < last + window) {
+            return false;
+        }
+        if recent.len() >= RECENT_UPLOADS_MAX {
+            recent.retain(|_, &mut last| now < last + window);
+        }
+        recent.insert((hash, piece), now);
+        true
+    }
+
+    fn violation(&self, link: &Link, error: &WireError) {
+        warn!(%error, "protocol violation; closing connection");
+        self.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
+        link.connection.close(CLOSE_PROTOCOL_VIOLATION, error.to_string().as_bytes());
+    }
+}
+
+async fn accept_loop(node: Arc<Node>) {
+    while let Some(incoming) = node.endpoint.accept().await {
+        if node.links.lock().expect("links lock").len() >= MAX_LINKS {
+            warn!(peer = %incoming.remote_address(), n_max = MAX_LINKS, "too many links; refusing");
+            incoming.refuse();
+            continue;
+        }
+        let node = node.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(connection) => {
+                    let peer = PeerId(connection.remote_address());
+                    trace!(%peer, "accepted");
+                    node.install_link(connection, peer);
+                }
+                // Includes a client without a certificate from the cluster CA.
+                Err(error) => debug!(%error, "handshake failed"),
+            }
+        });
+    }
+    debug!("endpoint closed");
+}
+
+/// Waits for the connection to end, then unregisters it and tells the downloads.
+async fn watch_link(node: Arc<Node>, link: Arc<Link>) {
+    let reason = link.connection.closed().await;
+    debug!(%reason, "link closed");
+    {
+        let mut links = node.links.lock().expect("links lock");
+        if links.get(&link.peer).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            links.remove(&link.peer);
+        }
+    }
+    let (peer, id) = (link.peer, link.id());
+    node.broadcast(|| DownloadEvent::LinkDown { peer, link_id: id });
+}
+
+async fn write_control(link: Arc<Link>, mut rx: mpsc::Receiver<ControlMsg>) {
+    let mut send = match link.connection.open_uni().await {
+        Ok(send) => send,
+        Err(error) => {
+            debug!(%error, "cannot open control stream");
+            return;
+        }
+    };
+    while let Some(msg) = rx.recv().await {
+        trace!(?msg, "control out");
+        if let Err(error) = send.write_all(&msg.encode()).await {
+            debug!(%error, "control stream write failed");
+            return;
+        }
+    }
+}
+
+async fn read_control(node: Arc<Node>, link: Arc<Link>) {
+    let mut recv = match link.connection.accept_uni().await {
+        Ok(recv) => recv,
+        Err(error) => {
+            debug!(%error, "no control stream");
+            return;
+        }
+    };
+    loop {
+        let frame = match read_frame(&mut recv, MAX_CONTROL_FRAME_BYTES).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(FrameError::Wire(error)) => return node.violation(&link, &error),
+            Err(FrameError::Stream) => return,
+        };
+        let msg = match ControlMsg::decode(&frame) {
+            Ok(msg) => msg,
+            Err(error) => return node.violation(&link, &error),
+        };
+        trace!(?msg, "control in");
+        handle_control(&node, &link, msg).await;
+    }
+}
+
+async fn handle_control(node: &Arc<Node>, link: &Arc<Link>, msg: ControlMsg) {
+    let peer = link.peer;
+    let route = |hash: &BlobHash, event: DownloadEvent| {
+        let tx = node.download_channel(hash);
+        async move {
+            if let Some(tx) = tx {
+                let _ = tx.send(event).await;
+            }
+        }
+    };
+    match msg {
+        ControlMsg::Interested { spec } => {
+            link.peer_wants.lock().expect("wants lock").insert(spec.hash);
+            if !node.config.leech_only {
+                link.send(state_message(node, spec));
+            } else {
+                link.send(ControlMsg::DontHave { hash: spec.hash });
+            }
+            // A peer downloading the same blob is a peer for our download too.
+            route(&spec.hash, DownloadEvent::PeerInterested(link.clone())).await;
+        }
+        ControlMsg::NotInterested { hash } => {
+            link.peer_wants.lock().expect("wants lock").remove(&hash);
+        }
+        ControlMsg::Bitfield { spec, pieces } => {
+            route(&spec.hash, DownloadEvent::Bitfield { peer, size: spec.size, pieces }).await;
+        }
+        ControlMsg::Have { hash, piece } => route(&hash, DownloadEvent::Have { peer, piece }).await,
+        ControlMsg::DontHave { hash } => route(&hash, DownloadEvent::DontHave { peer }).await,
+    }
+}
+
+/// What we hold of `spec`, as a control message.
+fn state_message(node: &Node, spec: BlobSpec) -> ControlMsg {
+    if node.config.fault == Some(ServeFault::LieAboutPieces)
+        && let Ok(geometry) = Geometry::new(spec.size)
+    {
+        return ControlMsg::Bitfield {
+            spec,
+            pieces: crate::blob::Bitfield::full(geometry.n_pieces().into()),
+        };
+    }
+    match node.store.pieces(&spec.hash, spec.size) {
+        Some(pieces) => ControlMsg::Bitfield { spec, pieces },
+        None => ControlMsg::DontHave { hash: spec.hash },
+    }
+}
+
+/// Pushes have-updates for the blobs the peer wants, as the store changes.
+async fn forward_store_events(node: Arc<Node>, link: Arc<Link>) {
+    let mut events = node.store.subscribe();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = link.connection.closed() => return,
+        };
+        let wants = |hash: &BlobHash| link.peer_wants.lock().expect("wants lock").contains(hash);
+        match event {
+            Ok(StoreEvent::PieceComplete { hash, piece }) if wants(&hash) => {
+                link.send(ControlMsg::Have { hash, piece });
+            }
+            Ok(
+                StoreEvent::BlobComplete { hash }
+                | StoreEvent::PieceLost { hash, .. }
+                | StoreEvent::BlobRemoved { hash },
+            ) if wants(&hash) => resend_state(&node, &link, &[hash]),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                debug!(missed = n, "store events lagged; resending state");
+                let hashes: Vec<BlobHash> =
+                    link.peer_wants.lock().expect("wants lock").iter().copied().collect();
+                resend_state(&node, &link, &hashes);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends the full state of `hashes`; the size comes from what we hold.
+fn resend_state(node: &Node, link: &Link, hashes: &[BlobHash]) {
+    for hash in hashes {
+        let msg = match node.store.size_of(hash) {
+            Some(size) => state_message(node, BlobSpec { hash: *hash, size }),
+            None => ControlMsg::DontHave { hash: *hash },
+        };
+        link.send(msg);
+    }
+}
+
+async fn serve_requests(node: Arc<Node>, link: Arc<Link>) {
+    loop {
+        let (send, recv) = match link.connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(_) => return,
+        };
+        let span = debug_span!("serve_piece", stream = %send.id());
+        tokio::spawn(serve_piece(node.clone(), link.clone(), send, recv).instrument(span));
+    }
+}
+
+async fn serve_piece(
+    node: Arc<Node>,
+    link: Arc<Link>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let frame = match read_frame(&mut recv, MAX_REQUEST_FRAME_BYTES).await {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return node.violation(&link, &WireError::Malformed("empty request stream")),
+        Err(FrameError::Wire(error)) => return node.violation(&link, &error),
+        Err(FrameError::Stream) => return,
+    };
+    let request = match PieceRequest::decode(&frame) {
+        Ok(request) => request,
+        Err(error) => return node.violation(&link, &error),
+    };
+    let PieceRequest { spec, piece } = request;
+    let span = debug_span!("piece", blob = %spec.hash.short(), peer = %link.peer, piece);
+    async {
+        if node.config.leech_only {
+            return respond_status(&mut send, ResponseStatus::Refused).await;
+        }
+        if !node.may_repeat(spec.hash, piece) {
+            return respond_status(&mut send, ResponseStatus::Busy).await;
+        }
+        let Some(_slot) = node.uploads.acquire(spec.hash, piece).await else {
+            return respond_status(&mut send, ResponseStatus::Busy).await;
+        };
+        let fault = node.config.fault;
+        let source_piece = match fault {
+            Some(ServeFault::WrongPiece) => {
+                let n_pieces = Geometry::new(spec.size).map(|g| g.n_pieces()).unwrap_or(1);
+                (piece + 1) % n_pieces
+            }
+            _ => piece,
+        };
+        let store = node.store.clone();
+        let encoded =
+            tokio::task::spawn_blocking(move || store.encode_piece(spec, source_piece)).await;
+        let mut encoded = match encoded {
+            Ok(Ok(encoded)) => encoded,
+            Ok(Err(EncodePieceError::NotHeld)) if fault == Some(ServeFault::LieAboutPieces) => {
+                let len = Geometry::new(spec.size).map(|g| g.piece_len(piece)).unwrap_or(0);
+                garbage(len as usize, piece)
+            }
+            Ok(Err(error)) => {
+                debug!(%error, "not serving");
+                return respond_status(&mut send, ResponseStatus::NotHeld).await;
+            }
+            Err(error) => {
+                warn!(%error, "encoding task failed");
+                return respond_status(&mut send, ResponseStatus::NotHeld).await;
+            }
+        };
+        if fault == Some(ServeFault::FlipByte)
+            && let Some(last) = encoded.last_mut()
+        {
+            *last ^= 0x01;
+        }
+        if send.write_all(&[ResponseStatus::Ok as u8]).await.is_err() {
+            return;
+        }
+        for slice in encoded.chunks(UPLOAD_SLICE_BYTES) {
+            node.upload.acquire(slice.len() as u64).await;
+            if let Err(error) = send.write_all(slice).await {
+                // Most often the requester cancelled (another copy arrived first).
+                trace!(%error, "upload stopped");
+                return;
+            }
+            node.counters.uploaded_bytes.fetch_add(slice.len() as u64, Ordering::Relaxed);
+        }
+        let _ = send.finish();
+        node.counters.pieces_served.fetch_add(1, Ordering::Relaxed);
+        trace!(bytes = encoded.len(), "piece served");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn respond_status(send: &mut quinn::SendStream, status: ResponseStatus) {
+    if send.write_all(&[status as u8]).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Deterministic junk for a lying peer.
+fn garbage(len: usize, seed: u32) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+pub(crate) enum FrameError {
+    /// The peer broke the protocol.
+    Wire(WireError),
+    /// The stream failed (reset, connection lost).
+    Stream,
+}
+
+/// Reads one `len: u32 | bytes` frame of at most `len_max` bytes; `Ok(None)` at a clean end
+/// of stream between frames.
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    len_max: usize,
+) -> Result<Option<Bytes>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(FrameError::Wire(WireError::Malformed("stream ended inside a frame")));
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => return Err(FrameError::Stream),
+    }
+    let len = wire::check_len(header, len_max).map_err(FrameError::Wire)?;
+    let mut frame = vec![0u8; len];
+    match recv.read_exact(&mut frame).await {
+        Ok(()) => Ok(Some(Bytes::from(frame))),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            Err(FrameError::Wire(WireError::Malformed("stream ended inside a frame")))
+        }
+        Err(quinn::ReadExactError::ReadError(_)) => Err(FrameError::Stream),
+    }
+}
+
+/// Upload concurrency with a priority queue: when all slots are busy, the waiting request for
+/// the piece this node has uploaded least often goes next.
+#[derive(Debug)]
+struct UploadSlots {
+    max_active: usize,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    active: usize,
+    waiting: BinaryHeap<Waiter>,
+    seq: u64,
+    served: HashMap<(BlobHash, u32), u32>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    served: u32,
+    seq: u64,
+    key: (BlobHash, u32),
+    tx: oneshot::Sender<SlotGuard>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        (self.served, self.seq) == (other.served, other.seq)
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    /// The max-heap pops the least-served piece first, then the oldest request.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.served, other.seq).cmp(&(self.served, self.seq))
+    }
+}
+
+#[derive(Debug)]
+struct SlotGuard {
+    slots: Arc<UploadSlots>,
+    /// False for a guard that was never handed out (its waiter was gone).
+    armed: bool,
+}
+
+impl UploadSlots {
+    fn new(max_active: usize) -> UploadSlots {
+        UploadSlots { max_active, state: Mutex::new(SlotState::default()) }
+    }
+
+    /// A slot, or `None` if [`UPLOAD_QUEUE_MAX`] requests already wait.
+    async fn acquire(self: &Arc<Self>, hash: BlobHash, piece: u32) -> Option<SlotGuard> {
+        let rx = {
+            let mut state = self.state.lock().expect("slots lock");
+            let key = (hash, piece);
+            if state.active < self.max_active {
+                state.active += 1;
+                *state.served.entry(key).or_default() += 1;
+                return Some(SlotGuard { slots: self.clone(), armed: true });
+            }
+            if state.waiting.len() >= UPLOAD_QUEUE_MAX {
+                return None;
+            }
+            let (tx, rx) = oneshot::channel();
+            state.seq += 1;
+            let served = state.served.get(&key).copied().unwrap_or(0);
+            let seq = state.seq;
+            state.waiting.push(Waiter { served, seq, key, tx });
+            rx
+        };
+        // The releaser hands its slot over inside the channel: if this request is dropped
+        // meanwhile, the guard is dropped with the channel and the slot moves on.
+        rx.await.ok()
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.slots.state.lock().expect("slots lock");
+        while let Some(waiter) = state.waiting.pop() {
+            let handover = SlotGuard { slots: self.slots.clone(), armed: true };
+            match waiter.tx.send(handover) {
+                Ok(()) => {
+                    *state.served.entry(waiter.key).or_default() += 1;
+                    return;
+                }
+                Err(mut unused) => unused.armed = false,
+            }
+        }
+        state.active -= 1;
+    }
+}

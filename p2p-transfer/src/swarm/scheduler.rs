@@ -1,0 +1,647 @@
+//! The deterministic core of a download: which piece to ask from which peer next.
+//!
+//! ```text
+//!   handle_peer_joined / handle_bitfield / handle_have / handle_dont_have / handle_peer_left
+//!   handle_piece_received / handle_piece_failed / handle_rtt / handle_timeout(now)
+//!                      │
+//!                 [ Scheduler ]  ── no IO, no clock, no OS randomness
+//!                      │
+//!   poll_action(now) -> Request { peer, piece } | Cancel { peer, piece }
+//!   poll_timeout()   -> when to call handle_timeout next
+//! ```
+//!
+//! Policy:
+//! - **Piece choice:** random for the first [`SchedulerConfig::random_first_pieces`] pieces (so
+//!   a flash crowd does not all want piece 0), then rarest first among usable non-origin
+//!   peers, ties broken at random (seeded).
+//! - **Peer choice:** non-origin peers first, fastest measured throughput first (unmeasured
+//!   peers before measured ones, so newcomers get tried). Each peer gets a pipeline of
+//!   `ceil(rate × rtt / piece) + 1` requests, clamped to
+//!   [`SchedulerConfig::pipeline_min`]..=[`SchedulerConfig::pipeline_max`].
+//! - **Origin protection:** a peer marked origin is asked only for pieces that no usable
+//!   non-origin peer holds, and for at most [`SchedulerConfig::origin_max_inflight`] at once.
+//! - **Endgame:** once every missing piece is requested, idle peers duplicate the oldest
+//!   in-flight pieces (at most [`SchedulerConfig::endgame_duplicates`] requests per piece);
+//!   the first copy to arrive cancels the others.
+//! - **Bans:** one response that fails verification bans the peer for this blob for
+//!   [`SchedulerConfig::ban_duration`]; its other requests are cancelled and go elsewhere. A
+//!   peer that refuses [`SchedulerConfig::max_refusals`] pieces it advertised (a lying
+//!   bitfield) is banned too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::blob::{Bitfield, Geometry};
+
+/// Default requests in flight to one peer before its throughput is known, and the floor.
+pub const PIPELINE_MIN: u32 = 2;
+/// Most requests in flight to one peer.
+pub const PIPELINE_MAX: u32 = 16;
+/// Most requests in flight to a peer marked origin, per download.
+pub const ORIGIN_MAX_INFLIGHT: u32 = 2;
+/// Most requests in flight for one download.
+pub const MAX_INFLIGHT_PIECES: u32 = 32;
+/// Most requests for one piece at once during the endgame.
+pub const ENDGAME_DUPLICATES: u32 = 2;
+/// How long a peer that sent one bad chunk group is ignored for that blob.
+pub const BAN_DURATION: Duration = Duration::from_secs(600);
+/// A request unanswered this long is cancelled and the piece asked elsewhere.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a peer that answered "busy" is left alone.
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a peer whose stream failed is left alone.
+pub const TRANSPORT_BACKOFF: Duration = Duration::from_millis(500);
+/// Pieces chosen at random before rarest-first takes over.
+pub const RANDOM_FIRST_PIECES: u32 = 1;
+/// Refusals of advertised pieces after which a peer is banned as lying.
+pub const MAX_REFUSALS: u32 = 3;
+/// Round-trip time assumed until the transport reports one.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
+/// Weight of a new throughput sample in the moving average.
+const RATE_EWMA_WEIGHT: f64 = 0.3;
+
+/// A peer, by the address of its blob endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub SocketAddr);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
+
+/// What a peer is to the downloader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Another host: a seeder or a partial peer.
+    Peer,
+    /// The origin (a coordinator): used last, for pieces nobody else has.
+    Origin,
+}
+
+/// Tuning for a [`Scheduler`]. Build with [`SchedulerConfig::recommended`] and adjust.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub pipeline_min: u32,
+    pub pipeline_max: u32,
+    pub origin_max_inflight: u32,
+    pub max_inflight: u32,
+    pub endgame_duplicates: u32,
+    pub ban_duration: Duration,
+    pub request_timeout: Duration,
+    pub busy_backoff: Duration,
+    pub transport_backoff: Duration,
+    pub random_first_pieces: u32,
+    pub max_refusals: u32,
+    /// Seed of the tie-breaking randomness; the shell draws it from the OS.
+    pub seed: u64,
+}
+
+impl SchedulerConfig {
+    /// The module's constants, with `seed`.
+    pub fn recommended(seed: u64) -> SchedulerConfig {
+        SchedulerConfig {
+            pipeline_min: PIPELINE_MIN,
+            pipeline_max: PIPELINE_MAX,
+            origin_max_inflight: ORIGIN_MAX_INFLIGHT,
+            max_inflight: MAX_INFLIGHT_PIECES,
+            endgame_duplicates: ENDGAME_DUPLICATES,
+            ban_duration: BAN_DURATION,
+            request_timeout: REQUEST_TIMEOUT,
+            busy_backoff: BUSY_BACKOFF,
+            transport_backoff: TRANSPORT_BACKOFF,
+            random_first_pieces: RANDOM_FIRST_PIECES,
+            max_refusals: MAX_REFUSALS,
+            seed,
+        }
+    }
+}
+
+/// What the shell should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Ask `peer` for `piece`.
+    Request { peer: PeerId, piece: u32 },
+    /// Stop the request for `piece` to `peer` (another copy arrived, the peer was banned, or
+    /// the request timed out). Its outcome will be ignored.
+    Cancel { peer: PeerId, piece: u32 },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The response failed BLAKE3 verification or broke the protocol: ban the peer.
+    Corrupt,
+    /// The peer said it does not hold a piece it had advertised.
+    NotHeld,
+    /// The peer is at its upload limit.
+    Busy,
+    /// The stream or connection failed.
+    Transport,
+}
+
+/// Per-peer figures, for reports and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStats {
+    pub role: PeerRole,
+    pub pieces_held: u64,
+    pub inflight: u32,
+    /// Measured throughput (moving average), bytes per second.
+    pub rate_bytes_per_sec: Option<f64>,
+    pub pieces_received: u64,
+    pub bad_responses: u32,
+    pub banned: bool,
+}
+
+#[derive(Debug)]
+struct Peer {
+    role: PeerRole,
+    have: Bitfield,
+    inflight: u32,
+    rate: Option<f64>,
+    last_delivery: Option<Instant>,
+    rtt: Duration,
+    backoff_until: Option<Instant>,
+    refusals: u32,
+    pieces_received: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    peer: PeerId,
+    since: Instant,
+}
+
+/// The download scheduler. See the module docs for the policy.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    geometry: Geometry,
+    done: Bitfield,
+    inflight: BTreeMap<u32, Vec<Inflight>>,
+    n_inflight: u32,
+    peers: BTreeMap<PeerId, Peer>,
+    /// Bans outlive connections: a banned peer that reconnects stays banned.
+    bans: BTreeMap<PeerId, Instant>,
+    bad_responses: BTreeMap<PeerId, u32>,
+    /// How often each peer was banned (bans expire; this does not).
+    ban_count: BTreeMap<PeerId, u32>,
+    /// Per piece: usable (connected, not banned) non-origin peers holding it.
+    availability: Vec<u32>,
+    cancels: VecDeque<(PeerId, u32)>,
+    rng: u64,
+}
+
+impl Scheduler {
+    /// A scheduler for a blob of `geometry`, of which the pieces in `held` are already held.
+    pub fn new(config: SchedulerConfig, geometry: Geometry, held: &Bitfield) -> Scheduler {
+        assert_eq!(held.len(), u64::from(geometry.n_pieces()), "held bitfield length");
+        Scheduler {
+            rng: config.seed | 1,
+            config,
+            geometry,
+            done: held.clone(),
+            inflight: BTreeMap::new(),
+            n_inflight: 0,
+            peers: BTreeMap::new(),
+            bans: BTreeMap::new(),
+            bad_responses: BTreeMap::new(),
+            ban_count: BTreeMap::new(),
+            availability: vec![0; geometry.n_pieces() as usize],
+            cancels: VecDeque::new(),
+        }
+    }
+
+    /// True when every piece is held.
+    pub fn is_complete(&self) -> bool {
+        self.done.is_full()
+    }
+
+    /// Pieces held.
+    pub fn pieces_done(&self) -> u64 {
+        self.done.count()
+    }
+
+    /// Requests in flight.
+    pub fn inflight(&self) -> u32 {
+        self.n_inflight
+    }
+
+    /// Whether `peer` is banned at `now`.
+    pub fn is_banned(&self, peer: PeerId, now: Instant) -> bool {
+        self.bans.get(&peer).is_some_and(|&until| until > now)
+    }
+
+    /// Every peer that is or was banned during this download, with how often.
+    pub fn banned_peers(&self) -> Vec<(PeerId, u32)> {
+        self.ban_count.iter().map(|(&peer, &n)| (peer, n)).collect()
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Figures for `peer`, if connected.
+    pub fn peer_stats(&self, peer: PeerId, now: Instant) -> Option<PeerStats> {
+        let state = self.peers.get(&peer)?;
+        Some(PeerStats {
+            role: state.role,
+            pieces_held: state.have.count(),
+            inflight: state.inflight,
+            rate_bytes_per_sec: state.rate,
+            pieces_received: state.pieces_received,
+            bad_responses: self.bad_responses.get(&peer).copied().unwrap_or(0),
+            banned: self.is_banned(peer, now),
+        })
+    }
+
+    /// True if some missing piece is in flight or held by a usable peer: the download can
+    /// progress without new peers.
+    pub fn can_progress(&self, now: Instant) -> bool {
+        if self.n_inflight > 0 || self.is_complete() {
+            return true;
+        }
+        self.peers.iter().any(|(&id, peer)| {
+            !self.is_banned(id, now) && peer.have.ones().any(|piece| !self.done.get(piece))
+        })
+    }
+
+    /// A peer connected (or reconnected, or was re-announced with another role). Its
+    /// bitfield follows.
+    pub fn handle_peer_joined(&mut self, peer: PeerId, role: PeerRole, now: Instant) {
+        if let Some(state) = self.peers.get(&peer) {
+            if state.role != role {
+                self.count_availability(peer, now, false);
+                self.peers.get_mut(&peer).expect("present").role = role;
+                self.count_availability(peer, now, true);
+            }
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                role,
+                have: Bitfield::new(self.done.len()),
+                inflight: 0,
+                rate: None,
+                last_delivery: None,
+                rtt: DEFAULT_RTT,
+                backoff_until: None,
+                refusals: 0,
+                pieces_received: 0,
+            },
+        );
+    }
+
+    /// The peer's full set of pieces. A bitfield of the wrong length is a lie: ban.
+    pub fn handle_bitfield(&mut self, peer: PeerId, pieces: Bitfield, now: Instant) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        if pieces.len() != self.done.len() {
+            self.ban(peer, now);
+            return;
+        }
+        self.count_availability(peer, now, false);
+        self.peers.get_mut(&peer).expect("present").have = pieces;
+        self.count_availability(peer, now, true);
+    }
+
+    /// The peer completed `piece`. A piece outside the blob is a lie: ban.
+    pub fn handle_have(&mut self, peer: PeerId, piece: u32, now: Instant) {
+        if piece >= self.geometry.n_pieces() {
+            self.ban(peer, now);
+            return;
+        }
+        let banned = self.is_banned(peer, now);
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        if state.have.set(piece.into()) && !banned && state.role == PeerRole::Peer {
+            self.availability[piece as usize] += 1;
+        }
+    }
+
+    /// The peer holds nothing of the blob (any more).
+    pub fn handle_dont_have(&mut self, peer: PeerId, now: Instant) {
+        if self.peers.contains_key(&peer) {
+            self.handle_bitfield(peer, Bitfield::new(self.done.len()), now);
+        }
+    }
+
+    /// The connection to the peer is gone; its requests are void (no cancel is emitted).
+    pub fn handle_peer_left(&mut self, peer: PeerId, now: Instant) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        self.count_availability(peer, now, false);
+        self.peers.remove(&peer);
+        self.drop_requests_of(peer, false);
+    }
+
+    /// The transport measured this round-trip time to the peer.
+    pub fn handle_rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.rtt = rtt;
+        }
+    }
+
+    /// `piece` arrived whole and verified from `peer`. Cancels any duplicates.
+    pub fn handle_piece_received(&mut self, peer: PeerId, piece: u32, now: Instant) {
+        let since = self.take_request(peer, piece);
+        let piece_len = self.geometry.piece_len(piece) as f64;
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.pieces_received += 1;
+            if let Some(since) = since {
+                let start = state.last_delivery.map_or(since, |last| last.max(since));
+                let secs = now.saturating_duration_since(start).as_secs_f64().max(1e-4);
+                let sample = piece_len / secs;
+                state.rate = Some(match state.rate {
+                    None => sample,
+                    Some(rate) => rate + RATE_EWMA_WEIGHT * (sample - rate),
+                });
+            }
+            state.last_delivery = Some(now);
+        }
+        if self.done.set(piece.into()) {
+            let others = self.inflight.remove(&piece).unwrap_or_default();
+            for other in others {
+                self.n_inflight -= 1;
+                if let Some(state) = self.peers.get_mut(&other.peer) {
+                    state.inflight -= 1;
+                }
+                self.cancels.push_back((other.peer, piece));
+            }
+        }
+    }
+
+    /// The request for `piece` to `peer` failed.
+    pub fn handle_piece_failed(
+        &mut self,
+        peer: PeerId,
+        piece: u32,
+        failure: Failure,
+        now: Instant,
+    ) {
+        self.take_request(peer, piece);
+        match failure {
+            Failure::Corrupt => {
+                *self.bad_responses.entry(peer).or_default() += 1;
+                self.ban(peer, now);
+            }
+            Failure::NotHeld => {
+                let banned = self.is_banned(peer, now);
+                let Some(state) = self.peers.get_mut(&peer) else { return };
+                if state.have.clear(piece.into()) && !banned && state.role == PeerRole::Peer {
+                    self.availability[piece as usize] -= 1;
+                }
+                state.refusals += 1;
+                if state.refusals >= self.config.max_refusals {
+                    self.ban(peer, now);
+                }
+            }
+            Failure::Busy => self.back_off(peer, now + self.config.busy_backoff),
+            Failure::Transport => self.back_off(peer, now + self.config.transport_backoff),
+        }
+    }
+
+    /// Expires bans and backoffs, and cancels requests older than the request timeout.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<PeerId> =
+            self.bans.iter().filter(|&(_, &until)| until <= now).map(|(&p, _)| p).collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            self.count_availability(peer, now, true);
+        }
+        for state in self.peers.values_mut() {
+            if state.backoff_until.is_some_and(|until| until <= now) {
+                state.backoff_until = None;
+            }
+        }
+        let timeout = self.config.request_timeout;
+        let stale: Vec<(u32, PeerId)> = self
+            .inflight
+            .iter()
+            .flat_map(|(&piece, list)| list.iter().map(move |r| (piece, *r)))
+            .filter(|(_, r)| r.since + timeout <= now)
+            .map(|(piece, r)| (piece, r.peer))
+            .collect();
+        for (piece, peer) in stale {
+            self.take_request(peer, piece);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                // A peer that sat on a request is slow, whatever it measured before.
+                state.rate = state.rate.map(|rate| rate / 2.0);
+            }
+            self.cancels.push_back((peer, piece));
+        }
+    }
+
+    /// The earliest time [`Scheduler::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let requests =
+            self.inflight.values().flatten().map(|r| r.since + self.config.request_timeout);
+        let bans = self.bans.values().copied();
+        let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
+        requests.chain(bans).chain(backoffs).min()
+    }
+
+    /// The next thing to do, or `None` until an event changes something.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action> {
+        if let Some((peer, piece)) = self.cancels.pop_front() {
+            return Some(Action::Cancel { peer, piece });
+        }
+        if self.is_complete() || self.n_inflight >= self.config.max_inflight {
+            return None;
+        }
+        let order = self.peer_order(now);
+        for &peer in &order {
+            if let Some(piece) = self.pick_new(peer) {
+                return Some(self.request(peer, piece, now));
+            }
+        }
+        let all_requested = (0..self.geometry.n_pieces())
+            .all(|p| self.done.get(p.into()) || self.inflight.contains_key(&p));
+        if all_requested {
+            for &peer in &order {
+                if let Some(piece) = self.pick_duplicate(peer) {
+                    return Some(self.request(peer, piece, now));
+                }
+            }
+        }
+        None
+    }
+
+    /// Usable peers with pipeline room, in preference order.
+    fn peer_order(&self, now: Instant) -> Vec<PeerId> {
+        let mut order: Vec<(bool, f64, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|&(&id, peer)| {
+                !self.is_banned(id, now)
+                    && peer.backoff_until.is_none_or(|until| until <= now)
+                    && peer.inflight < self.depth(peer)
+                    && peer.have.count() > 0
+            })
+            // Unmeasured peers sort first (as infinitely fast) so that they get tried.
+            .map(|(&id, peer)| {
+                (peer.role == PeerRole::Origin, -peer.rate.unwrap_or(f64::INFINITY), id)
+            })
+            .collect();
+        order.sort_by(|a, b| a.partial_cmp(b).expect("rates are not NaN"));
+        order.into_iter().map(|(_, _, id)| id).collect()
+    }
+
+    fn depth(&self, peer: &Peer) -> u32 {
+        if peer.role == PeerRole::Origin {
+            return self.config.origin_max_inflight;
+        }
+        let Some(rate) = peer.rate else { return self.config.pipeline_min };
+        let bdp_pieces = rate * peer.rtt.as_secs_f64() / self.geometry.piece_bytes() as f64;
+        let depth = bdp_pieces.ceil().min(f64::from(self.config.pipeline_max)) as u32 + 1;
+        depth.clamp(self.config.pipeline_min, self.config.pipeline_max)
+    }
+
+    /// A piece nobody has been asked for that `peer` holds: random at first, then rarest.
+    fn pick_new(&mut self, peer: PeerId) -> Option<u32> {
+        let state = &self.peers[&peer];
+        let origin = state.role == PeerRole::Origin;
+        let random = self.done.count() < u64::from(self.config.random_first_pieces);
+        let mut best: Option<(u32, u32)> = None; // (availability, piece)
+        let mut ties = 0u64;
+        for piece in 0..self.geometry.n_pieces() {
+            if self.done.get(piece.into())
+                || self.inflight.contains_key(&piece)
+                || !state.have.get(piece.into())
+            {
+                continue;
+            }
+            let availability = self.availability[piece as usize];
+            if origin && availability > 0 {
+                continue;
+            }
+            let key = if random { 0 } else { availability };
+            match best {
+                Some((best_key, _)) if key > best_key => {}
+                Some((best_key, _)) if key == best_key => {
+                    // Reservoir sampling among equals.
+                    ties += 1;
+                    if next_random(&mut self.rng).is_multiple_of(ties) {
+                        best = Some((key, piece));
+                    }
+                }
+                _ => {
+                    best = Some((key, piece));
+                    ties = 1;
+                }
+            }
+        }
+        best.map(|(_, piece)| piece)
+    }
+
+    /// An in-flight piece `peer` could duplicate in the endgame: the oldest request first.
+    fn pick_duplicate(&self, peer: PeerId) -> Option<u32> {
+        let state = &self.peers[&peer];
+        let origin = state.role == PeerRole::Origin;
+        self.inflight
+            .iter()
+            .filter(|&(&piece, list)| {
+                state.have.get(piece.into())
+                    && list.len() < self.config.endgame_duplicates as usize
+                    && list.iter().all(|r| r.peer != peer)
+                    && (!origin || self.availability[piece as usize] == 0)
+            })
+            .min_by_key(|(_, list)| list.iter().map(|r| r.since).min())
+            .map(|(&piece, _)| piece)
+    }
+
+    fn request(&mut self, peer: PeerId, piece: u32, now: Instant) -> Action {
+        self.inflight.entry(piece).or_default().push(Inflight { peer, since: now });
+        self.n_inflight += 1;
+        self.peers.get_mut(&peer).expect("present").inflight += 1;
+        Action::Request { peer, piece }
+    }
+
+    /// Forgets the request for `piece` to `peer`; returns when it was made, if it existed.
+    fn take_request(&mut self, peer: PeerId, piece: u32) -> Option<Instant> {
+        let list = self.inflight.get_mut(&piece)?;
+        let index = list.iter().position(|r| r.peer == peer)?;
+        let request = list.swap_remove(index);
+        if list.is_empty() {
+            self.inflight.remove(&piece);
+        }
+        self.n_inflight -= 1;
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.inflight -= 1;
+        }
+        Some(request.since)
+    }
+
+    fn drop_requests_of(&mut self, peer: PeerId, cancel: bool) {
+        let pieces: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, list)| list.iter().any(|r| r.peer == peer))
+            .map(|(&piece, _)| piece)
+            .collect();
+        for piece in pieces {
+            self.take_request(peer, piece);
+            if cancel {
+                self.cancels.push_back((peer, piece));
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, now: Instant) {
+        if !self.is_banned(peer, now) {
+            self.count_availability(peer, now, false);
+            *self.ban_count.entry(peer).or_default() += 1;
+        }
+        self.bans.insert(peer, now + self.config.ban_duration);
+        self.drop_requests_of(peer, true);
+    }
+
+    fn back_off(&mut self, peer: PeerId, until: Instant) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.backoff_until = Some(state.backoff_until.map_or(until, |u| u.max(until)));
+        }
+    }
+
+    /// Adds (`add`) or removes the peer's pieces from the availability counts, if it counts.
+    fn count_availability(&mut self, peer: PeerId, now: Instant, add: bool) {
+        if self.is_banned(peer, now) {
+            return;
+        }
+        let Some(state) = self.peers.get(&peer) else { return };
+        if state.role != PeerRole::Peer {
+            return;
+        }
+        for piece in state.have.ones() {
+            let count = &mut self.availability[piece as usize];
+            if add {
+                *count += 1;
+            } else {
+                *count -= 1;
+            }
+        }
+    }
+}
+
+/// xorshift64: deterministic, seeded tie-breaking. Not for anything secret.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,344 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use super::*;
+use crate::blob::MIN_PIECE_BYTES;
+
+fn peer(n: u16) -> PeerId {
+    PeerId(SocketAddr::from(([127, 0, 0, 1], n)))
+}
+
+fn bits(len: u32, ones: impl IntoIterator<Item = u32>) -> Bitfield {
+    let mut bits = Bitfield::new(len.into());
+    for i in ones {
+        bits.set(i.into());
+    }
+    bits
+}
+
+fn scheduler(n_pieces: u32, config: SchedulerConfig) -> Scheduler {
+    let geometry = Geometry::new(u64::from(n_pieces) * MIN_PIECE_BYTES).unwrap();
+    Scheduler::new(config, geometry, &Bitfield::new(n_pieces.into()))
+}
+
+fn join(s: &mut Scheduler, p: PeerId, role: PeerRole, have: Bitfield, now: Instant) {
+    s.handle_peer_joined(p, role, now);
+    s.handle_bitfield(p, have, now);
+}
+
+fn drain(s: &mut Scheduler, now: Instant) -> Vec<Action> {
+    std::iter::from_fn(|| s.poll_action(now)).collect()
+}
+
+fn requests_to(actions: &[Action], to: PeerId) -> Vec<u32> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Request { peer, piece } if peer == to => Some(piece),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rarest_pieces_are_asked_first() {
+    let now = Instant::now();
+    let config = SchedulerConfig { random_first_pieces: 0, ..SchedulerConfig::recommended(7) };
+    let mut s = scheduler(16, config);
+    let (a, b, c) = (peer(1), peer(2), peer(3));
+    join(&mut s, a, PeerRole::Peer, bits(16, 0..16), now); // 8..16 only here: rarest
+    join(&mut s, b, PeerRole::Peer, bits(16, 0..8), now); // 4..8 on two peers
+    join(&mut s, c, PeerRole::Peer, bits(16, 0..4), now); // 0..4 on three
+    let actions = drain(&mut s, now);
+    assert!(requests_to(&actions, a).iter().all(|p| (8..16).contains(p)), "{actions:?}");
+    assert!(requests_to(&actions, b).iter().all(|p| (4..8).contains(p)), "{actions:?}");
+    assert!(requests_to(&actions, c).iter().all(|p| (0..4).contains(p)), "{actions:?}");
+    assert_eq!(actions.len(), 3 * PIPELINE_MIN as usize);
+}
+
+#[test]
+fn the_first_piece_is_random() {
+    let now = Instant::now();
+    let firsts: BTreeSet<u32> = (1..40)
+        .map(|seed| {
+            let mut s = scheduler(64, SchedulerConfig::recommended(seed));
+            join(&mut s, peer(1), PeerRole::Peer, bits(64, 0..64), now);
+            match s.poll_action(now) {
+                Some(Action::Request { piece, .. }) => piece,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert!(firsts.len() > 10, "first pieces {firsts:?}");
+}
+
+#[test]
+fn the_origin_serves_only_what_no_peer_has_and_a_bounded_number_at_once() {
+    let now = Instant::now();
+    let mut s = scheduler(8, SchedulerConfig::recommended(1));
+    let (origin, partial) = (peer(1), peer(2));
+    join(&mut s, origin, PeerRole::Origin, bits(8, 0..8), now);
+    join(&mut s, partial, PeerRole::Peer, bits(8, 0..4), now);
+    let first = drain(&mut s, now);
+    assert_eq!(requests_to(&first, origin).len(), ORIGIN_MAX_INFLIGHT as usize);
+    assert_eq!(requests_to(&first, partial).len(), PIPELINE_MIN as usize);
+
+    // Serve every request at once until done; the origin only ever gets pieces 4..8.
+    let mut origin_pieces = Vec::new();
+    let mut pending = first;
+    while !s.is_complete() {
+        assert!(!pending.is_empty(), "stuck");
+        for action in pending.drain(..) {
+            if let Action::Request { peer, piece } = action {
+                if peer == origin {
+                    origin_pieces.push(piece);
+                }
+                s.handle_piece_received(peer, piece, now);
+            }
+        }
+        pending = drain(&mut s, now);
+    }
+    origin_pieces.sort();
+    assert_eq!(origin_pieces, vec![4, 5, 6, 7]);
+}
+
+#[test]
+fn a_peer_re_announced_as_origin_stops_counting_as_a_source() {
+    let now = Instant::now();
+    let mut s = scheduler(4, SchedulerConfig::recommended(1));
+    let (a, b) = (peer(1), peer(2));
+    join(&mut s, a, PeerRole::Peer, bits(4, 0..4), now);
+    join(&mut s, b, PeerRole::Origin, bits(4, 0..4), now);
+    s.handle_peer_joined(a, PeerRole::Origin, now);
+    // Both are origins now, so nobody else holds anything and both may be asked.
+    let actions = drain(&mut s, now);
+    assert_eq!(requests_to(&actions, a).len(), ORIGIN_MAX_INFLIGHT as usize);
+    assert_eq!(requests_to(&actions, b).len(), ORIGIN_MAX_INFLIGHT as usize);
+    s.handle_peer_left(a, now);
+    s.handle_peer_left(b, now); // the counts return to zero without underflow
+}
+
+#[test]
+fn endgame_duplicates_the_last_pieces_and_cancels_the_slower_copy() {
+    let now = Instant::now();
+    let mut s = scheduler(2, SchedulerConfig::recommended(1));
+    let (a, b) = (peer(1), peer(2));
+    join(&mut s, a, PeerRole::Peer, bits(2, 0..2), now);
+    let normal = drain(&mut s, now);
+    assert_eq!(requests_to(&normal, a).len(), 2);
+    join(&mut s, b, PeerRole::Peer, bits(2, 0..2), now);
+    let endgame = drain(&mut s, now);
+    let mut dup = requests_to(&endgame, b);
+    dup.sort();
+    assert_eq!(dup, vec![0, 1], "every in-flight piece gets a second request");
+    assert_eq!(s.inflight(), 4);
+
+    s.handle_piece_received(b, 1, now);
+    assert_eq!(drain(&mut s, now), vec![Action::Cancel { peer: a, piece: 1 }]);
+    s.handle_piece_received(a, 0, now);
+    assert_eq!(drain(&mut s, now), vec![Action::Cancel { peer: b, piece: 0 }]);
+    assert!(s.is_complete());
+    assert_eq!(s.inflight(), 0);
+}
+
+#[test]
+fn one_bad_response_bans_the_peer_until_expiry_and_its_pieces_go_elsewhere() {
+    let now = Instant::now();
+    let mut s = scheduler(8, SchedulerConfig::recommended(3));
+    let (good, bad) = (peer(1), peer(2));
+    join(&mut s, good, PeerRole::Peer, bits(8, 0..8), now);
+    join(&mut s, bad, PeerRole::Peer, bits(8, 0..8), now);
+    let actions = drain(&mut s, now);
+    let bad_pieces = requests_to(&actions, bad);
+    assert_eq!(bad_pieces.len(), 2);
+
+    s.handle_piece_failed(bad, bad_pieces[0], Failure::Corrupt, now);
+    assert!(s.is_banned(bad, now));
+    assert_eq!(s.banned_peers(), vec![(bad, 1)]);
+    let after = drain(&mut s, now);
+    assert_eq!(after, vec![Action::Cancel { peer: bad, piece: bad_pieces[1] }]);
+    // The banned peer gets nothing more; the good one takes its pieces as it frees up.
+    let mut served = BTreeSet::new();
+    let mut requests = requests_to(&actions, good);
+    while !s.is_complete() {
+        assert!(!requests.is_empty());
+        for piece in requests {
+            s.handle_piece_received(good, piece, now);
+            served.insert(piece);
+        }
+        let actions = drain(&mut s, now);
+        assert!(requests_to(&actions, bad).is_empty());
+        requests = requests_to(&actions, good);
+    }
+    assert!(bad_pieces.iter().all(|p| served.contains(p)));
+
+    let later = now + BAN_DURATION;
+    assert_eq!(s.poll_timeout(), Some(later));
+    s.handle_timeout(later);
+    assert!(!s.is_banned(bad, later));
+    assert_eq!(s.peer_stats(bad, later).unwrap().bad_responses, 1);
+}
+
+#[test]
+fn refusing_advertised_pieces_is_a_lying_bitfield_and_bans() {
+    let now = Instant::now();
+    let config = SchedulerConfig { pipeline_min: 1, ..SchedulerConfig::recommended(5) };
+    let mut s = scheduler(8, config);
+    let liar = peer(9);
+    join(&mut s, liar, PeerRole::Peer, bits(8, 0..8), now);
+    for refusal in 1..=MAX_REFUSALS {
+        let [Action::Request { piece, .. }] = drain(&mut s, now)[..] else { panic!() };
+        s.handle_piece_failed(liar, piece, Failure::NotHeld, now);
+        assert_eq!(s.is_banned(liar, now), refusal == MAX_REFUSALS);
+        assert_eq!(s.peer_stats(liar, now).unwrap().pieces_held, u64::from(8 - refusal));
+    }
+    assert!(drain(&mut s, now).is_empty());
+    assert!(!s.can_progress(now));
+}
+
+#[test]
+fn busy_peers_back_off_and_stale_requests_time_out() {
+    let now = Instant::now();
+    let config = SchedulerConfig { pipeline_min: 1, ..SchedulerConfig::recommended(5) };
+    let mut s = scheduler(4, config);
+    let (a, b) = (peer(1), peer(2));
+    join(&mut s, a, PeerRole::Peer, bits(4, 0..4), now);
+    let [Action::Request { piece, .. }] = drain(&mut s, now)[..] else { panic!() };
+    s.handle_piece_failed(a, piece, Failure::Busy, now);
+    assert!(drain(&mut s, now).is_empty(), "backing off");
+    let later = now + BUSY_BACKOFF;
+    assert_eq!(s.poll_timeout(), Some(later));
+    s.handle_timeout(later);
+    let [Action::Request { piece, .. }] = drain(&mut s, later)[..] else { panic!() };
+
+    // The request is never answered: it times out and moves to a newcomer.
+    join(&mut s, b, PeerRole::Peer, bits(4, [piece]), later);
+    let timeout = later + REQUEST_TIMEOUT;
+    s.handle_timeout(timeout);
+    let actions = drain(&mut s, timeout);
+    assert_eq!(actions[0], Action::Cancel { peer: a, piece });
+    assert!(actions.contains(&Action::Request { peer: b, piece }), "{actions:?}");
+}
+
+#[test]
+fn peers_that_leave_free_their_requests_and_newcomers_get_work() {
+    let now = Instant::now();
+    let mut s = scheduler(8, SchedulerConfig::recommended(2));
+    let (a, b) = (peer(1), peer(2));
+    join(&mut s, a, PeerRole::Peer, bits(8, 0..8), now);
+    assert_eq!(drain(&mut s, now).len(), PIPELINE_MIN as usize);
+    s.handle_peer_left(a, now);
+    assert_eq!(s.inflight(), 0);
+    assert!(drain(&mut s, now).is_empty());
+    join(&mut s, b, PeerRole::Peer, bits(8, 0..8), now);
+    assert_eq!(requests_to(&drain(&mut s, now), b).len(), PIPELINE_MIN as usize);
+}
+
+#[test]
+fn the_pipeline_covers_bandwidth_times_delay() {
+    let start = Instant::now();
+    let config = SchedulerConfig { random_first_pieces: 0, ..SchedulerConfig::recommended(2) };
+    let mut s = scheduler(64, config);
+    let a = peer(1);
+    join(&mut s, a, PeerRole::Peer, bits(64, 0..64), start);
+    s.handle_rtt(a, Duration::from_millis(20));
+    // Deliver a few pieces at 64 MiB/s: 256 KiB every 3.9 ms.
+    let mut now = start;
+    for _ in 0..4 {
+        for action in drain(&mut s, now) {
+            if let Action::Request { piece, .. } = action {
+                now += Duration::from_micros(3906);
+                s.handle_piece_received(a, piece, now);
+            }
+        }
+    }
+    drain(&mut s, now);
+    // 64 MiB/s × 20 ms = 1.28 MB = 5.12 pieces, rounded up, plus one.
+    assert_eq!(s.peer_stats(a, now).unwrap().inflight, 7);
+}
+
+/// A simulated download under simulated time: peers of different speeds, one corrupting
+/// peer, one that leaves midway, one that joins late. Checks the invariants on every step.
+#[test]
+fn simulated_swarms_complete_and_never_ask_banned_peers() {
+    for seed in 1..20 {
+        simulate(seed);
+    }
+}
+
+fn simulate(seed: u64) {
+    let n_pieces = 40;
+    let start = Instant::now();
+    let mut s = scheduler(n_pieces, SchedulerConfig::recommended(seed));
+    let piece_time = |rate_mib: u64| Duration::from_micros(256 * 1_000_000 / (rate_mib * 1024));
+    // peer -> (time per piece, corrupt)
+    let mut peers: BTreeMap<PeerId, (Duration, bool)> = BTreeMap::new();
+    peers.insert(peer(1), (piece_time(4), false));
+    peers.insert(peer(2), (piece_time(1), false));
+    peers.insert(peer(3), (piece_time(8), true));
+    peers.insert(peer(4), (piece_time(4), false)); // leaves at 100 ms
+    let origin = peer(5);
+    peers.insert(origin, (piece_time(4), false));
+    for (&p, _) in peers.iter() {
+        let role = if p == origin { PeerRole::Origin } else { PeerRole::Peer };
+        let have = if p == peer(2) { bits(n_pieces, 0..20) } else { bits(n_pieces, 0..n_pieces) };
+        join(&mut s, p, role, have, start);
+    }
+    // Completion events: (time, peer, piece).
+    let mut events: BTreeSet<(Instant, PeerId, u32)> = BTreeSet::new();
+    let mut busy_until: BTreeMap<PeerId, Instant> = BTreeMap::new();
+    let mut now = start;
+    let mut late_joined = false;
+    let mut left = false;
+    for _step in 0..10_000 {
+        if s.is_complete() {
+            break;
+        }
+        while let Some(action) = s.poll_action(now) {
+            match action {
+                Action::Request { peer: p, piece } => {
+                    assert!(!s.is_banned(p, now), "seed {seed}: asked banned {p}");
+                    assert!(s.inflight() <= MAX_INFLIGHT_PIECES);
+                    let (per_piece, _) = peers[&p];
+                    let begin = busy_until.get(&p).copied().unwrap_or(now).max(now);
+                    busy_until.insert(p, begin + per_piece);
+                    events.insert((begin + per_piece, p, piece));
+                }
+                Action::Cancel { peer: p, piece } => {
+                    events.retain(|&(_, ep, epiece)| !(ep == p && epiece == piece));
+                }
+            }
+        }
+        if !left && now >= start + Duration::from_millis(100) {
+            left = true;
+            events.retain(|&(_, ep, _)| ep != peer(4));
+            s.handle_peer_left(peer(4), now);
+        }
+        if !late_joined && now >= start + Duration::from_millis(300) {
+            late_joined = true;
+            peers.insert(peer(6), (piece_time(16), false));
+            join(&mut s, peer(6), PeerRole::Peer, bits(n_pieces, 0..n_pieces), now);
+            continue;
+        }
+        let next_event = events.first().map(|e| e.0);
+        let next = [next_event, s.poll_timeout()].into_iter().flatten().min();
+        let Some(next) = next else { panic!("seed {seed}: stalled") };
+        now = now.max(next);
+        s.handle_timeout(now);
+        while let Some(&(at, p, piece)) = events.first() {
+            if at > now {
+                break;
+            }
+            events.pop_first();
+            if peers[&p].1 {
+                s.handle_piece_failed(p, piece, Failure::Corrupt, now);
+            } else {
+                s.handle_piece_received(p, piece, now);
+            }
+        }
+    }
+    assert!(s.is_complete(), "seed {seed}: {} of {n_pieces}", s.pieces_done());
+    let banned = s.banned_peers();
+    assert_eq!(banned, vec![(peer(3), 1)], "seed {seed}");
+    assert!(s.peer_stats(peer(3), now).unwrap().bad_responses <= PIPELINE_MIN);
+}
