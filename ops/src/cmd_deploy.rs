@@ -62,11 +62,15 @@ pub async fn deploy(
     stage: &str,
     build: &str,
     description: Option<String>,
+    force: bool,
 ) -> anyhow::Result<()> {
     let (e, st) = split_stage(stage)?;
     let mut path = format!("/v1/envs/{e}/{st}/deploys?buildId={build}");
     if let Some(d) = description {
         path.push_str(&format!("&description={}", urlencode(&d)));
+    }
+    if force {
+        path.push_str("&force=true");
     }
     let d: Option<Value> = client.post(&path, &Value::Null).await?;
     let d = d.unwrap_or_default();

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 mod cmd_bench;
 mod cmd_deploy;
+mod cmd_promote;
 
 #[derive(Parser)]
 #[command(version, about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)")]
@@ -62,7 +63,13 @@ enum Cmd {
         build: String,
         #[arg(long)]
         description: Option<String>,
+        /// Deploy even a build tagged BAD_BUILD.
+        #[arg(long)]
+        force: bool,
     },
+    /// Show or change a stage's auto-promotion: from which stage (or BUILD), delay, queue,
+    /// schedule, fail and disable policies.
+    PromoteConfig(cmd_promote::PromoteConfigArgs),
     /// The stage's current deploy; with -w, follow it: exit 0 on success, 1 on FAILING or
     /// ABORTED, 3 on timeout.
     Status {
@@ -240,6 +247,20 @@ enum BuildCmd {
     Get { id: String },
     /// Delete a build no deploy references.
     Delete { id: String },
+    /// Tag a build: BAD_BUILD (never auto-promoted; later builds of its branch too, until a
+    /// newer tag), GOOD_BUILD or CERTIFIED_BUILD.
+    Tag {
+        id: String,
+        #[arg(long)]
+        value: String,
+        /// Why (stored as the tag's comments).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The tag in effect for a build, and the tags placed on it.
+    Tags { id: String },
+    /// Delete a tag.
+    Untag { tag: String },
 }
 
 pub(crate) fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
@@ -300,9 +321,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Env(c) => env(&client, out, c).await?,
         Cmd::Build(c) => build(&client, out, c).await?,
         Cmd::Bench(c) => cmd_bench::run(c).await?,
-        Cmd::Deploy { stage, build, description } => {
-            cmd_deploy::deploy(&client, out, &stage, &build, description).await?
+        Cmd::Deploy { stage, build, description, force } => {
+            cmd_deploy::deploy(&client, out, &stage, &build, description, force).await?
         }
+        Cmd::PromoteConfig(a) => cmd_promote::promote_config(&client, out, a).await?,
         Cmd::Status { stage, watch, timeout } => {
             return cmd_deploy::status(&client, out, &stage, watch, Duration::from_secs(timeout))
                 .await;
@@ -618,6 +640,11 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
             client.delete(&format!("/v1/builds/{id}")).await?;
             println!("deleted build {id}");
         }
+        BuildCmd::Tag { id, value, reason } => {
+            cmd_promote::tag(client, out, &id, &value, reason).await?
+        }
+        BuildCmd::Tags { id } => cmd_promote::tags(client, out, &id).await?,
+        BuildCmd::Untag { tag } => cmd_promote::untag(client, &tag).await?,
     }
     Ok(())
 }

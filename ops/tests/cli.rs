@@ -154,6 +154,58 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1"]);
     assert_eq!(code, 0, "{err}");
 
+    // Promote config (show, set, bad input) and build tags.
+    let (code, out, err) = tt(&addr, &["env", "create", "svc/prod"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = tt(&addr, &["promote-config", "svc/prod", "-o", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["type"], "MANUAL");
+    let set = [
+        "promote-config",
+        "svc/prod",
+        "--type",
+        "auto",
+        "--from",
+        "canary",
+        "--delay-minutes",
+        "10",
+        "--fail-policy",
+        "rollback",
+        "--schedule",
+        "0 10 * * 1-5",
+        "-o",
+        "json",
+    ];
+    let (code, out, err) = tt(&addr, &set);
+    assert_eq!(code, 0, "{err}");
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&p["type"], &p["predStage"], &p["delay"]),
+        (&"AUTO".into(), &"canary".into(), &10.into())
+    );
+    assert_eq!(p["failPolicy"], "ROLLBACK");
+    let (code, out, _) = tt(&addr, &["promote-config", "svc/prod"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 10 * * 1-5") && out.contains("ROLLBACK"), "{out}");
+    let (code, _, err) = tt(&addr, &["promote-config", "svc/prod", "--queue", "11"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("queueSize"), "{err}");
+    let (code, out, err) = tt(
+        &addr,
+        &["build", "tag", &build_id, "--value", "BAD_BUILD", "--reason", "leaks", "-o", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&t["value"], &t["comments"]), (&"BAD_BUILD".into(), &"leaks".into()));
+    let (code, out, _) = tt(&addr, &["build", "tags", &build_id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("in effect: BAD_BUILD") && out.contains("leaks"), "{out}");
+    let (code, _, err) = tt(&addr, &["deploy", "svc/canary", "--build", &build_id]);
+    assert_eq!(code, 1, "a BAD build needs --force");
+    assert!(err.contains("BAD_BUILD") && err.contains("force"), "{err}");
+    let (code, _, err) = tt(&addr, &["build", "untag", t["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
     // Ctrl-C stops every node.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
