@@ -1,0 +1,5 @@
+//! The chaos suite: real coordinator and agent processes, faults injected on schedule, and
+//! checkers that judge the recorded history.
+//!
+//! - `proxy`: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one.
+pub mod proxy;
