@@ -343,11 +343,7 @@ async fn deploy_action(
                     Some(id) => applied.state.deploy(&DeployId::new(id.clone())).cloned(),
                     // Quirk fixed: without a target, the newest SUCCEEDED deploy of the stage is
                     // used *and* becomes the alias (Teletraan dropped the alias here).
-                    None => e
-                        .id
-                        .as_ref()
-                        .and_then(|id| applied.state.rollback_target(id))
-                        .cloned(),
+                    None => e.id.as_ref().and_then(|id| applied.state.rollback_target(id)).cloned(),
                 }
             };
             let target =
