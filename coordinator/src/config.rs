@@ -68,6 +68,10 @@ pub struct Config {
     /// Largest build artifact `POST /v1/blobs` accepts, in bytes.
     #[serde(default = "default_max_blob")]
     pub max_blob_bytes: u64,
+    /// Rows of a host silent this long that hold no parallelism slot become UNREACHABLE
+    /// (Teletraan's agent janitor: 150 s). Slot holders are governed by `lease_ttl_ms`.
+    #[serde(default = "default_host_stale")]
+    pub host_stale_ms: u64,
 }
 
 /// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
@@ -77,6 +81,13 @@ pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
 
 fn default_max_blob() -> u64 {
     DEFAULT_MAX_BLOB_BYTES
+}
+
+/// Default host stale threshold (Teletraan's agent janitor).
+pub const DEFAULT_HOST_STALE_MS: u64 = 150_000;
+
+fn default_host_stale() -> u64 {
+    DEFAULT_HOST_STALE_MS
 }
 
 fn default_lease_ttl() -> u64 {
@@ -198,6 +209,8 @@ pub struct Overrides {
     pub lease_ttl_ms: Option<u64>,
     #[arg(long, env = "TT_MAX_BLOB_BYTES")]
     pub max_blob_bytes: Option<u64>,
+    #[arg(long, env = "TT_HOST_STALE_MS")]
+    pub host_stale_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,6 +235,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     lease_ttl_ms: Option<u64>,
     max_blob_bytes: Option<u64>,
+    host_stale_ms: Option<u64>,
 }
 
 impl Config {
@@ -293,6 +307,7 @@ impl Config {
                 .max_blob_bytes
                 .or(file.max_blob_bytes)
                 .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
+            host_stale_ms: o.host_stale_ms.or(file.host_stale_ms).unwrap_or(DEFAULT_HOST_STALE_MS),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -136,9 +136,10 @@ pub async fn run(
         http,
         max_body_bytes: cfg.max_body_bytes,
         ids: ids::IdGen,
-        liveness: crate::api::deploys::Liveness::new(std::time::Duration::from_millis(
-            cfg.lease_ttl_ms,
-        )),
+        liveness: crate::api::deploys::Liveness::new(
+            std::time::Duration::from_millis(cfg.lease_ttl_ms),
+            std::time::Duration::from_millis(cfg.host_stale_ms),
+        ),
         feed,
         agent_token: cfg.agent_token.clone(),
         blobs: Arc::new(

@@ -220,3 +220,58 @@ async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
     assert!(overlap <= LIMIT, "{overlap} hosts ran deploy steps at once; limit {LIMIT}");
     fleet.stop().await;
 }
+
+/// Hosts silent past the stale threshold that hold no slot are shown UNREACHABLE (Teletraan's
+/// agent janitor), and are themselves again when they return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_serving_hosts_turn_unreachable_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_HOST_STALE_MS", "1000")])).unwrap();
+    let leader = cluster.wait_leader(&cluster.ids(), LEADER_WAIT).await.unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    let builds = stage_with_two_builds(&c, &base, 1).await;
+    let fleet = Fleet::start(FleetSpec {
+        hosts: 3,
+        prefix: "host-".into(),
+        groups: vec!["fleet".into()],
+        coordinators: vec![base.clone()],
+        hook: Duration::from_millis(10),
+        idle_ping: Duration::from_millis(100),
+        long_poll: None,
+    });
+    let d1 = start_deploy(&c, &base, &builds[0]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.serving(&d1) < 3 {
+        assert!(Instant::now() < deadline, "first deploy stalled at {}", fleet.serving(&d1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state_of = |agents: &[Value], host: &str| {
+        agents.iter().find(|a| a["hostName"] == host).map(|a| a["state"].clone())
+    };
+    fleet.cut_off(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents: Vec<Value> = get_json(&c, format!("{base}/v1/envs/svc/prod/agents")).await;
+        if state_of(&agents, "host-0") == Some(Value::from("UNREACHABLE")) {
+            for h in ["host-1", "host-2"] {
+                assert_eq!(state_of(&agents, h), Some(Value::from("NORMAL")), "{h} still pings");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-0 never turned UNREACHABLE: {agents:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.restore(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents: Vec<Value> = get_json(&c, format!("{base}/v1/envs/svc/prod/agents")).await;
+        if state_of(&agents, "host-0") == Some(Value::from("NORMAL")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host-0 did not recover: {agents:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.stop().await;
+}

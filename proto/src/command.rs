@@ -91,6 +91,11 @@ pub enum Op {
     PurgeDeploys { ids: Vec<DeployId> },
     /// Retention (build janitor): delete these builds, skipping any that a deploy references.
     PurgeBuilds { ids: Vec<BuildId> },
+    /// Liveness from the leader's memory, in one coalesced batch: when each host (by name) was
+    /// last heard from; and hosts silent past the stale threshold, whose rows that hold no
+    /// parallelism slot become UNREACHABLE (slot holders lose their slot only through
+    /// [`Op::ExpireLeases`], at the lease TTL).
+    RecordLiveness { seen: Vec<(String, i64)>, unreachable: Vec<String> },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -126,6 +131,7 @@ impl Op {
             Op::DeleteTag { .. } => "delete_tag",
             Op::PurgeDeploys { .. } => "purge_deploys",
             Op::PurgeBuilds { .. } => "purge_builds",
+            Op::RecordLiveness { .. } => "record_liveness",
         }
     }
 }

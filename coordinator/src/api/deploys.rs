@@ -89,7 +89,8 @@ pub async fn ping_core(
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        app.liveness.seen(&req.host_id);
+        let name = req.host_name.as_deref().filter(|h| !h.is_empty());
+        app.liveness.seen(&req.host_id, name.unwrap_or(req.host_id.as_str()));
         let now = crate::node::now_ms();
         // Plan, subscribe and (if it must wait for a slot) queue under one read lock: no apply
         // runs in between, and a change applied after it is announced to this ping.
@@ -519,17 +520,34 @@ pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// replicated: a new leader starts every holder with a full lease TTL from its election.
 pub struct Liveness {
     pub lease_ttl: Duration,
+    /// Rows of hosts silent this long (and holding no slot) become UNREACHABLE.
+    pub host_stale: Duration,
     seen: std::sync::Mutex<std::collections::HashMap<HostId, std::time::Instant>>,
+    /// By host name: last ping (monotonic, and wall-clock ms for replication).
+    seen_by_name: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, i64)>>,
     leader_since: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    last_replicated: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Liveness {
-    pub fn new(lease_ttl: Duration) -> Self {
-        Self { lease_ttl, seen: Default::default(), leader_since: Default::default() }
+    pub fn new(lease_ttl: Duration, host_stale: Duration) -> Self {
+        Self {
+            lease_ttl,
+            host_stale,
+            seen: Default::default(),
+            seen_by_name: Default::default(),
+            leader_since: Default::default(),
+            last_replicated: Default::default(),
+        }
     }
 
-    pub fn seen(&self, host: &HostId) {
-        self.seen.lock().expect("liveness lock").insert(host.clone(), std::time::Instant::now());
+    pub fn seen(&self, host: &HostId, name: &str) {
+        let now = std::time::Instant::now();
+        self.seen.lock().expect("liveness lock").insert(host.clone(), now);
+        self.seen_by_name
+            .lock()
+            .expect("liveness lock")
+            .insert(name.to_string(), (now, crate::node::now_ms()));
     }
 
     /// Whether `host`'s lease has expired, counting from its last ping or from the start of
@@ -572,13 +590,71 @@ pub async fn lease_loop(app: App) {
                 .map(|(k, _)| k.clone())
                 .collect()
         };
-        if keys.is_empty() {
-            continue;
+        if !keys.is_empty() {
+            tracing::info!(hosts = keys.len(), ttl = ?app.liveness.lease_ttl, "expiring parallelism leases of silent hosts");
+            if let Err(e) = propose(&app, Op::ExpireLeases { keys }).await {
+                tracing::warn!(error = %e.message, "lease expiry failed");
+            }
         }
-        tracing::info!(hosts = keys.len(), ttl = ?app.liveness.lease_ttl, "expiring parallelism leases of silent hosts");
-        if let Err(e) = propose(&app, Op::ExpireLeases { keys }).await {
-            tracing::warn!(error = %e.message, "lease expiry failed");
+        replicate_liveness(&app, since).await;
+    }
+}
+
+/// How often the leader replicates liveness and marks stale hosts (more often when the stale
+/// threshold is under four times this).
+pub const LIVENESS_REPLICATE_INTERVAL: Duration = Duration::from_secs(10);
+/// A host's replicated last-seen is refreshed only when it moved by at least this much, which
+/// bounds the write volume of a large idle fleet.
+pub const LIVENESS_GRANULARITY_MS: i64 = 60_000;
+/// Most hosts one liveness batch carries (one Raft entry).
+pub const MAX_LIVENESS_BATCH: usize = 20_000;
+
+/// Replicates leader-memory liveness in one coalesced batch, and marks the slot-less rows of
+/// hosts silent past `host_stale` UNREACHABLE (counting from this leadership's start for hosts
+/// this leader never heard from: a new leader gives every host a full grace period).
+async fn replicate_liveness(app: &App, leader_since: std::time::Instant) {
+    {
+        let mut last = app.liveness.last_replicated.lock().expect("liveness lock");
+        let every = LIVENESS_REPLICATE_INTERVAL.min(app.liveness.host_stale / 4);
+        if last.is_some_and(|l| l.elapsed() < every) {
+            return;
         }
+        *last = Some(std::time::Instant::now());
+    }
+    let (seen, unreachable) = {
+        let memory = app.liveness.seen_by_name.lock().expect("liveness lock").clone();
+        let applied = app.applied.read().expect("applied lock poisoned");
+        let state = &applied.state;
+        let mut seen = Vec::new();
+        for (name, (_, wall)) in &memory {
+            let replicated = state.host(name).and_then(|h| h.last_seen_ms);
+            if state.host(name).is_some()
+                && replicated.is_none_or(|r| wall - r >= LIVENESS_GRANULARITY_MS)
+                && seen.len() < MAX_LIVENESS_BATCH
+            {
+                seen.push((name.clone(), *wall));
+            }
+        }
+        let mut unreachable = Vec::new();
+        for (name, _) in state.hosts_with_rows() {
+            let last = memory.get(name).map_or(leader_since, |(at, _)| (*at).max(leader_since));
+            if last.elapsed() > app.liveness.host_stale
+                && state.has_markable_rows(name)
+                && unreachable.len() < MAX_LIVENESS_BATCH
+            {
+                unreachable.push(name.clone());
+            }
+        }
+        (seen, unreachable)
+    };
+    if seen.is_empty() && unreachable.is_empty() {
+        return;
+    }
+    if !unreachable.is_empty() {
+        tracing::info!(hosts = unreachable.len(), stale = ?app.liveness.host_stale, "marking silent hosts UNREACHABLE");
+    }
+    if let Err(e) = propose(app, Op::RecordLiveness { seen, unreachable }).await {
+        tracing::warn!(error = %e.message, "replicating liveness failed");
     }
 }
 

@@ -36,6 +36,9 @@ pub struct HostRecord {
     pub ip: Option<String>,
     pub groups: BTreeSet<String>,
     pub agent_version: Option<String>,
+    /// When the host last pinged, as last replicated by the leader ([`Op::RecordLiveness`]);
+    /// the leader's memory is fresher.
+    pub last_seen_ms: Option<i64>,
 }
 
 /// Which hosts belong to a stage: by name and by group.
@@ -671,6 +674,67 @@ impl State {
         Ok(OpOutput::Done)
     }
 
+    /// Records replicated liveness, and marks the slot-less rows of stale hosts UNREACHABLE.
+    pub(super) fn record_liveness(
+        &mut self,
+        now: i64,
+        seen: &[(String, i64)],
+        unreachable: &[String],
+    ) -> OpResult {
+        for (host, at) in seen {
+            if let Some(rec) = self.hosts.get_mut(host)
+                && rec.last_seen_ms.is_none_or(|old| old < *at)
+            {
+                rec.last_seen_ms = Some(*at);
+                self.dirty.insert(Key::Host(host.clone()));
+            }
+        }
+        let mut touched = BTreeSet::new();
+        for host in unreachable {
+            let keys: Vec<(EnvId, HostId)> =
+                self.agents_by_host.get(host).into_iter().flatten().cloned().collect();
+            for key in keys {
+                let Some(row) = self.agents.get(&key) else { continue };
+                if contribution(row).active > 0
+                    || matches!(
+                        row.state,
+                        Some(AgentState::Unreachable | AgentState::Stop | AgentState::Delete)
+                    )
+                {
+                    continue;
+                }
+                let mut row = row.clone();
+                row.state = Some(AgentState::Unreachable);
+                row.last_update_date = Some(now);
+                self.put_agent(key.clone(), Some(row));
+                touched.insert(key.0);
+            }
+        }
+        for env in touched {
+            self.transition(now, &env);
+        }
+        Ok(OpOutput::Done)
+    }
+
+    /// Every host with agent rows, and its replicated last-seen.
+    pub fn hosts_with_rows(&self) -> impl Iterator<Item = (&String, Option<i64>)> {
+        self.agents_by_host.keys().map(|h| (h, self.hosts.get(h).and_then(|r| r.last_seen_ms)))
+    }
+
+    /// Whether any row of `host` could still be marked UNREACHABLE (holds no slot, is not
+    /// already UNREACHABLE, stopping or deleted).
+    pub fn has_markable_rows(&self, host: &str) -> bool {
+        self.agents_by_host.get(host).into_iter().flatten().any(|key| {
+            self.agents.get(key).is_some_and(|row| {
+                contribution(row).active == 0
+                    && !matches!(
+                        row.state,
+                        Some(AgentState::Unreachable | AgentState::Stop | AgentState::Delete)
+                    )
+            })
+        })
+    }
+
     // ----- the ping ----------------------------------------------------------------------------
 
     /// Applies a ping: plans it on the current state and performs the plan's writes.
@@ -710,6 +774,8 @@ impl State {
             ip: req.host_ip.clone(),
             groups: groups.clone(),
             agent_version: req.agent_version.clone(),
+            // Liveness is replicated in batches, never by a ping itself.
+            last_seen_ms: self.hosts.get(&host).and_then(|h| h.last_seen_ms),
         };
         if self.hosts.get(&host) != Some(&record) {
             plan.host = Some((host.clone(), record));

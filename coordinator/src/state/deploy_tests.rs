@@ -701,3 +701,47 @@ fn error_output_is_kept_per_host_and_stage_and_written_only_when_it_changes() {
     let kept = s.agent_error(&env_id(), "h0").unwrap();
     assert!(kept.len() <= super::deploy::MAX_AGENT_ERROR_BYTES && kept.starts_with('é'));
 }
+
+#[test]
+fn liveness_is_recorded_and_stale_hosts_without_a_slot_turn_unreachable() {
+    let mut s = stage(2, 1);
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    let (mut a0, mut a1) = (Agent::default(), Agent::default());
+    // First deploys bypass the limit: both hosts reach SERVING_BUILD.
+    for t in 2..40 {
+        a0.step(&mut s, t, "h0", AgentStatus::Succeeded);
+        a1.step(&mut s, t, "h1", AgentStatus::Succeeded);
+    }
+    let row = |s: &State, h: &str| s.agent(&env_id(), &HostId::new(h)).cloned().unwrap();
+    assert_eq!(row(&s, "h1").deploy_stage, Some(DeployStage::ServingBuild));
+
+    let seen = vec![("h0".to_string(), 1_000), ("nobody".to_string(), 5)];
+    s.apply(50, Op::RecordLiveness { seen, unreachable: vec![] }).unwrap();
+    assert_eq!(s.host("h0").unwrap().last_seen_ms, Some(1_000));
+    assert!(s.host("nobody").is_none(), "unknown hosts are not created");
+    let older = vec![("h0".to_string(), 900)];
+    s.apply(51, Op::RecordLiveness { seen: older, unreachable: vec![] }).unwrap();
+    assert_eq!(s.host("h0").unwrap().last_seen_ms, Some(1_000), "never goes back");
+    ping(&mut s, 52, "h0", a0.report.clone().into_iter().collect());
+    assert_eq!(s.host("h0").unwrap().last_seen_ms, Some(1_000), "a ping itself writes no liveness");
+
+    // A new deploy: h0 takes the only slot; then both hosts fall silent.
+    deploy(&mut s, 60, "d2", "b2").unwrap();
+    a0.step(&mut s, 61, "h0", AgentStatus::Succeeded);
+    a0.step(&mut s, 62, "h0", AgentStatus::Succeeded);
+    assert_eq!(row(&s, "h0").deploy_id, Some(DeployId::new("d2")));
+    let stale = vec!["h0".to_string(), "h1".to_string()];
+    assert!(s.has_markable_rows("h1") && !s.has_markable_rows("h0"));
+    s.apply(70, Op::RecordLiveness { seen: vec![], unreachable: stale }).unwrap();
+    assert_eq!(row(&s, "h1").state, Some(AgentState::Unreachable), "silent, no slot");
+    assert_ne!(
+        row(&s, "h0").state,
+        Some(AgentState::Unreachable),
+        "a slot holder loses its slot only through lease expiry"
+    );
+    assert!(!s.has_markable_rows("h1"), "marked once");
+
+    // h1 comes back still serving d1: it is a host again, waiting for its slot.
+    let resp = a1.step(&mut s, 80, "h1", AgentStatus::Succeeded);
+    assert_ne!(row(&s, "h1").state, Some(AgentState::Unreachable), "{resp:?}");
+}

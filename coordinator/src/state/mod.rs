@@ -168,6 +168,9 @@ impl State {
             Op::DeleteTag { tag_id } => self.delete_tag(&tag_id),
             Op::PurgeDeploys { ids } => self.purge_deploys(&ids),
             Op::PurgeBuilds { ids } => self.purge_builds(&ids),
+            Op::RecordLiveness { seen, unreachable } => {
+                self.record_liveness(now_ms, &seen, &unreachable)
+            }
         }
     }
 
