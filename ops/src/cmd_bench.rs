@@ -137,6 +137,7 @@ fn start_cluster(dir: PathBuf) -> anyhow::Result<DevCluster> {
         dir,
         base_http_port: None,
         base_raft_port: None,
+        advertise: None,
         coordinator_bin: find_coordinator_bin()?,
         env: vec![(
             "TT_LOG".into(),

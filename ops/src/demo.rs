@@ -88,6 +88,7 @@ impl Demo {
             dir: dir.join("cluster"),
             base_http_port: opts.http_port,
             base_raft_port: opts.raft_port,
+            advertise: None,
             coordinator_bin: find_coordinator_bin()?,
             env: vec![],
         })?;

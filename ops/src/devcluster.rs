@@ -29,6 +29,17 @@ pub struct Spec {
     pub coordinator_bin: PathBuf,
     /// Extra `TT_*` settings for every node (e.g. snapshot thresholds in tests).
     pub env: Vec<(String, String)>,
+    /// What the founding membership says node i (element i - 1) is reached at, instead of its
+    /// own addresses: e.g. fault proxies in front of it (the chaos suite). Peers dial the Raft
+    /// address; followers redirect agents to the leader's agent address. `None`: the nodes' own.
+    pub advertise: Option<Vec<Advertise>>,
+}
+
+/// Where peers and agents reach a node, when not at its own addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advertise {
+    pub raft: SocketAddr,
+    pub agent: SocketAddr,
 }
 
 /// One node of the cluster, as written to `cluster.json`.
@@ -172,9 +183,21 @@ impl DevCluster {
         for i in 1..=spec.nodes as u64 {
             nodes.push(prepare_node(&spec, &ca_dir, i)?);
         }
+        if let Some(adv) = &spec.advertise
+            && adv.len() != nodes.len()
+        {
+            bail!("{} advertised addresses for {} nodes", adv.len(), nodes.len());
+        }
         let members = nodes
             .iter()
-            .map(|n| format!("{}={},{},{}", n.id, n.http_addr, n.raft_addr, n.agent_addr))
+            .enumerate()
+            .map(|(i, n)| {
+                let (raft, agent) = match &spec.advertise {
+                    Some(adv) => (adv[i].raft, adv[i].agent),
+                    None => (n.raft_addr, n.agent_addr),
+                };
+                format!("{}={},{raft},{agent}", n.id, n.http_addr)
+            })
             .collect();
         let children = nodes.iter().map(|_| None).collect();
         let mut cluster = DevCluster { spec, nodes, children, members, standby: Vec::new() };

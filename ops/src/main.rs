@@ -368,6 +368,7 @@ async fn dev_cluster(
         dir: dir.clone(),
         base_http_port: Some(http_port),
         base_raft_port: Some(raft_port),
+        advertise: None,
         coordinator_bin: bin,
         env: vec![],
     })?;

@@ -58,6 +58,7 @@ async fn fleet(agents: usize, group: &str) -> Fleet {
         dir: dir.join("cluster"),
         base_http_port: None,
         base_raft_port: None,
+        advertise: None,
         coordinator_bin: find_coordinator_bin().unwrap(),
         env: vec![],
     })

@@ -18,6 +18,7 @@ pub fn spec(dir: PathBuf, nodes: usize, env: Vec<(&str, &str)>) -> Spec {
         dir,
         base_http_port: None,
         base_raft_port: None,
+        advertise: None,
         coordinator_bin: PathBuf::from(env!("CARGO_BIN_EXE_coordinator")),
         env: env.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }

@@ -83,6 +83,7 @@ pub async fn run_mode(
         dir: dir.join("cluster"),
         base_http_port: None,
         base_raft_port: None,
+        advertise: None,
         coordinator_bin: find_coordinator_bin()?,
         env: vec![("TT_LOG".into(), "warn".into())],
     })?;
