@@ -14,7 +14,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -76,9 +76,11 @@ pub struct LinkFaults {
     pub bandwidth_bytes_per_s: Option<u64>,
     /// Probability that one byte of a datagram is flipped.
     pub corrupt_rate: f64,
-    /// Drop every datagram from or to a client whose source port is in this set (how a
-    /// process's outgoing connections are cut: its ephemeral ports, see `procnet`).
-    pub blocked_client_ports: BTreeSet<u16>,
+    /// Drop datagrams from clients whose source port is in this set (how a process's outgoing
+    /// connections are cut: its ephemeral ports, see `procnet`).
+    pub drop_from_ports: BTreeSet<u16>,
+    /// Drop datagrams to clients whose source port is in this set (the answers to them).
+    pub drop_to_ports: BTreeSet<u16>,
 }
 
 impl LinkFaults {
@@ -106,7 +108,8 @@ impl LinkFaults {
             blackhole: self.blackhole,
             drop_to_upstream: self.drop_to_upstream,
             drop_to_client: self.drop_to_client,
-            blocked_client_ports: self.blocked_client_ports.clone(),
+            drop_from_ports: self.drop_from_ports.clone(),
+            drop_to_ports: self.drop_to_ports.clone(),
             ..LinkFaults::default()
         }
     }
@@ -117,7 +120,8 @@ impl LinkFaults {
             blackhole: false,
             drop_to_upstream: false,
             drop_to_client: false,
-            blocked_client_ports: BTreeSet::new(),
+            drop_from_ports: BTreeSet::new(),
+            drop_to_ports: BTreeSet::new(),
             ..self.clone()
         }
     }
@@ -132,6 +136,8 @@ pub enum DropReason {
     Random,
     Bandwidth,
     QueueFull,
+    /// The proxy does not know its upstream yet.
+    NoUpstream,
 }
 
 /// One delivery of a datagram.
@@ -207,7 +213,11 @@ impl Shaper {
         len: usize,
         now: Instant,
     ) -> Fate {
-        if faults.blocked_client_ports.contains(&client_port) {
+        let blocked = match dir {
+            Direction::ToUpstream => &faults.drop_from_ports,
+            Direction::ToClient => &faults.drop_to_ports,
+        };
+        if blocked.contains(&client_port) {
             return Fate::Dropped(DropReason::BlockedPort);
         }
         if faults.blackhole {
@@ -261,6 +271,9 @@ pub enum ProxyError {
     /// A fault setting is out of range; nothing was changed.
     #[error("bad link fault: {0}")]
     BadFault(String),
+    /// The proxy already forwards to another upstream.
+    #[error("the proxy already forwards to {0}")]
+    UpstreamSet(SocketAddr),
 }
 
 /// Counters of one proxy since it started.
@@ -274,6 +287,7 @@ pub struct ProxyStats {
     pub dropped_random: u64,
     pub dropped_bandwidth: u64,
     pub dropped_queue_full: u64,
+    pub dropped_no_upstream: u64,
     pub delayed: u64,
     pub reordered: u64,
     pub duplicated: u64,
@@ -289,6 +303,7 @@ impl ProxyStats {
             + self.dropped_random
             + self.dropped_bandwidth
             + self.dropped_queue_full
+            + self.dropped_no_upstream
     }
 
     /// Adds `other` into `self`.
@@ -301,6 +316,7 @@ impl ProxyStats {
         self.dropped_random += o.dropped_random;
         self.dropped_bandwidth += o.dropped_bandwidth;
         self.dropped_queue_full += o.dropped_queue_full;
+        self.dropped_no_upstream += o.dropped_no_upstream;
         self.delayed += o.delayed;
         self.reordered += o.reordered;
         self.duplicated += o.duplicated;
@@ -312,7 +328,7 @@ impl ProxyStats {
 struct Counters {
     to_upstream: AtomicU64,
     to_client: AtomicU64,
-    dropped: [AtomicU64; 6],
+    dropped: [AtomicU64; 7],
     delayed: AtomicU64,
     reordered: AtomicU64,
     duplicated: AtomicU64,
@@ -331,6 +347,7 @@ impl Counters {
             dropped_random: get(&self.dropped[DropReason::Random as usize]),
             dropped_bandwidth: get(&self.dropped[DropReason::Bandwidth as usize]),
             dropped_queue_full: get(&self.dropped[DropReason::QueueFull as usize]),
+            dropped_no_upstream: get(&self.dropped[DropReason::NoUpstream as usize]),
             delayed: get(&self.delayed),
             reordered: get(&self.reordered),
             duplicated: get(&self.duplicated),
@@ -382,7 +399,7 @@ struct Session {
 
 struct Shared {
     listener: Arc<UdpSocket>,
-    upstream: SocketAddr,
+    upstream: OnceLock<SocketAddr>,
     decider: Mutex<Decider>,
     counters: Counters,
     sessions: Mutex<HashMap<SocketAddr, Session>>,
@@ -405,6 +422,15 @@ impl Proxy {
         upstream: SocketAddr,
         seed: u64,
     ) -> Result<Proxy, ProxyError> {
+        let proxy = Proxy::bind(listen, seed).await?;
+        proxy.set_upstream(upstream)?;
+        Ok(proxy)
+    }
+
+    /// Binds `listen` without an upstream yet (datagrams are dropped until
+    /// [`Proxy::set_upstream`]): for a proxy whose address must be known before the process
+    /// behind it is started.
+    pub async fn bind(listen: SocketAddr, seed: u64) -> Result<Proxy, ProxyError> {
         let listener = UdpSocket::bind(listen)
             .await
             .map_err(|source| ProxyError::Bind { addr: listen, source })?;
@@ -413,7 +439,7 @@ impl Proxy {
         let (tx, rx) = mpsc::channel(DELAY_QUEUE_DATAGRAMS);
         let shared = Arc::new(Shared {
             listener: Arc::new(listener),
-            upstream,
+            upstream: OnceLock::new(),
             decider: Mutex::new(Decider {
                 faults: LinkFaults::default(),
                 shaper: Shaper::new(seed),
@@ -435,9 +461,19 @@ impl Proxy {
         self.listen
     }
 
-    /// The address datagrams are forwarded to.
-    pub fn upstream(&self) -> SocketAddr {
-        self.shared.upstream
+    /// The address datagrams are forwarded to, once set.
+    pub fn upstream(&self) -> Option<SocketAddr> {
+        self.shared.upstream.get().copied()
+    }
+
+    /// Sets the address datagrams are forwarded to (once; a second call with another address
+    /// is refused).
+    pub fn set_upstream(&self, upstream: SocketAddr) -> Result<(), ProxyError> {
+        let set = *self.shared.upstream.get_or_init(|| upstream);
+        if set != upstream {
+            return Err(ProxyError::UpstreamSet(set));
+        }
+        Ok(())
     }
 
     /// The faults in force.
@@ -540,6 +576,7 @@ impl Shared {
 
     /// The upstream socket of `client`, opened (with its reader) on first sight.
     async fn session(self: &Arc<Self>, client: SocketAddr) -> Option<Arc<UdpSocket>> {
+        let upstream = *self.upstream.get()?;
         {
             let mut sessions = self.sessions.lock().unwrap();
             if let Some(s) = sessions.get_mut(&client) {
@@ -547,12 +584,12 @@ impl Shared {
                 return Some(s.socket.clone());
             }
         }
-        let bind: SocketAddr = match self.upstream {
+        let bind: SocketAddr = match upstream {
             SocketAddr::V4(_) => ([127, 0, 0, 1], 0).into(),
             SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
         };
         let socket = UdpSocket::bind(bind).await.ok()?;
-        socket.connect(self.upstream).await.ok()?;
+        socket.connect(upstream).await.ok()?;
         let socket = Arc::new(socket);
         let reader = tokio::spawn(upstream_loop(self.clone(), client, socket.clone()));
         let mut sessions = self.sessions.lock().unwrap();
@@ -575,7 +612,11 @@ async fn accept_loop(shared: Arc<Shared>) {
             // ICMP port-unreachable errors surface here on Linux; they are not fatal.
             continue;
         };
-        let Some(socket) = shared.session(client).await else { continue };
+        let Some(socket) = shared.session(client).await else {
+            shared.counters.dropped[DropReason::NoUpstream as usize]
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
         let fate = shared.decide(Direction::ToUpstream, client, n);
         shared.dispatch(fate, &buf[..n], Direction::ToUpstream, Target::Upstream(socket)).await;
     }

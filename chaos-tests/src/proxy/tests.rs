@@ -85,10 +85,13 @@ fn cuts_drop_by_direction_and_port() {
     let f = LinkFaults { blackhole: true, ..LinkFaults::default() };
     assert_eq!(s.decide(&f, up, 1, 10, now), Fate::Dropped(DropReason::Blackhole));
     assert_eq!(s.decide(&f, down, 1, 10, now), Fate::Dropped(DropReason::Blackhole));
-    let f = LinkFaults { blocked_client_ports: [7].into(), ..LinkFaults::default() };
+    let f = LinkFaults { drop_from_ports: [7].into(), ..LinkFaults::default() };
     assert_eq!(s.decide(&f, up, 7, 10, now), Fate::Dropped(DropReason::BlockedPort));
-    assert_eq!(s.decide(&f, down, 7, 10, now), Fate::Dropped(DropReason::BlockedPort));
+    assert!(matches!(s.decide(&f, down, 7, 10, now), Fate::Deliver { .. }));
     assert!(matches!(s.decide(&f, up, 8, 10, now), Fate::Deliver { .. }));
+    let f = LinkFaults { drop_to_ports: [7].into(), ..LinkFaults::default() };
+    assert!(matches!(s.decide(&f, up, 7, 10, now), Fate::Deliver { .. }));
+    assert_eq!(s.decide(&f, down, 7, 10, now), Fate::Dropped(DropReason::BlockedPort));
 }
 
 #[test]
@@ -232,16 +235,22 @@ async fn blackhole_and_one_way_drops() {
 
 #[tokio::test]
 async fn blocked_client_ports_cut_only_that_client() {
-    let (_e, p, c1) = setup().await;
+    let (e, p, c1) = setup().await;
     let c2 = client().await;
     c2.connect(p.addr()).await.unwrap();
     let port = c1.local_addr().unwrap().port();
-    p.update(|f| f.blocked_client_ports = [port].into()).unwrap();
+    p.update(|f| f.drop_from_ports = [port].into()).unwrap();
     c1.send(b"a").await.unwrap();
     c2.send(b"b").await.unwrap();
     assert_eq!(recv(&c2, ARRIVES).await.unwrap(), b"b");
     assert_eq!(recv(&c1, SILENCE).await, None);
-    assert_eq!(p.stats().dropped_blocked_port, 1);
+    assert_eq!(e.received.load(Ordering::Relaxed), 1, "c1's datagram never left");
+    // Only the answers to c1 cut: the upstream hears it, c1 hears nothing.
+    p.set_faults(LinkFaults { drop_to_ports: [port].into(), ..LinkFaults::default() }).unwrap();
+    c1.send(b"c").await.unwrap();
+    assert_eq!(recv(&c1, SILENCE).await, None);
+    assert_eq!(e.received.load(Ordering::Relaxed), 2);
+    assert_eq!(p.stats().dropped_blocked_port, 2);
 }
 
 #[tokio::test]
@@ -296,4 +305,19 @@ async fn invalid_faults_leave_the_link_unchanged() {
     assert_eq!(p.faults(), LinkFaults::default());
     c.send(b"ok").await.unwrap();
     assert_eq!(recv(&c, ARRIVES).await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn a_proxy_bound_before_its_upstream_drops_until_told() {
+    let e = echo().await;
+    let p = Proxy::bind("127.0.0.1:0".parse().unwrap(), 1).await.unwrap();
+    let c = client().await;
+    c.connect(p.addr()).await.unwrap();
+    c.send(b"early").await.unwrap();
+    assert_eq!(recv(&c, SILENCE).await, None);
+    assert_eq!(p.stats().dropped_no_upstream, 1);
+    p.set_upstream(e.addr).unwrap();
+    assert!(p.set_upstream("127.0.0.1:9".parse().unwrap()).is_err(), "set once");
+    c.send(b"late").await.unwrap();
+    assert_eq!(recv(&c, ARRIVES).await.unwrap(), b"late");
 }

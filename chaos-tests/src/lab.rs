@@ -1,0 +1,476 @@
+//! The lab: a real three-node coordinator cluster and real `deploy-agent` processes on loopback
+//! with a fault proxy on every link, and the process and network faults a scenario injects.
+//!
+//! Links and their proxies:
+//! - coordinator ↔ coordinator: one proxy in front of each node's Raft port; the founding
+//!   membership names the proxies, so every peer's dial goes through them. A node's outgoing
+//!   datagrams reach the other nodes' proxies from its client endpoint's ephemeral port, which
+//!   `procnet` finds; cutting a node therefore also drops datagrams from and to its ports there.
+//! - agent → coordinator: each agent dials its own proxy per node (so one agent can be cut
+//!   alone), and followers redirect agents to the leader's *advertised* agent address, one
+//!   shared proxy per node, where a cut agent's ports are dropped the same way.
+//!
+//! Cuts are declared ([`Cuts`]) and [`Lab::apply`] turns them, with the link quality per class,
+//! into each proxy's faults; call it again after processes restart (their ports change).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use ops::client::Client;
+use ops::devcluster::{Advertise, DevCluster, Spec};
+use ops::devfleet::{AgentSpec, DevAgent};
+use serde::{Deserialize, Serialize};
+
+use crate::procnet;
+use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
+
+/// Longest the lab waits for the cluster's first leader.
+pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
+/// Timeout of one status request to a node.
+pub const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Errors setting up or driving the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// Starting or restarting a process failed (the message says which and why).
+    #[error("{what}: {message}")]
+    Process { what: String, message: String },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// Sending a signal failed (the process is gone?).
+    #[error("signal {signal} to {what}: {source}")]
+    Signal { what: String, signal: Signal, source: nix::Error },
+}
+
+fn process_err(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> LabError {
+    let what = what.into();
+    move |e| LabError::Process { what, message: format!("{e:#}") }
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub dir: PathBuf,
+    pub seed: u64,
+    pub coordinator_bin: PathBuf,
+    pub agent_bin: PathBuf,
+    /// Number of agents (hosts `host-1` …).
+    pub agents: usize,
+    /// The group every agent is in.
+    pub group: String,
+    /// Extra `TT_*` settings for every node.
+    pub coordinator_env: Vec<(String, String)>,
+    /// Extra agent config lines (TOML).
+    pub agent_config: String,
+}
+
+/// The kinds of links whose quality can be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkClass {
+    /// Coordinator ↔ coordinator (Raft).
+    Raft,
+    /// Agent → coordinator (`tt-agent/1`, blob fetches too).
+    Agent,
+}
+
+/// Which links are cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cuts {
+    /// Nodes cut from their peers both ways.
+    pub isolated: BTreeSet<u64>,
+    /// Nodes that receive nothing from their peers (their own datagrams still arrive).
+    pub deaf: BTreeSet<u64>,
+    /// Nodes whose datagrams their peers never receive (they still hear the peers).
+    pub mute: BTreeSet<u64>,
+    /// Agents (by index) cut from every coordinator.
+    pub agents: BTreeSet<usize>,
+}
+
+impl Cuts {
+    pub fn is_empty(&self) -> bool {
+        *self == Cuts::default()
+    }
+}
+
+/// One agent and its private proxies (one per node).
+pub struct LabAgent {
+    pub agent: DevAgent,
+    pub proxies: Vec<Proxy>,
+    /// Where its hooks journal their start and end.
+    pub journal: PathBuf,
+}
+
+pub struct Lab {
+    pub spec: LabSpec,
+    pub cluster: DevCluster,
+    /// In front of node i + 1's Raft port.
+    raft_proxies: Vec<Proxy>,
+    /// In front of node i + 1's agent port: what followers redirect agents to.
+    agent_proxies: Vec<Proxy>,
+    pub agents: Vec<LabAgent>,
+    cuts: Cuts,
+    quality: BTreeMap<LinkClass, LinkFaults>,
+    /// Ports seen for each node or agent while a cut names it (kept until the cut ends, so
+    /// connections from before a restart stay cut too).
+    node_ports: BTreeMap<u64, BTreeSet<u16>>,
+    agent_ports: BTreeMap<usize, BTreeSet<u16>>,
+    paused: BTreeSet<u64>,
+    paused_agents: BTreeSet<usize>,
+}
+
+/// A seed for the `i`-th thing of kind `tag`, derived from the run's seed.
+pub fn sub_seed(seed: u64, tag: &str, i: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(tag.as_bytes());
+    h.update(&i.to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Lab {
+    /// Starts the proxies, the cluster (waiting for its first leader) and the agents.
+    pub async fn start(spec: LabSpec) -> Result<Lab, LabError> {
+        const NODES: u64 = 3;
+        let mut raft_proxies = Vec::new();
+        let mut agent_proxies = Vec::new();
+        for i in 0..NODES {
+            raft_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "raft", i)).await?);
+            agent_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "agent", i)).await?);
+        }
+        let advertise = raft_proxies
+            .iter()
+            .zip(&agent_proxies)
+            .map(|(r, a)| Advertise { raft: r.addr(), agent: a.addr() })
+            .collect();
+        let cluster = DevCluster::start(Spec {
+            nodes: NODES as usize,
+            dir: spec.dir.join("cluster"),
+            base_http_port: None,
+            base_raft_port: None,
+            coordinator_bin: spec.coordinator_bin.clone(),
+            env: spec.coordinator_env.clone(),
+            advertise: Some(advertise),
+        })
+        .map_err(process_err("starting the cluster"))?;
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            raft_proxies[i].set_upstream(n.raft_addr)?;
+            agent_proxies[i].set_upstream(n.agent_addr)?;
+        }
+        cluster
+            .wait_leader(&cluster.ids(), FIRST_LEADER_WAIT)
+            .await
+            .map_err(process_err("waiting for the first leader"))?;
+        let mut lab = Lab {
+            spec,
+            cluster,
+            raft_proxies,
+            agent_proxies,
+            agents: Vec::new(),
+            cuts: Cuts::default(),
+            quality: BTreeMap::new(),
+            node_ports: BTreeMap::new(),
+            agent_ports: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            paused_agents: BTreeSet::new(),
+        };
+        for i in 0..lab.spec.agents {
+            lab.start_agent(i).await?;
+        }
+        Ok(lab)
+    }
+
+    async fn start_agent(&mut self, i: usize) -> Result<(), LabError> {
+        let host = format!("host-{}", i + 1);
+        let root = self.spec.dir.join(&host);
+        let mut proxies = Vec::new();
+        for (n, node) in self.cluster.nodes.iter().enumerate() {
+            let seed = sub_seed(self.spec.seed, &host, n as u64);
+            proxies.push(Proxy::start(loopback(), node.agent_addr, seed).await?);
+        }
+        let journal = root.join("journal");
+        let agent = DevAgent::start(
+            &self.spec.agent_bin,
+            AgentSpec {
+                hostname: host.clone(),
+                groups: vec![self.spec.group.clone()],
+                root,
+                coordinators: proxies.iter().map(Proxy::addr).collect(),
+                ca_file: self.cluster.ca_file(),
+                token: None,
+                hook_env: vec![("JOURNAL".into(), journal.display().to_string())],
+                extra_config: self.spec.agent_config.clone(),
+            },
+        )
+        .map_err(process_err(format!("starting agent {host}")))?;
+        self.agents.push(LabAgent { agent, proxies, journal });
+        Ok(())
+    }
+
+    /// Node ids.
+    pub fn ids(&self) -> Vec<u64> {
+        self.cluster.ids()
+    }
+
+    /// An HTTP client for node `id`.
+    pub fn client(&self, id: u64) -> Client {
+        Client::new(&self.cluster.base_url(id), None)
+    }
+
+    /// The cuts in force.
+    pub fn cuts(&self) -> &Cuts {
+        &self.cuts
+    }
+
+    /// Replaces the cuts in force and applies them.
+    pub fn set_cuts(&mut self, cuts: Cuts) -> Result<(), LabError> {
+        self.node_ports.retain(|n, _| {
+            cuts.isolated.contains(n) || cuts.deaf.contains(n) || cuts.mute.contains(n)
+        });
+        self.agent_ports.retain(|a, _| cuts.agents.contains(a));
+        self.cuts = cuts;
+        self.apply()
+    }
+
+    /// Sets the quality of every link of `class` (no cuts in it: those are [`Cuts`]).
+    pub fn set_quality(&mut self, class: LinkClass, faults: LinkFaults) -> Result<(), LabError> {
+        faults.validate()?;
+        self.quality.insert(class, faults.without_cuts());
+        self.apply()
+    }
+
+    /// Perfect links again, no cuts.
+    pub fn heal_network(&mut self) -> Result<(), LabError> {
+        self.quality.clear();
+        self.set_cuts(Cuts::default())
+    }
+
+    fn pid(&self, id: u64) -> Option<u32> {
+        self.cluster.node(id).pid
+    }
+
+    /// Computes every proxy's faults from the cuts, the link quality and the ports the cut
+    /// processes hold now.
+    pub fn apply(&mut self) -> Result<(), LabError> {
+        let cut_nodes: BTreeSet<u64> = self
+            .cuts
+            .isolated
+            .iter()
+            .chain(&self.cuts.deaf)
+            .chain(&self.cuts.mute)
+            .copied()
+            .collect();
+        for n in cut_nodes {
+            if let Some(pid) = self.pid(n)
+                && let Ok(ports) = procnet::udp_ports(pid)
+            {
+                self.node_ports.entry(n).or_default().extend(ports);
+            }
+        }
+        for &a in &self.cuts.agents {
+            if let Some(pid) = self.agents.get(a).and_then(|a| a.agent.pid())
+                && let Ok(ports) = procnet::udp_ports(pid)
+            {
+                self.agent_ports.entry(a).or_default().extend(ports);
+            }
+        }
+        let raft_quality = self.quality.get(&LinkClass::Raft).cloned().unwrap_or_default();
+        let agent_quality = self.quality.get(&LinkClass::Agent).cloned().unwrap_or_default();
+        let ports_of = |set: &BTreeSet<u64>, except: u64| -> BTreeSet<u16> {
+            set.iter()
+                .filter(|&&m| m != except)
+                .filter_map(|m| self.node_ports.get(m))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        for (i, proxy) in self.raft_proxies.iter().enumerate() {
+            let n = i as u64 + 1;
+            let c = &self.cuts;
+            let mut f = raft_quality.clone();
+            f.blackhole = c.isolated.contains(&n);
+            f.drop_to_upstream = c.deaf.contains(&n);
+            f.drop_to_client = c.mute.contains(&n);
+            let silenced: BTreeSet<u64> = c.isolated.union(&c.mute).copied().collect();
+            let deafened: BTreeSet<u64> = c.isolated.union(&c.deaf).copied().collect();
+            f.drop_from_ports = ports_of(&silenced, n);
+            f.drop_to_ports = ports_of(&deafened, n);
+            proxy.set_faults(f)?;
+        }
+        let agent_ports: BTreeSet<u16> = self.agent_ports.values().flatten().copied().collect();
+        for proxy in &self.agent_proxies {
+            let mut f = agent_quality.clone();
+            f.drop_from_ports = agent_ports.clone();
+            f.drop_to_ports = agent_ports.clone();
+            proxy.set_faults(f)?;
+        }
+        for (a, agent) in self.agents.iter().enumerate() {
+            let mut f = agent_quality.clone();
+            f.blackhole = self.cuts.agents.contains(&a);
+            for p in &agent.proxies {
+                p.set_faults(f.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `kill -9` node `id`.
+    pub fn kill_node(&mut self, id: u64) {
+        self.paused.remove(&id);
+        self.cluster.kill9(id);
+    }
+
+    /// Starts node `id` again (killing it first if it runs) with its data as it is.
+    pub fn restart_node(&mut self, id: u64) -> Result<(), LabError> {
+        self.paused.remove(&id);
+        self.cluster.restart(id).map_err(process_err(format!("restarting node {id}")))?;
+        self.apply()
+    }
+
+    pub fn is_running(&mut self, id: u64) -> bool {
+        self.cluster.is_running(id)
+    }
+
+    /// SIGSTOP node `id`.
+    pub fn pause_node(&mut self, id: u64) -> Result<(), LabError> {
+        let pid = self.pid(id).ok_or_else(|| LabError::Process {
+            what: format!("pausing node {id}"),
+            message: "it is not running".into(),
+        })?;
+        signal(pid, Signal::SIGSTOP, &format!("node {id}"))?;
+        self.paused.insert(id);
+        Ok(())
+    }
+
+    /// SIGCONT node `id` (if it was paused).
+    pub fn resume_node(&mut self, id: u64) -> Result<(), LabError> {
+        if self.paused.remove(&id)
+            && let Some(pid) = self.pid(id)
+        {
+            signal(pid, Signal::SIGCONT, &format!("node {id}"))?;
+        }
+        Ok(())
+    }
+
+    /// Nodes paused now.
+    pub fn paused(&self) -> &BTreeSet<u64> {
+        &self.paused
+    }
+
+    /// `kill -9` agent `a` (its hooks, in their own process groups, live on).
+    pub fn kill_agent(&mut self, a: usize) {
+        self.paused_agents.remove(&a);
+        self.agents[a].agent.kill9();
+    }
+
+    /// Starts agent `a` again (killing it first if it runs).
+    pub fn restart_agent(&mut self, a: usize) -> Result<(), LabError> {
+        self.paused_agents.remove(&a);
+        let host = self.agents[a].agent.spec.hostname.clone();
+        self.agents[a].agent.restart().map_err(process_err(format!("restarting agent {host}")))?;
+        self.apply()
+    }
+
+    /// SIGSTOP agent `a`.
+    pub fn pause_agent(&mut self, a: usize) -> Result<(), LabError> {
+        let host = self.agents[a].agent.spec.hostname.clone();
+        let pid = self.agents[a].agent.pid().ok_or_else(|| LabError::Process {
+            what: format!("pausing agent {host}"),
+            message: "it is not running".into(),
+        })?;
+        signal(pid, Signal::SIGSTOP, &host)?;
+        self.paused_agents.insert(a);
+        Ok(())
+    }
+
+    /// SIGCONT agent `a` (if it was paused).
+    pub fn resume_agent(&mut self, a: usize) -> Result<(), LabError> {
+        if self.paused_agents.remove(&a)
+            && let Some(pid) = self.agents[a].agent.pid()
+        {
+            signal(pid, Signal::SIGCONT, &self.agents[a].agent.spec.hostname.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Resumes every paused process, starts every stopped node and agent, heals the network.
+    pub fn heal_all(&mut self) -> Result<(), LabError> {
+        for id in self.paused.clone() {
+            self.resume_node(id)?;
+        }
+        for a in self.paused_agents.clone() {
+            self.resume_agent(a)?;
+        }
+        for id in self.ids() {
+            if !self.cluster.is_running(id) {
+                self.restart_node(id)?;
+            }
+        }
+        for a in 0..self.agents.len() {
+            if !self.agents[a].agent.is_running() {
+                self.restart_agent(a)?;
+            }
+        }
+        self.heal_network()
+    }
+
+    /// The status each running node reports now (`GET /v1/cluster`), by node id.
+    pub async fn statuses(&self) -> BTreeMap<u64, serde_json::Value> {
+        let http = reqwest::Client::new();
+        let mut out = BTreeMap::new();
+        for id in self.ids() {
+            if self.paused.contains(&id) || self.cluster.node(id).pid.is_none() {
+                continue;
+            }
+            let url = format!("{}/v1/cluster", self.cluster.base_url(id));
+            let v = async { http.get(&url).timeout(STATUS_TIMEOUT).send().await?.json().await };
+            if let Ok(v) = v.await {
+                out.insert(id, v);
+            }
+        }
+        out
+    }
+
+    /// Counters of every proxy, summed per link class.
+    pub fn proxy_stats(&self) -> BTreeMap<LinkClass, ProxyStats> {
+        let mut out: BTreeMap<LinkClass, ProxyStats> = BTreeMap::new();
+        for p in &self.raft_proxies {
+            out.entry(LinkClass::Raft).or_default().add(&p.stats());
+        }
+        let agent_side =
+            self.agent_proxies.iter().chain(self.agents.iter().flat_map(|a| &a.proxies));
+        for p in agent_side {
+            out.entry(LinkClass::Agent).or_default().add(&p.stats());
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // A stopped process ignores SIGTERM until continued; the cluster's and the agents' own
+        // Drop then stop them.
+        for id in self.paused.clone() {
+            let _ = self.resume_node(id);
+        }
+        for a in self.paused_agents.clone() {
+            let _ = self.resume_agent(a);
+        }
+    }
+}
+
+fn signal(pid: u32, signal: Signal, what: &str) -> Result<(), LabError> {
+    kill(Pid::from_raw(pid as i32), signal).map_err(|source| LabError::Signal {
+        what: what.to_string(),
+        signal,
+        source,
+    })
+}
