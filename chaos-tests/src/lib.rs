@@ -2,6 +2,8 @@
 //! checkers that judge the recorded history.
 //!
 //! - `proxy`: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one.
+pub mod checkers;
+pub mod history;
 pub mod lab;
 pub mod procnet;
 pub mod proxy;

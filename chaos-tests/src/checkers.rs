@@ -1,0 +1,613 @@
+//! Checkers: pure functions from a recorded run to a [`Verdict`] per invariant of DESIGN §5.
+//!
+//! Each one is shown violating histories in its tests and must say so; a checker that never
+//! fails proves nothing.
+//!
+//! - [`parallelism`]: hosts of a stage deploying at once, from the hooks' own journals.
+//! - [`convergence`]: every live host reaches the goal or a reported failure in time.
+//! - [`integrity`]: every archive and staged tree on every host matches the published build.
+//! - [`durability`]: every acknowledged write is still there after every node restarted.
+//! - [`one_leader_per_term`] and [`replicas_agree`]: the cluster itself.
+//! - [`linearizable`]: a WGL search (Wing & Gong, with Lowe's memoisation) over per-key
+//!   registers of the recorded operator history.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Edge, JournalEntry, Op, OpKind, Outcome, ProgressSample, StatusSample};
+
+/// Violations listed in a verdict (the count is always exact).
+pub const MAX_LISTED_VIOLATIONS: usize = 10;
+/// Search steps the linearizability checker may take per key before it gives up
+/// (inconclusive, never a pass).
+pub const MAX_WGL_STEPS: u64 = 20_000_000;
+
+/// Pass, fail, or could not tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// The checker could not decide (a search budget ran out); not a pass.
+    Inconclusive,
+}
+
+/// One invariant's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub invariant: String,
+    pub status: Status,
+    /// How many things were checked (intervals, hosts, operations, …).
+    pub checked: u64,
+    /// One line on what was found.
+    pub summary: String,
+    pub violation_count: u64,
+    /// The first [`MAX_LISTED_VIOLATIONS`] violations.
+    pub violations: Vec<String>,
+}
+
+impl Verdict {
+    fn new(invariant: &str, checked: u64, summary: String, violations: Vec<String>) -> Verdict {
+        Verdict {
+            invariant: invariant.to_string(),
+            status: if violations.is_empty() { Status::Pass } else { Status::Fail },
+            checked,
+            summary,
+            violation_count: violations.len() as u64,
+            violations: violations.into_iter().take(MAX_LISTED_VIOLATIONS).collect(),
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.status == Status::Pass
+    }
+}
+
+fn secs(us: u64) -> String {
+    format!("{:.3}s", us as f64 / 1e6)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parallelism
+
+/// A time a host spent on a deploy (one hook, or a whole deploy's span).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interval {
+    pub host: String,
+    pub deploy: String,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+/// Each hook run as an interval. A start without its end (the hook or its agent was killed)
+/// lasts until the host's next journal line after it, or `run_end_us`.
+pub fn hook_intervals(entries: &[JournalEntry], run_end_us: u64) -> Vec<Interval> {
+    let mut by_host: BTreeMap<&str, Vec<&JournalEntry>> = BTreeMap::new();
+    for e in entries {
+        by_host.entry(&e.host).or_default().push(e);
+    }
+    let mut out = Vec::new();
+    for (host, mut es) in by_host {
+        es.sort_by_key(|e| e.t_us);
+        let mut open: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut unmatched: Vec<(&str, u64)> = Vec::new();
+        for e in &es {
+            let key = (e.deploy.as_str(), e.step.as_str());
+            match e.edge {
+                Edge::Start => {
+                    if let Some(prev) = open.insert(key, e.t_us) {
+                        unmatched.push((key.0, prev));
+                    }
+                }
+                // An end whose start was re-run closes nothing: the earlier start is
+                // already among the unmatched ones.
+                Edge::End => {
+                    if let Some(start) = open.remove(&key) {
+                        out.push(Interval {
+                            host: host.to_string(),
+                            deploy: e.deploy.clone(),
+                            start_us: start,
+                            end_us: e.t_us,
+                        });
+                    }
+                }
+            }
+        }
+        unmatched.extend(open.iter().map(|((d, _), t)| (*d, *t)));
+        for (deploy, start) in unmatched {
+            let end = es.iter().map(|e| e.t_us).find(|&t| t > start).unwrap_or(run_end_us);
+            out.push(Interval {
+                host: host.to_string(),
+                deploy: deploy.to_string(),
+                start_us: start,
+                end_us: end,
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.start_us, &a.host).cmp(&(b.start_us, &b.host)));
+    out
+}
+
+/// Each host's whole time on each deploy: from its first hook's start to its last hook's end.
+/// Tighter than [`hook_intervals`] (a host holds its slot between steps too), but only sound
+/// while no host's lease can expire mid-deploy.
+pub fn deploy_spans(hooks: &[Interval]) -> Vec<Interval> {
+    let mut spans: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for i in hooks {
+        let s = spans.entry((&i.host, &i.deploy)).or_insert((i.start_us, i.end_us));
+        s.0 = s.0.min(i.start_us);
+        s.1 = s.1.max(i.end_us);
+    }
+    spans
+        .into_iter()
+        .map(|((host, deploy), (start_us, end_us))| Interval {
+            host: host.to_string(),
+            deploy: deploy.to_string(),
+            start_us,
+            end_us,
+        })
+        .collect()
+}
+
+/// At no instant are more than `limit` hosts inside an interval (deploys in `exempt`, e.g.
+/// first deploys, which bypass the limit in Teletraan, are ignored). Touching intervals do not
+/// overlap.
+pub fn parallelism(intervals: &[Interval], limit: usize, exempt: &BTreeSet<String>) -> Verdict {
+    // Events: (time, is_start, host); ends sort before starts at the same instant.
+    let mut events: Vec<(u64, bool, &str)> = Vec::new();
+    let mut checked = 0u64;
+    for i in intervals.iter().filter(|i| !exempt.contains(&i.deploy)) {
+        checked += 1;
+        events.push((i.start_us, true, &i.host));
+        events.push((i.end_us, false, &i.host));
+    }
+    events.sort();
+    let mut active: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut max = 0usize;
+    let mut violations = Vec::new();
+    let mut over = false;
+    for (t, is_start, host) in events {
+        if is_start {
+            *active.entry(host).or_default() += 1;
+        } else if let Some(n) = active.get_mut(host) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(host);
+            }
+        }
+        max = max.max(active.len());
+        if active.len() > limit && !over {
+            let hosts: Vec<&str> = active.keys().copied().collect();
+            violations.push(format!(
+                "at {}: {} hosts deploying (limit {limit}): {}",
+                secs(t),
+                hosts.len(),
+                hosts.join(", ")
+            ));
+        }
+        over = active.len() > limit;
+    }
+    let summary = format!("{checked} intervals; at most {max} hosts at once (limit {limit})");
+    Verdict::new("parallelism", checked, summary, violations)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convergence
+
+/// Every host in `hosts` is, from some sample on and in every later one, serving `goal` or
+/// stopped on it with a reported failure, and got there within `bound_us` of `faults_end_us`.
+/// Returns the verdict and each host's time to converge after the faults ended.
+pub fn convergence(
+    samples: &[ProgressSample],
+    goal: &str,
+    hosts: &[String],
+    faults_end_us: u64,
+    bound_us: u64,
+) -> (Verdict, BTreeMap<String, Option<u64>>) {
+    let mut times = BTreeMap::new();
+    let mut violations = Vec::new();
+    for host in hosts {
+        let settled = |s: &ProgressSample| {
+            s.rows.iter().any(|r| &r.host == host && (r.serving(goal) || r.failed(goal)))
+        };
+        // The first sample after the last unsettled one.
+        let at = match samples.iter().rposition(|s| !settled(s)) {
+            None => samples.first().map(|s| s.t_us),
+            Some(i) => samples.get(i + 1).map(|s| s.t_us),
+        };
+        let after = at.map(|t| t.saturating_sub(faults_end_us));
+        match after {
+            None => violations.push(format!("{host} never reached deploy {goal} or a failure")),
+            Some(d) if d > bound_us => violations.push(format!(
+                "{host} settled {} after the faults ended (bound {})",
+                secs(d),
+                secs(bound_us)
+            )),
+            Some(_) => {}
+        }
+        times.insert(host.clone(), after);
+    }
+    let worst = times.values().flatten().max().copied().unwrap_or(0);
+    let summary = format!(
+        "{} hosts; slowest settled {} after the faults ended (bound {})",
+        hosts.len(),
+        secs(worst),
+        secs(bound_us)
+    );
+    (Verdict::new("convergence", hosts.len() as u64, summary, violations), times)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integrity
+
+/// A published build: the archive's BLAKE3 and each file's BLAKE3 (path inside the archive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub blake3: String,
+    pub files: BTreeMap<String, String>,
+}
+
+/// What one host has on disk: archives (build id, BLAKE3 of the file) and extracted trees
+/// (build id, BLAKE3 of each regular file by relative path).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostBuilds {
+    pub host: String,
+    pub archives: Vec<(String, String)>,
+    pub trees: Vec<(String, BTreeMap<String, String>)>,
+}
+
+/// Every archive a host kept hashes to its build's published BLAKE3, and every staged tree
+/// holds exactly the published bytes of every published file.
+pub fn integrity(hosts: &[HostBuilds], published: &BTreeMap<String, Published>) -> Verdict {
+    let mut violations = Vec::new();
+    let mut checked = 0u64;
+    for h in hosts {
+        for (build, hash) in &h.archives {
+            checked += 1;
+            match published.get(build) {
+                None => violations.push(format!("{}: archive of unknown build {build}", h.host)),
+                Some(p) if &p.blake3 != hash => violations.push(format!(
+                    "{}: archive of build {build} hashes to {hash}, published {}",
+                    h.host, p.blake3
+                )),
+                Some(_) => {}
+            }
+        }
+        for (build, files) in &h.trees {
+            checked += 1;
+            let Some(p) = published.get(build) else {
+                violations.push(format!("{}: staged tree of unknown build {build}", h.host));
+                continue;
+            };
+            for (path, hash) in &p.files {
+                match files.get(path) {
+                    None => violations.push(format!("{}: build {build} lacks {path}", h.host)),
+                    Some(got) if got != hash => violations.push(format!(
+                        "{}: build {build}'s {path} differs from the published file",
+                        h.host
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let summary = format!("{checked} archives and staged trees on {} hosts", hosts.len());
+    Verdict::new("integrity", checked, summary, violations)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability
+
+/// After every node restarted: every acknowledged build and deploy is present, and each
+/// register's value was written by a write that no acknowledged write strictly follows (else
+/// that acknowledged write was lost).
+pub fn durability(
+    ops: &[Op],
+    final_values: &BTreeMap<String, Option<String>>,
+    present_builds: &BTreeSet<String>,
+    present_deploys: &BTreeSet<String>,
+) -> Verdict {
+    let mut violations = Vec::new();
+    let mut checked = 0u64;
+    for op in ops.iter().filter(|o| o.outcome == Outcome::Ok) {
+        match &op.kind {
+            OpKind::CreateBuild { id: Some(id) } => {
+                checked += 1;
+                if !present_builds.contains(id) {
+                    violations.push(format!("acknowledged build {id} is gone"));
+                }
+            }
+            OpKind::CreateDeploy { id: Some(id), .. } => {
+                checked += 1;
+                if !present_deploys.contains(id) {
+                    violations.push(format!("acknowledged deploy {id} is gone"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in final_values {
+        let writes: Vec<&Op> = ops
+            .iter()
+            .filter(|o| matches!(&o.kind, OpKind::Write { key: k, .. } if k == key))
+            .collect();
+        let acked: Vec<&Op> = writes.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
+        checked += acked.len() as u64;
+        let Some(value) = value else {
+            if let Some(w) = acked.first() {
+                violations.push(format!(
+                    "{key} is unset although a write was acknowledged at {}",
+                    secs(w.complete_us)
+                ));
+            }
+            continue;
+        };
+        let source = writes.iter().find(|o| {
+            o.outcome != Outcome::Failed
+                && matches!(&o.kind, OpKind::Write { value: v, .. } if v == value)
+        });
+        let Some(source) = source else {
+            violations.push(format!("{key} holds {value:?}, which no write wrote"));
+            continue;
+        };
+        // An unknown write may have taken effect arbitrarily late.
+        let source_done = if source.outcome == Outcome::Ok { source.complete_us } else { u64::MAX };
+        if let Some(lost) = acked.iter().find(|w| source_done < w.invoke_us) {
+            let OpKind::Write { value: lost_value, .. } = &lost.kind else { unreachable!() };
+            violations.push(format!(
+                "{key} holds {value:?}, written before the acknowledged write of {lost_value:?} at {}: that write was lost",
+                secs(lost.invoke_us)
+            ));
+        }
+    }
+    let summary =
+        format!("{checked} acknowledged writes and creations checked after a full restart");
+    Verdict::new("durability", checked, summary, violations)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster
+
+/// No term has two leaders: nodes that call themselves leader, and the leader each node names,
+/// agree per term.
+pub fn one_leader_per_term(samples: &[StatusSample]) -> Verdict {
+    let mut claims: BTreeMap<u64, BTreeMap<u64, Vec<u64>>> = BTreeMap::new();
+    for s in samples {
+        let leader = if s.state == "Leader" { Some(s.node) } else { s.leader };
+        if let Some(l) = leader {
+            claims.entry(s.term).or_default().entry(l).or_default().push(s.node);
+        }
+    }
+    let mut violations = Vec::new();
+    for (term, leaders) in &claims {
+        if leaders.len() > 1 {
+            let who: Vec<String> =
+                leaders.iter().map(|(l, by)| format!("{l} (named by nodes {by:?})")).collect();
+            violations.push(format!("term {term} has leaders {}", who.join(" and ")));
+        }
+    }
+    let summary = format!("{} status samples over {} terms", samples.len(), claims.len());
+    Verdict::new("one-leader-per-term", samples.len() as u64, summary, violations)
+}
+
+/// Every node answers every key with the same value (stale reads, taken once the nodes have
+/// applied the same index).
+pub fn replicas_agree(by_node: &BTreeMap<u64, BTreeMap<String, Option<String>>>) -> Verdict {
+    let mut violations = Vec::new();
+    let keys: BTreeSet<&String> = by_node.values().flat_map(|m| m.keys()).collect();
+    for key in &keys {
+        let values: BTreeMap<u64, Option<&Option<String>>> =
+            by_node.iter().map(|(n, m)| (*n, m.get(*key))).collect();
+        let distinct: BTreeSet<&Option<&Option<String>>> = values.values().collect();
+        if distinct.len() > 1 {
+            violations.push(format!("{key}: nodes disagree: {values:?}"));
+        }
+    }
+    let summary = format!("{} keys on {} nodes", keys.len(), by_node.len());
+    Verdict::new("replicas-agree", (keys.len() * by_node.len()) as u64, summary, violations)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linearizability
+
+/// One register operation for the search. `complete_us == u64::MAX` marks an operation whose
+/// outcome is unknown: it may take effect any time after its invocation, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RegOp {
+    invoke_us: u64,
+    complete_us: u64,
+    /// `Some(v)` writes value id `v`; reads carry what they returned.
+    write: Option<u32>,
+    read: Option<Option<u32>>,
+}
+
+/// Result of searching one key's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Search {
+    Linearizable,
+    /// No order exists; the operation (index) the deepest attempt could not place.
+    Not {
+        stuck_at: usize,
+        linearized: usize,
+    },
+    GaveUp,
+}
+
+/// The recorded register history (writes and reads of each key) is linearizable: for each key
+/// there is one order of its operations that respects real time (an operation that completed
+/// before another was invoked comes first) in which every read returns the latest write.
+/// Failed operations are left out; unknown writes may or may not have happened; unknown and
+/// failed reads say nothing. Every register starts unset.
+pub fn linearizable(ops: &[Op]) -> Verdict {
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        match &op.kind {
+            OpKind::Write { key, .. } | OpKind::Read { key, .. } => {
+                by_key.entry(key).or_default().push(op)
+            }
+            _ => {}
+        }
+    }
+    let mut violations = Vec::new();
+    let mut inconclusive = Vec::new();
+    let mut checked = 0u64;
+    for (key, kops) in &by_key {
+        let mut values: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut reg: Vec<(RegOp, &Op)> = Vec::new();
+        for op in kops {
+            let unknown = op.outcome == Outcome::Unknown;
+            let complete_us = if unknown { u64::MAX } else { op.complete_us };
+            let r = match (&op.kind, op.outcome) {
+                (_, Outcome::Failed) => continue,
+                (OpKind::Write { value, .. }, _) => {
+                    let n = values.len() as u32;
+                    let id = *values.entry(value).or_insert(n);
+                    RegOp { invoke_us: op.invoke_us, complete_us, write: Some(id), read: None }
+                }
+                (OpKind::Read { .. }, Outcome::Unknown) => continue,
+                (OpKind::Read { value, .. }, _) => {
+                    let id = value.as_deref().map(|v| {
+                        let n = values.len() as u32;
+                        // A value no write wrote gets an id no write has: unexplainable.
+                        *values.entry(v).or_insert(n)
+                    });
+                    RegOp { invoke_us: op.invoke_us, complete_us, write: None, read: Some(id) }
+                }
+                _ => continue,
+            };
+            reg.push((r, op));
+        }
+        checked += reg.len() as u64;
+        let regops: Vec<RegOp> = reg.iter().map(|(r, _)| *r).collect();
+        match search(&regops, MAX_WGL_STEPS) {
+            Search::Linearizable => {}
+            Search::GaveUp => inconclusive.push(key.to_string()),
+            Search::Not { stuck_at, linearized } => {
+                let op = reg[stuck_at].1;
+                violations.push(format!(
+                    "{key}: not linearizable; after {linearized} of {} operations none fits; stuck at {:?} [{}, {}] on node {} ({:?})",
+                    reg.len(),
+                    op.kind,
+                    secs(op.invoke_us),
+                    secs(op.complete_us),
+                    op.node,
+                    op.outcome,
+                ));
+            }
+        }
+    }
+    let summary = format!("{checked} register operations over {} keys", by_key.len());
+    let mut v = Verdict::new("linearizability", checked, summary, violations);
+    if v.status == Status::Pass && !inconclusive.is_empty() {
+        v.status = Status::Inconclusive;
+        v.summary += &format!("; search budget exhausted on {}", inconclusive.join(", "));
+    }
+    v
+}
+
+/// Wing & Gong's search with Lowe's cache of (linearized set, state) pairs.
+fn search(ops: &[RegOp], max_steps: u64) -> Search {
+    let n = ops.len();
+    if n == 0 {
+        return Search::Linearizable;
+    }
+    // Entries: calls and returns, in time order; at equal times calls first (so that
+    // operations touching in time count as concurrent). Entry 0 is the head sentinel.
+    let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
+    for (i, o) in ops.iter().enumerate() {
+        entries.push((o.invoke_us, false, i));
+        entries.push((o.complete_us, true, i));
+    }
+    entries.sort();
+    let len = entries.len() + 1;
+    let mut next: Vec<usize> = (1..=len).collect();
+    let mut prev: Vec<usize> = (0..len).map(|i| i.saturating_sub(1)).collect();
+    const END: usize = usize::MAX;
+    next[len - 1] = END;
+    let mut call_at = vec![0; n];
+    let mut ret_at = vec![0; n];
+    for (k, &(_, is_ret, i)) in entries.iter().enumerate() {
+        if is_ret {
+            ret_at[i] = k + 1;
+        } else {
+            call_at[i] = k + 1;
+        }
+    }
+    let entry = |k: usize| entries[k - 1];
+    let unlink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, k: usize| {
+        let (p, nx) = (prev[k], next[k]);
+        next[p] = nx;
+        if nx != END {
+            prev[nx] = p;
+        }
+    };
+    let relink = |next: &mut Vec<usize>, prev: &mut Vec<usize>, k: usize| {
+        let (p, nx) = (prev[k], next[k]);
+        next[p] = k;
+        if nx != END {
+            prev[nx] = k;
+        }
+    };
+    let definite = |i: usize| ops[i].complete_us != u64::MAX;
+    let mut remaining = (0..n).filter(|&i| definite(i)).count();
+    let words = n.div_ceil(64);
+    let mut linearized = vec![0u64; words];
+    let mut cache: HashSet<(Vec<u64>, Option<u32>)> = HashSet::new();
+    let mut stack: Vec<(usize, Option<u32>)> = Vec::new();
+    let mut state: Option<u32> = None;
+    let mut deepest = (0usize, 0usize);
+    let mut steps = 0u64;
+    let mut cur = next[0];
+    while remaining > 0 {
+        steps += 1;
+        if steps > max_steps {
+            return Search::GaveUp;
+        }
+        let is_call = cur != END && !entry(cur).1;
+        if is_call {
+            let i = entry(cur).2;
+            let o = ops[i];
+            let (fits, new_state) = match (o.write, o.read) {
+                (Some(v), _) => (true, Some(v)),
+                (None, Some(r)) => (r == state, state),
+                (None, None) => unreachable!("an op reads or writes"),
+            };
+            let mut lin = linearized.clone();
+            lin[i / 64] |= 1 << (i % 64);
+            if fits && cache.insert((lin.clone(), new_state)) {
+                stack.push((i, state));
+                state = new_state;
+                linearized = lin;
+                unlink(&mut next, &mut prev, call_at[i]);
+                unlink(&mut next, &mut prev, ret_at[i]);
+                if definite(i) {
+                    remaining -= 1;
+                }
+                cur = next[0];
+            } else {
+                cur = next[cur];
+            }
+        } else {
+            // A return (or the end): the operation it closes was not placed before it.
+            if cur != END && stack.len() >= deepest.1 {
+                deepest = (entry(cur).2, stack.len());
+            }
+            let Some((i, old)) = stack.pop() else {
+                return Search::Not { stuck_at: deepest.0, linearized: deepest.1 };
+            };
+            state = old;
+            linearized[i / 64] &= !(1 << (i % 64));
+            relink(&mut next, &mut prev, ret_at[i]);
+            relink(&mut next, &mut prev, call_at[i]);
+            if definite(i) {
+                remaining += 1;
+            }
+            cur = next[call_at[i]];
+        }
+    }
+    Search::Linearizable
+}
+
+#[cfg(test)]
+mod tests;
