@@ -40,6 +40,12 @@ pub struct AgentConfig {
     pub ca_file: Option<PathBuf>,
     /// The agent token (`[auth] agent_token` of the coordinators).
     pub token: Option<String>,
+    /// `quic` (our coordinators' native protocol, with long-poll) or `json` (Teletraan's
+    /// `POST /v1/system/ping` at `service_urls`, polling every `daemon_sleep_time_ms`).
+    pub protocol: Protocol,
+    /// Base URLs of the ping service for `protocol = "json"` (Teletraan's
+    /// `teletraan_service_url`; several for failover).
+    pub service_urls: Vec<String>,
     /// How long the coordinator may hold a ping that has nothing to say (0: no long-poll).
     pub long_poll_ms: u64,
     /// Pause between idle pings when long-poll is off (Teletraan's `daemon_sleep_time`).
@@ -85,6 +91,8 @@ impl Default for AgentConfig {
             coordinators: vec!["127.0.0.1:7410".into()],
             ca_file: None,
             token: None,
+            protocol: Protocol::Quic,
+            service_urls: Vec::new(),
             long_poll_ms: DEFAULT_LONG_POLL_MS,
             daemon_sleep_time_ms: DEFAULT_DAEMON_SLEEP_TIME_MS,
             lease_ms: DEFAULT_LEASE_MS,
@@ -109,6 +117,15 @@ impl Default for AgentConfig {
             hook_env: BTreeMap::new(),
         }
     }
+}
+
+/// How the agent talks to the deploy service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Quic,
+    Json,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,11 +17,13 @@ use proto::enums::{AgentStatus, DeployStage};
 use proto::ping::{PingRequestBean, PingResponseBean};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::config::Protocol;
 use crate::config::{AgentConfig, ConfigError, MAX_PING_BACKOFF_MS, MIN_PING_BACKOFF_MS};
 use crate::coordinator_client::{ClientError, CoordinatorClient};
 use crate::download::{Downloader, Expected};
 use crate::executor::{self, ExecLimits, ExecReport, HookCommand, Verdict};
 use crate::hostinfo::{HOST_INFO_FILE, HostInfo, Overrides};
+use crate::json_client::JsonClient;
 use crate::machine::{Action, Machine, PRE_STAGE_STEPS, Step, StepKind, StepResult, plan_changed};
 use crate::status::{self, InstanceLock, StatusError};
 use crate::{staging, template};
@@ -59,7 +61,7 @@ pub struct Daemon {
     /// The resolved identity and the `host_info` modification time it was resolved at.
     host: Option<(HostInfo, Option<std::time::SystemTime>)>,
     machine: Machine,
-    client: std::sync::Arc<CoordinatorClient>,
+    client: Pinger,
     downloader: Downloader,
     epoch: Instant,
     _lock: InstanceLock,
@@ -74,6 +76,39 @@ impl Daemon {
         }
         let lock = InstanceLock::acquire(&cfg.deploy_agent_dir)?;
         let machine = Machine::new(status::load(&cfg.deploy_agent_dir)?);
+        let extra_ca =
+            match &cfg.download_ca_file {
+                Some(p) => vec![std::fs::read(p).map_err(|e| {
+                    DaemonError::Download(format!("cannot read {}: {e}", p.display()))
+                })?],
+                None => Vec::new(),
+            };
+        let limits = crate::download::DownloadLimits {
+            allow_plain_http: cfg.allow_plain_http,
+            ..Default::default()
+        };
+        let downloader =
+            Downloader::new(&extra_ca, limits).map_err(|e| DaemonError::Download(e.to_string()))?;
+        if cfg.protocol == Protocol::Json {
+            if cfg.service_urls.is_empty() {
+                return Err(DaemonError::Config(ConfigError::Invalid {
+                    path: PathBuf::from("(config)"),
+                    message: "protocol = \"json\" needs service_urls".into(),
+                }));
+            }
+            let json = JsonClient::new(cfg.service_urls.clone(), cfg.token.clone())?;
+            info!(urls = ?cfg.service_urls, every_ms = cfg.daemon_sleep_time_ms, "pinging over Teletraan's JSON ping (polling)");
+            return Ok(Self {
+                cfg,
+                overrides,
+                host: None,
+                machine,
+                client: Pinger::Json(json),
+                downloader,
+                epoch: Instant::now(),
+                _lock: lock,
+            });
+        }
         let ca_path = cfg.ca_file.clone().unwrap_or_else(|| PathBuf::from("ca.pem"));
         let ca_dir = ca_path.parent().map(Path::to_path_buf).unwrap_or_default();
         let ca = if ca_path.file_name().is_some_and(|n| n == "ca.pem") {
@@ -90,26 +125,14 @@ impl Daemon {
             cfg.coordinator_addrs()?,
             cfg.token.clone(),
         )?);
-        let extra_ca =
-            match &cfg.download_ca_file {
-                Some(p) => vec![std::fs::read(p).map_err(|e| {
-                    DaemonError::Download(format!("cannot read {}: {e}", p.display()))
-                })?],
-                None => Vec::new(),
-            };
-        let limits = crate::download::DownloadLimits {
-            allow_plain_http: cfg.allow_plain_http,
-            ..Default::default()
-        };
-        let downloader = Downloader::new(&extra_ca, limits)
-            .map_err(|e| DaemonError::Download(e.to_string()))?
-            .with_blob_source(client.clone());
+        let downloader = downloader.with_blob_source(client.clone());
+        info!(coordinators = ?cfg.coordinators, long_poll_ms = cfg.long_poll_ms, "pinging over tt-agent/1 (QUIC, long-poll)");
         Ok(Self {
             cfg,
             overrides,
             host: None,
             machine,
-            client,
+            client: Pinger::Quic(client),
             downloader,
             epoch: Instant::now(),
             _lock: lock,
@@ -163,8 +186,11 @@ impl Daemon {
         if let Some(pgid) = executor::stop_orphaned_group(&pgid_file, grace).await {
             warn!(pgid, "stopped a hook left running by a previous agent process");
         }
-        let long_poll =
-            if once { Duration::ZERO } else { Duration::from_millis(self.cfg.long_poll_ms) };
+        let long_poll = if once || matches!(self.client, Pinger::Json(_)) {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.cfg.long_poll_ms)
+        };
         let mut idle_pause = Duration::ZERO;
         loop {
             tokio::time::sleep(std::mem::take(&mut idle_pause)).await;
@@ -461,11 +487,30 @@ fn append_log(path: &Path, line: &str) {
     }
 }
 
+/// The ping transport: native QUIC (long-poll) or Teletraan's JSON.
+enum Pinger {
+    Quic(std::sync::Arc<CoordinatorClient>),
+    Json(JsonClient),
+}
+
+impl Pinger {
+    async fn ping(
+        &self,
+        req: &PingRequestBean,
+        wait: Duration,
+    ) -> Result<PingResponseBean, ClientError> {
+        match self {
+            Pinger::Quic(c) => c.ping(req, wait).await,
+            Pinger::Json(c) => c.ping(req).await,
+        }
+    }
+}
+
 /// Heartbeats during a step: a ping (no long-poll) carrying the step's progress. It renews the
 /// host's lease; an answer naming another goal aborts the step. A failed heartbeat does not:
 /// the agent keeps working while no coordinator answers.
 struct Heartbeat<'a> {
-    client: &'a CoordinatorClient,
+    client: &'a Pinger,
     request: PingRequestBean,
     env_id: Option<proto::ids::EnvId>,
     goal: &'a PingResponseBean,

@@ -8,6 +8,7 @@ pub mod download;
 pub mod executor;
 pub mod extract;
 pub mod hostinfo;
+pub mod json_client;
 pub mod machine;
 pub mod staging;
 pub mod status;

@@ -530,3 +530,65 @@ async fn agents_fail_over_and_a_new_deploy_aborts_a_hanging_hook() {
         );
     }
 }
+
+/// The agent also speaks Teletraan's JSON ping (for a stock Teletraan service): pointed at the
+/// coordinators' HTTP ports, it polls and deploys like a native agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_teletraans_json_ping_deploys_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let cluster = DevCluster::start(Spec {
+        nodes: 3,
+        dir: dir.join("cluster"),
+        base_http_port: None,
+        base_raft_port: None,
+        coordinator_bin: find_coordinator_bin().unwrap(),
+        env: vec![],
+        advertise: None,
+    })
+    .unwrap();
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let urls: Vec<String> =
+        cluster.ids().iter().map(|&i| format!("\"{}\"", cluster.base_url(i))).collect();
+    let root = dir.join("json-host");
+    let agent = DevAgent::start(
+        &find_agent_bin().unwrap(),
+        AgentSpec {
+            hostname: "json-host".into(),
+            groups: vec!["json".into()],
+            root: root.clone(),
+            coordinators: cluster.agent_addrs(),
+            ca_file: cluster.ca_file(),
+            token: None,
+            hook_env: vec![],
+            extra_config: format!(
+                "protocol = \"json\"\nservice_urls = [{}]\ndaemon_sleep_time_ms = 200\n",
+                urls.join(", ")
+            ),
+        },
+    )
+    .unwrap();
+    let f = Fleet {
+        client: Client::new(&cluster.base_url(1), None),
+        cluster,
+        agents: vec![agent],
+        dir,
+        _tmp: tmp,
+    };
+    f.create_stage("json", "prod", "json", 1).await;
+    let build = f
+        .publish(
+            "json",
+            &[
+                ("VERSION", 0o644, "j\n".into()),
+                ("teletraan/RESTARTING", 0o755, "#!/bin/sh\n".into()),
+            ],
+            None,
+        )
+        .await;
+    let d = f.deploy("json", "prod", &build).await;
+    f.wait_hosts("json", "prod", 1, "serving over the JSON ping", serving(&d)).await;
+    assert_eq!(std::fs::read_to_string(f.agents[0].target("json").join("VERSION")).unwrap(), "j\n");
+    let log = f.agents[0].log_tail(100_000);
+    assert!(log.contains("Teletraan's JSON ping") && log.contains("step ends"), "{log}");
+}
