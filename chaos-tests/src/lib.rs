@@ -7,3 +7,7 @@ pub mod history;
 pub mod lab;
 pub mod procnet;
 pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod workload;

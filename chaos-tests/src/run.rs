@@ -1,0 +1,818 @@
+//! Runs one scenario: the lab, the setup and first deploy, the fault window with the workload,
+//! the heal, convergence, a full restart, the final reads, and the checkers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::checkers::{self, HostBuilds, Verdict};
+use crate::history::{Op, OpKind, ProgressSample, StatusSample, parse_journal};
+use crate::lab::{Lab, LabError, LabSpec, LinkClass, sub_seed};
+use crate::proxy::{LinkFaults, ProxyStats};
+use crate::report::{FaultEvent, Recovery, Report};
+use crate::scenario::{AgentSel, Fault, NodeSel, Observation, Scenario};
+use crate::workload::{
+    self, Api, Clock, Driver, DriverLog, PreparedBuild, Recorder, WorkloadError,
+};
+
+/// How long the first deploy (all hosts at once, outside the window) may take.
+pub const FIRST_DEPLOY_WAIT: Duration = Duration::from_secs(120);
+/// How often cuts are re-applied while in force (restarted processes have new ports).
+pub const CUT_REFRESH: Duration = Duration::from_millis(100);
+/// How often the every-step killer looks at its agents' status files.
+pub const STEP_WATCH_EVERY: Duration = Duration::from_millis(20);
+/// Longest the cluster may take to elect a leader after the full restart.
+pub const RESTART_LEADER_WAIT: Duration = Duration::from_secs(60);
+/// Longest the nodes may take to apply the same index after the full restart.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Agent settings every run uses: quick hook retries and heartbeats, long-poll on.
+pub const AGENT_CONFIG: &str = "process_wait_interval = 1\nmin_running_time = 1\n";
+
+/// Errors that stop a run (violations do not: they are verdicts).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error("{0}")]
+    Harness(String),
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Replaces the scenario's seed.
+    pub seed: Option<u64>,
+    /// Replaces the scenario's window length (faults past it are skipped).
+    pub duration_s: Option<f64>,
+    /// Where the run's processes keep their files.
+    pub work_dir: PathBuf,
+    pub coordinator_bin: PathBuf,
+    pub agent_bin: PathBuf,
+}
+
+/// Everything recorded, for the report's companion file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Recorded {
+    pub ops: Vec<Op>,
+    pub status: Vec<StatusSample>,
+    pub progress: Vec<ProgressSample>,
+    pub journal: Vec<crate::history::JournalEntry>,
+}
+
+/// What a fault was resolved to when injected.
+#[derive(Debug, Clone)]
+enum Targets {
+    Nodes(Vec<u64>),
+    Agents(Vec<usize>),
+    None,
+}
+
+struct Faults {
+    lab: Arc<tokio::sync::Mutex<Lab>>,
+    api: Api,
+    rng: StdRng,
+    clock: Clock,
+    hook_ms: u64,
+    step_killers: BTreeMap<usize, watch::Sender<bool>>,
+    kills_at_steps: Arc<Mutex<Vec<String>>>,
+}
+
+impl Faults {
+    /// The leader now: the highest-term node that calls itself leader.
+    async fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for n in self.api.nodes() {
+            if let workload::Answer::Ok(v) = self
+                .api
+                .call(n, reqwest::Method::GET, "/v1/cluster", None, workload::SAMPLE_TIMEOUT)
+                .await
+                && v["state"] == "Leader"
+            {
+                let term = v["term"].as_u64().unwrap_or(0);
+                if best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, n));
+                }
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
+    async fn nodes(&mut self, sel: NodeSel) -> (Vec<u64>, Option<u64>) {
+        let leader = self.leader().await;
+        let mut up = Vec::new();
+        {
+            let mut lab = self.lab.lock().await;
+            for id in lab.ids() {
+                if lab.is_running(id) && !lab.paused().contains(&id) {
+                    up.push(id);
+                }
+            }
+        }
+        let mut followers: Vec<u64> = up.iter().copied().filter(|&n| Some(n) != leader).collect();
+        let follower = |rng: &mut StdRng, f: &mut Vec<u64>| {
+            (!f.is_empty()).then(|| f.remove(rng.random_range(0..f.len())))
+        };
+        let chosen = match sel {
+            NodeSel::Leader => leader.into_iter().collect(),
+            NodeSel::Follower => follower(&mut self.rng, &mut followers).into_iter().collect(),
+            NodeSel::Majority => {
+                let mut v: Vec<u64> = leader.into_iter().collect();
+                while v.len() < 2 {
+                    match follower(&mut self.rng, &mut followers) {
+                        Some(f) => v.push(f),
+                        None => break,
+                    }
+                }
+                v
+            }
+            NodeSel::All => vec![1, 2, 3],
+            NodeSel::Node1 => vec![1],
+            NodeSel::Node2 => vec![2],
+            NodeSel::Node3 => vec![3],
+        };
+        (chosen, leader)
+    }
+
+    fn agents(&mut self, sel: &AgentSel, n: usize) -> Vec<usize> {
+        match sel {
+            AgentSel::Named(s) if s == "all" => (0..n).collect(),
+            AgentSel::Named(s) => s
+                .strip_prefix("host-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| (1..=n).contains(i))
+                .map(|i| vec![i - 1])
+                .unwrap_or_default(),
+            AgentSel::Count(k) => {
+                let mut all: Vec<usize> = (0..n).collect();
+                let mut out = Vec::new();
+                while out.len() < *k && !all.is_empty() {
+                    out.push(all.remove(self.rng.random_range(0..all.len())));
+                }
+                out.sort();
+                out
+            }
+        }
+    }
+
+    async fn inject(&mut self, fault: &Fault) -> Result<(Targets, Option<u64>), RunError> {
+        let n_agents = self.lab.lock().await.agents.len();
+        let (targets, leader) = match fault {
+            Fault::KillNode { node } => {
+                let (ids, leader) = self.nodes(*node).await;
+                let mut lab = self.lab.lock().await;
+                for &id in &ids {
+                    lab.kill_node(id);
+                }
+                (Targets::Nodes(ids), leader)
+            }
+            Fault::PauseNode { node } => {
+                let (ids, leader) = self.nodes(*node).await;
+                let mut lab = self.lab.lock().await;
+                for &id in &ids {
+                    lab.pause_node(id)?;
+                }
+                (Targets::Nodes(ids), leader)
+            }
+            Fault::IsolateNode { node } | Fault::DeafenNode { node } | Fault::MuteNode { node } => {
+                let (ids, leader) = self.nodes(*node).await;
+                let mut lab = self.lab.lock().await;
+                let mut cuts = lab.cuts().clone();
+                let set = match fault {
+                    Fault::IsolateNode { .. } => &mut cuts.isolated,
+                    Fault::DeafenNode { .. } => &mut cuts.deaf,
+                    _ => &mut cuts.mute,
+                };
+                set.extend(ids.iter().copied());
+                lab.set_cuts(cuts)?;
+                (Targets::Nodes(ids), leader)
+            }
+            Fault::KillAll => {
+                let leader = self.leader().await;
+                let mut lab = self.lab.lock().await;
+                for id in lab.ids() {
+                    lab.kill_node(id);
+                }
+                (Targets::Nodes(lab.ids()), leader)
+            }
+            Fault::IsolateAgents { agents } => {
+                let ids = self.agents(agents, n_agents);
+                let mut lab = self.lab.lock().await;
+                let mut cuts = lab.cuts().clone();
+                cuts.agents.extend(ids.iter().copied());
+                lab.set_cuts(cuts)?;
+                (Targets::Agents(ids), None)
+            }
+            Fault::KillAgents { agents } => {
+                let ids = self.agents(agents, n_agents);
+                let mut lab = self.lab.lock().await;
+                for &a in &ids {
+                    lab.kill_agent(a);
+                }
+                (Targets::Agents(ids), None)
+            }
+            Fault::PauseAgents { agents } => {
+                let ids = self.agents(agents, n_agents);
+                let mut lab = self.lab.lock().await;
+                for &a in &ids {
+                    lab.pause_agent(a)?;
+                }
+                (Targets::Agents(ids), None)
+            }
+            Fault::KillAgentsAtEveryStep { agents } => {
+                let ids = self.agents(agents, n_agents);
+                for &a in &ids {
+                    let (tx, rx) = watch::channel(false);
+                    self.step_killers.insert(a, tx);
+                    tokio::spawn(kill_at_every_step(
+                        self.lab.clone(),
+                        a,
+                        self.hook_ms,
+                        self.kills_at_steps.clone(),
+                        rx,
+                    ));
+                }
+                (Targets::Agents(ids), None)
+            }
+            Fault::Link { class, link } => {
+                self.lab.lock().await.set_quality(*class, link.clone())?;
+                (Targets::None, None)
+            }
+        };
+        Ok((targets, leader))
+    }
+
+    async fn undo(&mut self, fault: &Fault, targets: &Targets) -> Result<(), RunError> {
+        let nodes = match targets {
+            Targets::Nodes(n) => n.clone(),
+            _ => Vec::new(),
+        };
+        let agents = match targets {
+            Targets::Agents(a) => a.clone(),
+            _ => Vec::new(),
+        };
+        let mut lab = self.lab.lock().await;
+        match fault {
+            Fault::KillNode { .. } | Fault::KillAll => {
+                for id in nodes {
+                    lab.restart_node(id)?;
+                }
+            }
+            Fault::PauseNode { .. } => {
+                for id in nodes {
+                    lab.resume_node(id)?;
+                }
+            }
+            Fault::IsolateNode { .. } | Fault::DeafenNode { .. } | Fault::MuteNode { .. } => {
+                let mut cuts = lab.cuts().clone();
+                for id in &nodes {
+                    match fault {
+                        Fault::IsolateNode { .. } => cuts.isolated.remove(id),
+                        Fault::DeafenNode { .. } => cuts.deaf.remove(id),
+                        _ => cuts.mute.remove(id),
+                    };
+                }
+                lab.set_cuts(cuts)?;
+            }
+            Fault::IsolateAgents { .. } => {
+                let mut cuts = lab.cuts().clone();
+                for a in &agents {
+                    cuts.agents.remove(a);
+                }
+                lab.set_cuts(cuts)?;
+            }
+            Fault::KillAgents { .. } => {
+                for a in agents {
+                    lab.restart_agent(a)?;
+                }
+            }
+            Fault::PauseAgents { .. } => {
+                for a in agents {
+                    lab.resume_agent(a)?;
+                }
+            }
+            Fault::KillAgentsAtEveryStep { .. } => {
+                for a in agents {
+                    if let Some(tx) = self.step_killers.remove(&a) {
+                        let _ = tx.send(true);
+                    }
+                }
+            }
+            Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
+        }
+        Ok(())
+    }
+
+    fn stop_step_killers(&mut self) {
+        for (_, tx) in std::mem::take(&mut self.step_killers) {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// While not stopped: `kill -9` agent `a` once in the middle of every step of every deploy it
+/// runs (a step is "mid" when its status file says UNKNOWN), restarting it at once.
+async fn kill_at_every_step(
+    lab: Arc<tokio::sync::Mutex<Lab>>,
+    a: usize,
+    hook_ms: u64,
+    log: Arc<Mutex<Vec<String>>>,
+    stop: watch::Receiver<bool>,
+) {
+    let (status_file, host) = {
+        let lab = lab.lock().await;
+        let agent = &lab.agents[a].agent;
+        (agent.spec.root.join("agent").join("env_status"), agent.spec.hostname.clone())
+    };
+    let mut done: BTreeSet<(String, String)> = BTreeSet::new();
+    while !*stop.borrow() {
+        let st: serde_json::Value = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let r = &st[workload::ENV]["report"];
+        let deploy = r["deployId"].as_str().unwrap_or_default().to_string();
+        let step = r["deployStage"].as_str().unwrap_or_default().to_string();
+        if r["status"] == "UNKNOWN" && !deploy.is_empty() && done.insert((deploy, step.clone())) {
+            // Into the step's work (hooks take hook_ms; built-in steps are quicker).
+            tokio::time::sleep(Duration::from_millis(hook_ms / 2)).await;
+            if *stop.borrow() {
+                return;
+            }
+            let mut lab = lab.lock().await;
+            lab.kill_agent(a);
+            if lab.restart_agent(a).is_ok() {
+                log.lock().unwrap().push(format!("{host}:{step}"));
+            }
+        }
+        tokio::time::sleep(STEP_WATCH_EVERY).await;
+    }
+}
+
+/// Re-applies the cuts while any is in force, so that restarted processes' new ports are cut.
+async fn refresh_cuts(lab: Arc<tokio::sync::Mutex<Lab>>, stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        {
+            let mut lab = lab.lock().await;
+            if !lab.cuts().is_empty() {
+                let _ = lab.apply();
+            }
+        }
+        tokio::time::sleep(CUT_REFRESH).await;
+    }
+}
+
+fn wall_clock_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Runs `scenario` and judges it.
+pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Recorded), RunError> {
+    let seed = opts.seed.unwrap_or(scenario.seed);
+    let duration_s = opts.duration_s.unwrap_or(scenario.duration_s);
+    let started = Instant::now();
+    let epoch_ns = wall_clock_ns();
+    let clock = Clock::new(started);
+    let mut coordinator_env = vec![("TT_LOG".to_string(), "info".to_string())];
+    if let Some(ttl) = scenario.lease_ttl_ms {
+        coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
+    }
+    let mut agent_config = AGENT_CONFIG.to_string();
+    if let Some(l) = scenario.agent_lease_ms {
+        agent_config.push_str(&format!("lease_ms = {l}\n"));
+    }
+    let lab = Lab::start(LabSpec {
+        dir: opts.work_dir.clone(),
+        seed,
+        coordinator_bin: opts.coordinator_bin.clone(),
+        agent_bin: opts.agent_bin.clone(),
+        agents: scenario.agents,
+        group: "chaos-hosts".into(),
+        coordinator_env,
+        agent_config,
+    })
+    .await?;
+    let urls = lab.ids().into_iter().map(|id| (id, lab.cluster.base_url(id))).collect();
+    let hosts: Vec<String> = lab.agents.iter().map(|a| a.agent.spec.hostname.clone()).collect();
+    let lab = Arc::new(tokio::sync::Mutex::new(lab));
+    let api = Api::new(urls);
+    let rec = Recorder::new(clock);
+
+    workload::setup_stages(
+        &api,
+        &rec,
+        "chaos-hosts",
+        scenario.max_parallel,
+        scenario.register_keys,
+    )
+    .await?;
+    let n_builds = 2 + (duration_s / 2.0).ceil() as u32;
+    let builds_dir = opts.work_dir.join("builds");
+    std::fs::create_dir_all(&builds_dir)
+        .map_err(|e| RunError::Harness(format!("creating {}: {e}", builds_dir.display())))?;
+    let mut builds: Vec<PreparedBuild> = Vec::new();
+    for n in 0..n_builds {
+        builds.push(workload::prepare_build(&api, &builds_dir, n, scenario.hook_ms).await?);
+    }
+    let log: Arc<Mutex<DriverLog>> = Arc::default();
+    let driver =
+        Driver { api: api.clone(), rec: rec.clone(), hosts: hosts.len(), log: log.clone() };
+
+    // The first deploy runs on every host at once (Teletraan's first-deploy bypass): before
+    // the window, and exempt from the parallelism check.
+    let (_never_tx, never) = watch::channel(false);
+    let mut rng = StdRng::seed_from_u64(sub_seed(seed, "driver", 0));
+    let first = driver
+        .deploy_once(&mut rng, &builds[0], &never)
+        .await
+        .ok_or_else(|| RunError::Harness("the first deploy was never started".into()))?;
+    let first_deadline = Instant::now() + FIRST_DEPLOY_WAIT;
+    loop {
+        if workload::hosts_now(&api)
+            .await
+            .is_some_and(|r| workload::settled(&r, &first, hosts.len()))
+        {
+            break;
+        }
+        if Instant::now() > first_deadline {
+            return Err(RunError::Harness(format!(
+                "the first deploy {first} did not settle within {FIRST_DEPLOY_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(workload::PROGRESS_EVERY).await;
+    }
+
+    // The window.
+    let window_start_us = clock.now_us();
+    let (stop_tx, stop) = watch::channel(false);
+    let (stop_driver_tx, stop_driver) = watch::channel(false);
+    let status: Arc<Mutex<Vec<StatusSample>>> = Arc::default();
+    let progress: Arc<Mutex<Vec<ProgressSample>>> = Arc::default();
+    let mut tasks = vec![
+        tokio::spawn(workload::status_sampler(api.clone(), clock, status.clone(), stop.clone())),
+        tokio::spawn(workload::progress_sampler(
+            api.clone(),
+            clock,
+            progress.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(refresh_cuts(lab.clone(), stop.clone())),
+    ];
+    for p in 1..=scenario.register_workers {
+        tasks.push(tokio::spawn(workload::register_client(
+            api.clone(),
+            rec.clone(),
+            p,
+            sub_seed(seed, "client", u64::from(p)),
+            scenario.register_keys,
+            stop.clone(),
+        )));
+    }
+    let driver =
+        tokio::spawn(driver.run(sub_seed(seed, "driver", 1), builds[1..].to_vec(), stop_driver));
+
+    let mut faults = Faults {
+        lab: lab.clone(),
+        api: api.clone(),
+        rng: StdRng::seed_from_u64(sub_seed(seed, "faults", 0)),
+        clock,
+        hook_ms: scenario.hook_ms,
+        step_killers: BTreeMap::new(),
+        kills_at_steps: Arc::default(),
+    };
+    let events = run_schedule(&mut faults, scenario, duration_s, window_start_us).await?;
+    faults.stop_step_killers();
+    let _ = stop_driver_tx.send(true);
+    lab.lock().await.heal_all()?;
+    let faults_end_us = clock.now_us();
+    let _ = driver.await;
+    let goal = log.lock().unwrap().deploys.last().cloned().unwrap_or(first.clone());
+
+    // Convergence: wait until every host settled on the goal, or the bound.
+    let bound_us = (scenario.convergence_bound_s * 1e6) as u64;
+    loop {
+        let done = progress.lock().unwrap().last().is_some_and(|s| {
+            s.t_us > faults_end_us && workload::settled(&s.rows, &goal, hosts.len())
+        });
+        if done || clock.now_us() > faults_end_us + bound_us {
+            break;
+        }
+        tokio::time::sleep(workload::PROGRESS_EVERY).await;
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Durability: every node killed and restarted at once, then the final reads.
+    let restart_at_us = clock.now_us();
+    {
+        let mut lab = lab.lock().await;
+        for id in lab.ids() {
+            lab.kill_node(id);
+        }
+        for id in lab.ids() {
+            lab.restart_node(id)?;
+        }
+        lab.cluster
+            .wait_leader(&lab.ids(), RESTART_LEADER_WAIT)
+            .await
+            .map_err(|e| RunError::Harness(format!("after the full restart: {e:#}")))?;
+    }
+    let ops = rec.ops();
+    let finals = final_state(&api, &ops, scenario.register_keys).await?;
+
+    // Journals and builds on disk.
+    let (journal, host_builds) = {
+        let lab = lab.lock().await;
+        let mut journal = Vec::new();
+        let mut host_builds = Vec::new();
+        for a in &lab.agents {
+            let host = &a.agent.spec.hostname;
+            let text = std::fs::read_to_string(&a.journal).unwrap_or_default();
+            journal.extend(parse_journal(host, &text, epoch_ns));
+            host_builds.push(scan_builds(host, &a.agent.spec.root.join("builds")));
+        }
+        (journal, host_builds)
+    };
+
+    // Verdicts.
+    let run_end_us = clock.now_us();
+    let hooks = checkers::hook_intervals(&journal, run_end_us);
+    let intervals = match scenario.parallelism {
+        Observation::Spans => checkers::deploy_spans(&hooks),
+        Observation::Steps => hooks.clone(),
+    };
+    let exempt: BTreeSet<String> = [first.clone()].into();
+    let status = status.lock().unwrap().clone();
+    let progress = progress.lock().unwrap().clone();
+    let (conv, conv_times) =
+        checkers::convergence(&progress, &goal, &hosts, faults_end_us, bound_us);
+    let published = log.lock().unwrap().published.clone();
+    let verdicts: Vec<Verdict> = vec![
+        checkers::parallelism(&intervals, scenario.max_parallel as usize, &exempt),
+        conv,
+        checkers::integrity(&host_builds, &published),
+        checkers::durability(&ops, &finals.values, &finals.builds, &finals.deploys),
+        checkers::linearizable(&ops),
+        checkers::one_leader_per_term(&status),
+        checkers::replicas_agree(&finals.by_node),
+    ];
+    let proxy: BTreeMap<LinkClass, ProxyStats> = lab.lock().await.proxy_stats();
+    let kills_at_steps = faults.kills_at_steps.lock().unwrap().clone();
+    let recovery = recoveries(&events, &status, &ops);
+    let driver_log = log.lock().unwrap().clone();
+    let report = Report::new(
+        scenario,
+        seed,
+        duration_s,
+        events,
+        &ops,
+        first.clone(),
+        driver_log.deploys,
+        goal,
+        verdicts,
+        recovery,
+        conv_times,
+        proxy,
+        kills_at_steps,
+        Timing { window_start_us, faults_end_us, restart_at_us, run_end_us },
+        opts.work_dir.clone(),
+    );
+    Ok((report, Recorded { ops, status, progress, journal }))
+}
+
+/// Where the run's phases fell, in microseconds since its start.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Timing {
+    pub window_start_us: u64,
+    pub faults_end_us: u64,
+    pub restart_at_us: u64,
+    pub run_end_us: u64,
+}
+
+/// Injects (and undoes) the scenario's faults on schedule until the window ends.
+async fn run_schedule(
+    faults: &mut Faults,
+    scenario: &Scenario,
+    duration_s: f64,
+    window_start_us: u64,
+) -> Result<Vec<FaultEvent>, RunError> {
+    // (time in the window, fault index, is_undo)
+    let mut plan: Vec<(f64, usize, bool)> = Vec::new();
+    for (i, f) in scenario.faults.iter().enumerate() {
+        if f.at_s >= duration_s {
+            continue;
+        }
+        plan.push((f.at_s, i, false));
+        if let Some(d) = f.for_s
+            && f.at_s + d < duration_s
+        {
+            plan.push((f.at_s + d, i, true));
+        }
+    }
+    plan.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+    let clock = faults.clock;
+    let at = |s: f64| window_start_us + (s * 1e6) as u64;
+    let mut events: Vec<FaultEvent> = Vec::new();
+    let mut targets: BTreeMap<usize, (Targets, usize)> = BTreeMap::new();
+    for (t, i, undo) in plan {
+        let wait = at(t).saturating_sub(clock.now_us());
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+        let fault = &scenario.faults[i].fault;
+        if undo {
+            if let Some((tg, ev)) = targets.remove(&i) {
+                faults.undo(fault, &tg).await?;
+                events[ev].until_ms = Some(clock.now_us().saturating_sub(window_start_us) / 1000);
+            }
+            continue;
+        }
+        let injected_us = clock.now_us();
+        let (tg, leader) = faults.inject(fault).await?;
+        let names = match &tg {
+            Targets::Nodes(n) => n.iter().map(|n| format!("node {n}")).collect(),
+            Targets::Agents(a) => a.iter().map(|a| format!("host-{}", a + 1)).collect(),
+            Targets::None => Vec::new(),
+        };
+        let hits_leader =
+            matches!(&tg, Targets::Nodes(n) if leader.is_some_and(|l| n.contains(&l)));
+        events.push(FaultEvent {
+            at_ms: injected_us.saturating_sub(window_start_us) / 1000,
+            at_us: injected_us,
+            until_ms: None,
+            label: fault.label(),
+            targets: names,
+            leader_before: leader,
+            hits_leader,
+        });
+        targets.insert(i, (tg, events.len() - 1));
+    }
+    let end = at(duration_s);
+    tokio::time::sleep(Duration::from_micros(end.saturating_sub(clock.now_us()))).await;
+    for e in &mut events {
+        if e.until_ms.is_none() {
+            e.until_ms = Some((duration_s * 1000.0) as u64);
+        }
+    }
+    Ok(events)
+}
+
+/// The state after the full restart.
+struct Finals {
+    values: BTreeMap<String, Option<String>>,
+    by_node: BTreeMap<u64, BTreeMap<String, Option<String>>>,
+    builds: BTreeSet<String>,
+    deploys: BTreeSet<String>,
+}
+
+async fn final_state(api: &Api, ops: &[Op], keys: u32) -> Result<Finals, RunError> {
+    let mut values = BTreeMap::new();
+    for k in 1..=keys {
+        let path = format!("/v1/envs/{}/{}", workload::ENV, workload::register_stage(k));
+        let v = api.until_ok("reading a register", reqwest::Method::GET, &path, None).await?;
+        values.insert(workload::register_key(k), v["description"].as_str().map(str::to_string));
+    }
+    // Every node applies at least what the leader had when the registers were read, then
+    // answers from its own state.
+    let target = leader_applied(api).await;
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    let mut by_node = BTreeMap::new();
+    for n in api.nodes() {
+        loop {
+            let a =
+                api.call(n, reqwest::Method::GET, "/v1/cluster", None, workload::OP_TIMEOUT).await;
+            let applied = match &a {
+                workload::Answer::Ok(v) => v["appliedIndex"].as_u64().unwrap_or(0),
+                _ => 0,
+            };
+            if applied >= target || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(workload::RETRY_PAUSE).await;
+        }
+        let mut m = BTreeMap::new();
+        for k in 1..=keys {
+            let path =
+                format!("/v1/envs/{}/{}?stale=true", workload::ENV, workload::register_stage(k));
+            if let workload::Answer::Ok(v) =
+                api.call(n, reqwest::Method::GET, &path, None, workload::OP_TIMEOUT).await
+            {
+                m.insert(workload::register_key(k), v["description"].as_str().map(str::to_string));
+            }
+        }
+        by_node.insert(n, m);
+    }
+    let mut builds = BTreeSet::new();
+    let mut deploys = BTreeSet::new();
+    for op in ops.iter().filter(|o| o.outcome == crate::history::Outcome::Ok) {
+        match &op.kind {
+            OpKind::CreateBuild { id: Some(id) }
+                if api.get_opt("reading a build", &format!("/v1/builds/{id}")).await?.is_some() =>
+            {
+                builds.insert(id.clone());
+            }
+            OpKind::CreateDeploy { id: Some(id), .. }
+                if api
+                    .get_opt("reading a deploy", &format!("/v1/deploys/{id}"))
+                    .await?
+                    .is_some() =>
+            {
+                deploys.insert(id.clone());
+            }
+            _ => {}
+        }
+    }
+    Ok(Finals { values, by_node, builds, deploys })
+}
+
+async fn leader_applied(api: &Api) -> u64 {
+    for n in api.nodes() {
+        if let workload::Answer::Ok(v) =
+            api.call(n, reqwest::Method::GET, "/v1/cluster", None, workload::OP_TIMEOUT).await
+            && v["state"] == "Leader"
+        {
+            return v["appliedIndex"].as_u64().unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// Archives (`<env>-<id>.<ext>`, verified downloads only: partial ones end in `.part`) and
+/// extracted trees (`<id>/` with its `<id>.extracted` marker) under a host's builds directory.
+fn scan_builds(host: &str, dir: &Path) -> HostBuilds {
+    let mut out = HostBuilds { host: host.to_string(), ..HostBuilds::default() };
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let prefix = format!("{}-", workload::ENV);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if path.is_file()
+            && let Some(rest) = name.strip_prefix(&prefix)
+            && let Some(id) = [".tar.gz", ".tgz", ".tar.zst", ".tar", ".zip"]
+                .iter()
+                .find_map(|ext| rest.strip_suffix(ext))
+            && let Ok(bytes) = std::fs::read(&path)
+        {
+            out.archives.push((id.to_string(), blake3::hash(&bytes).to_hex().to_string()));
+        } else if path.is_dir() && dir.join(format!("{name}.extracted")).exists() {
+            let mut files = BTreeMap::new();
+            walk(&path, &path, &mut files);
+            out.trees.push((name, files));
+        }
+    }
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() {
+            walk(root, &p, out);
+        } else if meta.is_file()
+            && let Ok(bytes) = std::fs::read(&p)
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.insert(rel.display().to_string(), blake3::hash(&bytes).to_hex().to_string());
+        }
+    }
+}
+
+/// For each fault that hit the leader: when a new leader appeared and when writes were
+/// acknowledged again.
+fn recoveries(events: &[FaultEvent], status: &[StatusSample], ops: &[Op]) -> Vec<Recovery> {
+    events
+        .iter()
+        .filter(|e| e.hits_leader)
+        .map(|e| {
+            let term_before =
+                status.iter().filter(|s| s.t_us <= e.at_us).map(|s| s.term).max().unwrap_or(0);
+            let new_leader_ms = status
+                .iter()
+                .filter(|s| s.t_us >= e.at_us && s.state == "Leader" && s.term > term_before)
+                .map(|s| (s.t_us - e.at_us) / 1000)
+                .min();
+            let writes_ms = ops
+                .iter()
+                .filter(|o| {
+                    o.invoke_us >= e.at_us
+                        && o.outcome == crate::history::Outcome::Ok
+                        && !matches!(o.kind, OpKind::Read { .. })
+                })
+                .map(|o| (o.complete_us - e.at_us) / 1000)
+                .min();
+            Recovery { fault: e.label.clone(), at_ms: e.at_ms, new_leader_ms, writes_ms }
+        })
+        .collect()
+}

@@ -1,0 +1,374 @@
+//! Scenarios: named fault schedules with their workload settings, defined in TOML files an SRE
+//! can copy and change (`chaos-tests/scenarios/*.toml`).
+//!
+//! ```toml
+//! name = "leader-kill-mid-deploy"
+//! description = "kill -9 the leader while a rolling deploy is under way"
+//! seed = 1
+//! duration_s = 12.0
+//!
+//! [[faults]]
+//! at_s = 2.0
+//! fault = "kill-node"
+//! node = "leader"
+//! for_s = 3.0        # then restart it; without for_s it comes back when the window ends
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::lab::LinkClass;
+use crate::proxy::LinkFaults;
+
+/// Defaults, each overridable per scenario.
+pub const DEFAULT_AGENTS: usize = 4;
+pub const DEFAULT_MAX_PARALLEL: u32 = 2;
+pub const DEFAULT_HOOK_MS: u64 = 300;
+pub const DEFAULT_CONVERGENCE_BOUND_S: f64 = 60.0;
+pub const DEFAULT_REGISTER_WORKERS: u32 = 3;
+pub const DEFAULT_REGISTER_KEYS: u32 = 3;
+
+/// One scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Seeds the fault proxies, target choices and the workload.
+    pub seed: u64,
+    /// Length of the fault window, in seconds; the workload runs through it.
+    pub duration_s: f64,
+    #[serde(default = "default_agents")]
+    pub agents: usize,
+    /// The deploy stage's `maxParallel`.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: u32,
+    /// How long each hook takes.
+    #[serde(default = "default_hook_ms")]
+    pub hook_ms: u64,
+    /// How parallelism is observed: `spans` (a host's whole deploy, first hook start to last
+    /// hook end; sound only while no agent's lease can expire mid-deploy) or `steps` (each
+    /// hook run).
+    #[serde(default)]
+    pub parallelism: Observation,
+    /// How long after the faults end every host must have settled.
+    #[serde(default = "default_bound")]
+    pub convergence_bound_s: f64,
+    /// Clients reading and writing the registers (stage descriptions).
+    #[serde(default = "default_workers")]
+    pub register_workers: u32,
+    #[serde(default = "default_keys")]
+    pub register_keys: u32,
+    /// The coordinators' `TT_LEASE_TTL_MS`, if not their default.
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
+    /// The agents' `lease_ms`, if not their default (must be below `lease_ttl_ms`).
+    #[serde(default)]
+    pub agent_lease_ms: Option<u64>,
+    #[serde(default)]
+    pub faults: Vec<ScheduledFault>,
+}
+
+fn default_agents() -> usize {
+    DEFAULT_AGENTS
+}
+fn default_max_parallel() -> u32 {
+    DEFAULT_MAX_PARALLEL
+}
+fn default_hook_ms() -> u64 {
+    DEFAULT_HOOK_MS
+}
+fn default_bound() -> f64 {
+    DEFAULT_CONVERGENCE_BOUND_S
+}
+fn default_workers() -> u32 {
+    DEFAULT_REGISTER_WORKERS
+}
+fn default_keys() -> u32 {
+    DEFAULT_REGISTER_KEYS
+}
+
+/// How the parallelism checker sees a host as deploying.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Observation {
+    #[default]
+    Spans,
+    Steps,
+}
+
+/// A fault at an offset into the window, optionally undone `for_s` later. In TOML its fields
+/// sit beside the fault's own (`at_s`, `for_s`, `fault = "kill-node"`, `node = "leader"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduledFault {
+    pub at_s: f64,
+    /// Undo after this long; without it the fault lasts until the window ends.
+    pub for_s: Option<f64>,
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+impl<'de> Deserialize<'de> for ScheduledFault {
+    // serde's `flatten` cannot deny unknown fields, and a typo in a fault must not pass
+    // silently: take the timing out of the table, then parse the rest strictly.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let secs = |v: toml::Value, name: &str| match v {
+            toml::Value::Float(f) => Ok(f),
+            toml::Value::Integer(i) => Ok(i as f64),
+            other => Err(D::Error::custom(format!("{name} must be a number, not {other}"))),
+        };
+        let at_s =
+            secs(table.remove("at_s").ok_or_else(|| D::Error::missing_field("at_s"))?, "at_s")?;
+        let for_s = table.remove("for_s").map(|v| secs(v, "for_s")).transpose()?;
+        let fault = Fault::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?;
+        Ok(ScheduledFault { at_s, for_s, fault })
+    }
+}
+
+/// Which coordinator nodes a fault hits, chosen when it is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeSel {
+    Leader,
+    /// One node that is not the leader (chosen with the run's seed).
+    Follower,
+    /// The leader and one follower: two of three.
+    Majority,
+    All,
+    #[serde(rename = "node-1")]
+    Node1,
+    #[serde(rename = "node-2")]
+    Node2,
+    #[serde(rename = "node-3")]
+    Node3,
+}
+
+/// Which agents a fault hits: `"all"`, `"host-N"`, or a number chosen with the run's seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AgentSel {
+    Count(usize),
+    Named(String),
+}
+
+/// What is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// `kill -9`; restarted when undone.
+    KillNode { node: NodeSel },
+    /// SIGSTOP; SIGCONT when undone.
+    PauseNode { node: NodeSel },
+    /// Cut from the other nodes both ways.
+    IsolateNode { node: NodeSel },
+    /// Hears nothing from the other nodes (they still hear it).
+    DeafenNode { node: NodeSel },
+    /// The other nodes hear nothing from it (it still hears them).
+    MuteNode { node: NodeSel },
+    /// `kill -9` every node at once; all restarted when undone (at once).
+    KillAll,
+    /// Cut agents from every coordinator.
+    IsolateAgents { agents: AgentSel },
+    /// `kill -9` agents; restarted when undone (at once without `for_s`).
+    KillAgents { agents: AgentSel },
+    /// SIGSTOP agents; SIGCONT when undone.
+    PauseAgents { agents: AgentSel },
+    /// While in force: `kill -9` the agents once in the middle of every step of every deploy,
+    /// restarting them at once.
+    KillAgentsAtEveryStep { agents: AgentSel },
+    /// Degrade every link of a class (delay, loss, duplication, reordering, a bandwidth cap,
+    /// corruption: `link = { delay_ms = 50, drop_rate = 0.1 }`); perfect again when undone.
+    Link { class: LinkClass, link: LinkFaults },
+}
+
+impl Fault {
+    /// Short human label.
+    pub fn label(&self) -> String {
+        let sel = |n: &NodeSel| serde_json::to_value(n).unwrap().as_str().unwrap().to_string();
+        let agents = |a: &AgentSel| match a {
+            AgentSel::Count(n) => format!("{n} agent(s)"),
+            AgentSel::Named(s) => s.clone(),
+        };
+        match self {
+            Fault::KillNode { node } => format!("kill -9 {}", sel(node)),
+            Fault::PauseNode { node } => format!("SIGSTOP {}", sel(node)),
+            Fault::IsolateNode { node } => format!("isolate {}", sel(node)),
+            Fault::DeafenNode { node } => format!("deafen {} (one-way)", sel(node)),
+            Fault::MuteNode { node } => format!("mute {} (one-way)", sel(node)),
+            Fault::KillAll => "kill -9 all nodes".into(),
+            Fault::IsolateAgents { agents: a } => format!("isolate {}", agents(a)),
+            Fault::KillAgents { agents: a } => format!("kill -9 {}", agents(a)),
+            Fault::PauseAgents { agents: a } => format!("SIGSTOP {}", agents(a)),
+            Fault::KillAgentsAtEveryStep { agents: a } => {
+                format!("kill -9 {} at every step", agents(a))
+            }
+            Fault::Link { class, link: faults } => {
+                let mut parts = Vec::new();
+                if faults.delay_ms > 0 || faults.jitter_ms > 0 {
+                    parts.push(format!("delay {}±{} ms", faults.delay_ms, faults.jitter_ms));
+                }
+                for (name, p) in [
+                    ("drop", faults.drop_rate),
+                    ("duplicate", faults.duplicate_rate),
+                    ("reorder", faults.reorder_rate),
+                    ("corrupt", faults.corrupt_rate),
+                ] {
+                    if p > 0.0 {
+                        parts.push(format!("{name} {:.0}%", p * 100.0));
+                    }
+                }
+                if let Some(b) = faults.bandwidth_bytes_per_s {
+                    parts.push(format!("cap {} KiB/s", b / 1024));
+                }
+                format!("{class:?} links: {}", parts.join(", ")).to_lowercase()
+            }
+        }
+    }
+}
+
+/// Errors loading scenarios.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid scenario: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no scenario named {name:?} in {dir} (try `chaos list`)")]
+    NotFound { name: String, dir: PathBuf },
+}
+
+/// The scenarios shipped with the crate.
+pub fn default_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Parses and validates one scenario.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let invalid = |message: String| ScenarioError::Invalid { path: path.to_path_buf(), message };
+    let s: Scenario = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    if s.duration_s <= 0.0 || s.agents == 0 || s.max_parallel == 0 {
+        return Err(invalid("duration_s, agents and max_parallel must be above 0".into()));
+    }
+    if let (Some(agent), Some(ttl)) = (s.agent_lease_ms, s.lease_ttl_ms)
+        && agent >= ttl
+    {
+        return Err(invalid(format!(
+            "agent_lease_ms ({agent}) must be below lease_ttl_ms ({ttl})"
+        )));
+    }
+    for f in &s.faults {
+        if f.at_s < 0.0 || f.at_s > s.duration_s || f.for_s.is_some_and(|d| d <= 0.0) {
+            return Err(invalid(format!(
+                "fault {:?} at {} s must start within the window (0..{} s) and last > 0 s",
+                f.fault.label(),
+                f.at_s,
+                s.duration_s
+            )));
+        }
+        if let Fault::Link { link: faults, .. } = &f.fault {
+            faults.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+    }
+    Ok(s)
+}
+
+/// Every scenario in `dir`, sorted by name.
+pub fn load_all(dir: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+    let read = |path: &Path| -> Result<String, ScenarioError> {
+        std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })
+    };
+    let entries = std::fs::read_dir(dir)
+        .map_err(|source| ScenarioError::Read { path: dir.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "toml") {
+            out.push(parse(&path, &read(&path)?)?);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The scenario called `name` in `dir`.
+pub fn load(dir: &Path, name: &str) -> Result<Scenario, ScenarioError> {
+    load_all(dir)?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ScenarioError::NotFound { name: name.into(), dir: dir.to_path_buf() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_scenarios_parse_and_have_unique_names() {
+        let all = load_all(&default_dir()).unwrap();
+        assert!(all.len() >= 6, "{} scenarios", all.len());
+        let mut names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "names are unique");
+        for s in &all {
+            let file = default_dir().join(format!("{}.toml", s.name));
+            assert!(file.exists(), "{} lives in a file named after it", s.name);
+        }
+    }
+
+    #[test]
+    fn faults_parse_and_bad_ones_are_refused() {
+        let text = r#"
+            name = "x"
+            description = "d"
+            seed = 3
+            duration_s = 10.0
+            [[faults]]
+            at_s = 1.0
+            for_s = 2.0
+            fault = "kill-node"
+            node = "leader"
+            [[faults]]
+            at_s = 2.0
+            fault = "link"
+            class = "raft"
+            link = { delay_ms = 50, drop_rate = 0.1 }
+            [[faults]]
+            at_s = 3.0
+            fault = "isolate-agents"
+            agents = 2
+            [[faults]]
+            at_s = 4.0
+            fault = "kill-agents"
+            agents = "host-1"
+        "#;
+        let s = parse(Path::new("x.toml"), text).unwrap();
+        assert_eq!(s.faults[0].fault, Fault::KillNode { node: NodeSel::Leader });
+        assert_eq!(s.faults[0].for_s, Some(2.0));
+        let Fault::Link { class, link: faults } = &s.faults[1].fault else { panic!() };
+        assert_eq!((*class, faults.delay_ms, faults.drop_rate), (LinkClass::Raft, 50, 0.1));
+        assert_eq!(s.faults[2].fault, Fault::IsolateAgents { agents: AgentSel::Count(2) });
+        assert_eq!(
+            s.faults[3].fault,
+            Fault::KillAgents { agents: AgentSel::Named("host-1".into()) }
+        );
+        assert_eq!(s.agents, DEFAULT_AGENTS);
+        assert_eq!(s.faults[1].fault.label(), "raft links: delay 50±0 ms, drop 10%");
+
+        let late = text.replace("at_s = 4.0", "at_s = 40.0");
+        assert!(parse(Path::new("x.toml"), &late).is_err());
+        let bad_rate = text.replace("drop_rate = 0.1", "drop_rate = 1.1");
+        assert!(parse(Path::new("x.toml"), &bad_rate).is_err());
+        let unknown = text.replace("node = \"leader\"", "node = \"boss\"");
+        assert!(parse(Path::new("x.toml"), &unknown).is_err());
+        let typo = text.replace("node = \"leader\"", "node = \"leader\"\nnodes = 2");
+        assert!(parse(Path::new("x.toml"), &typo).is_err(), "unknown fields are refused");
+        let typo = text.replace("delay_ms = 50", "delay = 50");
+        assert!(parse(Path::new("x.toml"), &typo).is_err());
+        let lease = format!("lease_ttl_ms = 1000\nagent_lease_ms = 2000\n{text}");
+        assert!(parse(Path::new("x.toml"), &lease).is_err());
+    }
+}
