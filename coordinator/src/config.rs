@@ -72,6 +72,14 @@ pub struct Config {
     /// (Teletraan's agent janitor: 150 s). Slot holders are governed by `lease_ttl_ms`.
     #[serde(default = "default_host_stale")]
     pub host_stale_ms: u64,
+    /// `anonymous` (every request may do everything; the default for now) or `tokens`
+    /// (every request needs a token with the route's role; see `crate::auth`).
+    #[serde(default)]
+    pub auth: crate::auth::AuthMode,
+    /// The bootstrap token: whoever presents it is a system ADMIN (`coordinator token new`
+    /// prints a fresh one). Same value on every node.
+    #[serde(default)]
+    pub admin_token: Option<String>,
 }
 
 /// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
@@ -93,6 +101,9 @@ fn default_host_stale() -> u64 {
 fn default_lease_ttl() -> u64 {
     DEFAULT_LEASE_TTL_MS
 }
+
+/// Shortest `admin_token` accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 /// Shortest interval accepted for the leader's periodic loops, in milliseconds.
 pub const MIN_LOOP_INTERVAL_MS: u64 = 10;
@@ -211,6 +222,10 @@ pub struct Overrides {
     pub max_blob_bytes: Option<u64>,
     #[arg(long, env = "TT_HOST_STALE_MS")]
     pub host_stale_ms: Option<u64>,
+    #[arg(long, env = "TT_AUTH", value_enum)]
+    pub auth: Option<crate::auth::AuthMode>,
+    #[arg(long, env = "TT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -236,6 +251,8 @@ struct FileConfig {
     lease_ttl_ms: Option<u64>,
     max_blob_bytes: Option<u64>,
     host_stale_ms: Option<u64>,
+    auth: Option<crate::auth::AuthMode>,
+    admin_token: Option<String>,
 }
 
 impl Config {
@@ -308,6 +325,8 @@ impl Config {
                 .or(file.max_blob_bytes)
                 .unwrap_or(DEFAULT_MAX_BLOB_BYTES),
             host_stale_ms: o.host_stale_ms.or(file.host_stale_ms).unwrap_or(DEFAULT_HOST_STALE_MS),
+            auth: o.auth.or(file.auth).unwrap_or_default(),
+            admin_token: o.admin_token.clone().or(file.admin_token),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -352,6 +371,11 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad(format!("max_body_bytes ({}) must be at least 1024", self.max_body_bytes));
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
+            return bad(format!(
+                "admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters (`coordinator token new` prints one)"
+            ));
         }
         let members = self.parsed_members()?;
         if !members.is_empty() && !members.iter().any(|(id, _)| *id == self.node_id) {

@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod api;
+pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod feed;

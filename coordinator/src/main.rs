@@ -31,6 +31,15 @@ enum Cmd {
     /// Create and inspect the cluster's TLS material.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Bootstrap tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Print a fresh random token for `admin_token` (TT_ADMIN_TOKEN) or `agent_token`.
+    New,
 }
 
 #[derive(Subcommand)]
@@ -88,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             ca.write(&dir).with_context(|| format!("writing the CA to {}", dir.display()))?;
             println!("cluster CA written to {}", dir.display());
         }
+        Cmd::Token(TokenCmd::New) => println!("{}", coordinator::auth::new_token().0),
         Cmd::Certs(CertsCmd::Issue { ca_dir, out, name, sans }) => {
             tls::install_crypto_provider();
             for san in &sans {

@@ -142,6 +142,8 @@ pub async fn run(
         ),
         feed,
         agent_token: cfg.agent_token.clone(),
+        auth_mode: cfg.auth,
+        admin_token: cfg.admin_token.clone(),
         blobs: Arc::new(
             crate::blobs::BlobStore::open(&cfg.data_dir.join("blobs"), cfg.max_blob_bytes)
                 .map_err(|e| StartError::Raft(format!("blob store: {e}")))?,

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{ResourceType, Role, TokenRecord};
 use crate::beans::{BuildBean, DeployBean, EnvironBean, PromoteBean, TagBean};
 use crate::enums::{AcceptanceStatus, AgentState};
 use crate::ids::{BuildId, DeployId, EnvId, HostId, TagId};
@@ -96,6 +97,20 @@ pub enum Op {
     /// parallelism slot become UNREACHABLE (slot holders lose their slot only through
     /// [`Op::ExpireLeases`], at the lease TTL).
     RecordLiveness { seen: Vec<(String, i64)>, unreachable: Vec<String> },
+    /// Store a token (its hash only; the leader generated the token). A script token is refused
+    /// if its resource already has a token of that script name.
+    CreateToken { token: TokenRecord },
+    /// Delete the token with this hash.
+    DeleteToken { hash: String },
+    /// Change a script token's role.
+    SetTokenRole { hash: String, role: Role },
+    /// Bind `user` to `role` on a resource (replacing an earlier binding there).
+    SetUserRole { resource_type: ResourceType, resource_id: String, user: String, role: Role },
+    /// Remove a user's binding on a resource.
+    DeleteUserRole { resource_type: ResourceType, resource_id: String, user: String },
+    /// [`Op::CreateEnv`] by a user: if this is the env's first stage, `creator` becomes the
+    /// env's ADMIN in the same apply (Teletraan's first-creator rule).
+    CreateEnvOwned { env: EnvironBean, creator: String },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -132,6 +147,12 @@ impl Op {
             Op::PurgeDeploys { .. } => "purge_deploys",
             Op::PurgeBuilds { .. } => "purge_builds",
             Op::RecordLiveness { .. } => "record_liveness",
+            Op::CreateToken { .. } => "create_token",
+            Op::DeleteToken { .. } => "delete_token",
+            Op::SetTokenRole { .. } => "set_token_role",
+            Op::SetUserRole { .. } => "set_user_role",
+            Op::DeleteUserRole { .. } => "delete_user_role",
+            Op::CreateEnvOwned { .. } => "create_env_owned",
         }
     }
 }

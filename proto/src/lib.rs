@@ -6,6 +6,7 @@
 //! - [`enums`]: every Teletraan enum with its exact wire strings.
 //! - [`ids`]: id newtypes and Teletraan's deterministic id encoding.
 //! - [`command`]: Raft command payloads the coordinator leader proposes.
+//! - [`auth`]: roles, role beans and token records (hashes only).
 //! - [`frame`]: length-prefixed postcard frames for the QUIC protocols.
 //!
 //! JSON (serde_json) is the REST encoding; postcard is the Raft and QUIC encoding. Both
@@ -14,6 +15,7 @@
 //! variants and struct fields by position: they are appended, never reordered or removed.
 
 pub mod agent;
+pub mod auth;
 pub mod beans;
 pub mod command;
 pub mod enums;

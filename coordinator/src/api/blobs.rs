@@ -55,7 +55,13 @@ impl From<BlobError> for ApiError {
     }
 }
 
-async fn upload(State(app): State<App>, body: Body) -> Result<Response, ApiError> {
+async fn upload(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // The copy to a peer carries the uploader's credentials: the peer authorizes it too.
+    let auth = headers.get(header::AUTHORIZATION).cloned();
     let info = app.blobs.put(body.into_data_stream(), None).await?;
     let mut copies = vec![app.node_id];
     let peers: Vec<(u64, String)> = {
@@ -73,7 +79,7 @@ async fn upload(State(app): State<App>, body: Body) -> Result<Response, ApiError
         if copies.len() >= MIN_BLOB_COPIES {
             break;
         }
-        match copy_to(&app, &addr, &info.blake3).await {
+        match copy_to(&app, &addr, &info.blake3, auth.as_ref()).await {
             Ok(()) => copies.push(id),
             Err(e) => {
                 warn!(blob = info.blake3, peer = id, error = %e, "copying the blob failed");
@@ -96,17 +102,20 @@ async fn upload(State(app): State<App>, body: Body) -> Result<Response, ApiError
 }
 
 /// Streams a local blob to a peer's `PUT /v1/blobs/{hash}`.
-async fn copy_to(app: &App, addr: &str, hash: &str) -> Result<(), String> {
+async fn copy_to(
+    app: &App,
+    addr: &str,
+    hash: &str,
+    auth: Option<&axum::http::HeaderValue>,
+) -> Result<(), String> {
     let file = tokio::fs::File::open(app.blobs.path(hash)).await.map_err(|e| e.to_string())?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, BLOB_READ_BYTES);
-    let resp = app
-        .http
-        .put(format!("http://{addr}/v1/blobs/{hash}"))
-        .timeout(BLOB_COPY_TIMEOUT)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut req = app.http.put(format!("http://{addr}/v1/blobs/{hash}")).timeout(BLOB_COPY_TIMEOUT);
+    if let Some(auth) = auth {
+        req = req.header(header::AUTHORIZATION, auth.clone());
+    }
+    let resp =
+        req.body(reqwest::Body::wrap_stream(stream)).send().await.map_err(|e| e.to_string())?;
     if resp.status().is_success() {
         Ok(())
     } else {

@@ -59,7 +59,10 @@ async fn ping(
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<PingRequestBean>,
 ) -> Result<Json<PingResponseBean>, ApiError> {
-    if let Some(want) = &app.agent_token {
+    // In `tokens` mode the auth middleware checked PINGER (the agent token is one).
+    if let Some(want) =
+        app.agent_token.as_ref().filter(|_| app.auth_mode == crate::auth::AuthMode::Anonymous)
+    {
         let given = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

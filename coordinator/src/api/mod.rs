@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod deploys;
 pub mod error;
 pub mod promotes;
+pub mod roles;
 pub mod teletraan;
 
 use std::sync::Arc;
@@ -63,6 +64,10 @@ pub struct AppState {
     pub agent_token: Option<String>,
     /// Build artifacts stored on this node.
     pub blobs: Arc<crate::blobs::BlobStore>,
+    /// `anonymous` or `tokens` (see `crate::auth`).
+    pub auth_mode: crate::auth::AuthMode,
+    /// The bootstrap system-ADMIN token, if configured.
+    pub admin_token: Option<String>,
 }
 
 pub type App = Arc<AppState>;
@@ -78,12 +83,19 @@ pub fn router(app: App) -> Router {
         .merge(teletraan::routes())
         .merge(deploys::routes())
         .merge(promotes::routes())
+        .merge(roles::routes())
+        // Inside write forwarding: a forwarded write is authorized by the leader.
+        .layer(middleware::from_fn_with_state(app.clone(), crate::auth::authorize))
         .layer(middleware::from_fn_with_state(app.clone(), route_writes))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(max_body))
         // Blobs: any node stores and serves them (not forwarded); the store enforces its own
         // size limit while streaming.
-        .merge(blobs::routes().layer(DefaultBodyLimit::disable()))
+        .merge(
+            blobs::routes()
+                .layer(middleware::from_fn_with_state(app.clone(), crate::auth::authorize))
+                .layer(DefaultBodyLimit::disable()),
+        )
         .with_state(app)
 }
 

@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, App, ReadMode, propose, read_barrier};
+use crate::auth::{Principal, Scope};
 use crate::state::State as Replicated;
+use proto::auth::Role;
 
 /// Largest page a list endpoint returns.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -173,8 +175,10 @@ async fn get_env(
 
 async fn create_env(
     State(app): State<App>,
+    principal: Option<axum::Extension<Principal>>,
     JsonBody(mut env): JsonBody<EnvironBean>,
 ) -> Result<Response, ApiError> {
+    let principal = principal.map_or_else(Principal::anonymous, |p| p.0);
     let name = env.env_name.clone().ok_or_else(|| ApiError::bad_request("envName is required"))?;
     let stage =
         env.stage_name.clone().ok_or_else(|| ApiError::bad_request("stageName is required"))?;
@@ -188,8 +192,23 @@ async fn create_env(
     env.id = Some(EnvId::new(app.ids.next()));
     env.deploy_id = None;
     env.deploy_type = None;
-    env.last_operator = Some(ANONYMOUS.to_string());
-    match propose(&app, Op::CreateEnv { env }).await? {
+    // WRITE on the env; a user may create a new env and becomes its ADMIN (Teletraan).
+    // A positive systemPriority (a sidecar, which runs on other envs' hosts) needs system
+    // ADMIN: Teletraan asks ADMIN of the env, which a new env's creator always is.
+    let exists = app.applied.read().expect("applied lock poisoned").state.env_exists(&name);
+    if exists || !principal.is_user() {
+        principal.require(Role::Write, &Scope::Env(name.clone()))?;
+    }
+    if env.system_priority.is_some_and(|p| p > 0) {
+        principal.require(Role::Admin, &Scope::System)?;
+    }
+    env.last_operator = Some(principal.name.clone());
+    let op = if principal.is_user() {
+        Op::CreateEnvOwned { env, creator: principal.name.clone() }
+    } else {
+        Op::CreateEnv { env }
+    };
+    match propose(&app, op).await? {
         OpOutput::Env(env) => Ok(created(format!("/v1/envs/{name}/{stage}"), &env)),
         other => unreachable!("create_env answered {other:?}"),
     }
@@ -197,9 +216,14 @@ async fn create_env(
 
 async fn update_env(
     State(app): State<App>,
+    principal: Option<axum::Extension<Principal>>,
     Path((env_name, stage_name)): Path<(String, String)>,
     JsonBody(mut patch): JsonBody<EnvironBean>,
 ) -> Result<Response, ApiError> {
+    let principal = principal.map_or_else(Principal::anonymous, |p| p.0);
+    if patch.system_priority.is_some_and(|p| p > 0) {
+        principal.require(Role::Admin, &Scope::System)?;
+    }
     patch.normalize_request().map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(b) = &patch.build_name {
         check_name("buildName", b, "./")?;
@@ -208,7 +232,7 @@ async fn update_env(
     patch.deploy_id = None;
     patch.deploy_type = None;
     patch.is_sox = None;
-    let op = Op::UpdateEnv { env_name, stage_name, patch, operator: ANONYMOUS.to_string() };
+    let op = Op::UpdateEnv { env_name, stage_name, patch, operator: principal.name };
     propose(&app, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -10,6 +10,7 @@
 //! [`State::take_dirty`] into the same RocksDB `WriteBatch` as `last_applied`. Keys are a
 //! one-letter table prefix and the record id (`e/`, `b/`, `d/`); values are postcard beans.
 
+pub mod auth;
 pub mod cron;
 pub mod deploy;
 pub mod history;
@@ -41,6 +42,10 @@ enum Key {
     /// A stage's promote config (Teletraan's `promotes`).
     Promote(EnvId),
     Tag(TagId),
+    /// A token record, by the token's BLAKE3 hash.
+    Token(String),
+    /// A user's role binding.
+    UserRole(auth::BindingKey),
 }
 
 impl Key {
@@ -61,6 +66,8 @@ impl Key {
             Key::AgentError(env, host) => format!("x/{env}/{host}").into_bytes(),
             Key::Promote(id) => format!("p/{id}").into_bytes(),
             Key::Tag(id) => format!("t/{id}").into_bytes(),
+            Key::Token(hash) => format!("k/{hash}").into_bytes(),
+            Key::UserRole(key) => auth::binding_key(key),
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct State {
     /// Parallelism slots freed per stage by the last applies (wakes that many waiters).
     freed: BTreeMap<EnvId, u32>,
     dirty: BTreeSet<Key>,
+    /// Tokens and role bindings.
+    auth: auth::AuthState,
 }
 
 fn invalid(reason: impl Into<String>) -> OpError {
@@ -171,6 +180,16 @@ impl State {
             Op::RecordLiveness { seen, unreachable } => {
                 self.record_liveness(now_ms, &seen, &unreachable)
             }
+            Op::CreateToken { token } => self.create_token(now_ms, token),
+            Op::DeleteToken { hash } => self.delete_token(&hash),
+            Op::SetTokenRole { hash, role } => self.set_token_role(&hash, role),
+            Op::SetUserRole { resource_type, resource_id, user, role } => {
+                self.set_user_role((resource_type, resource_id, user), role)
+            }
+            Op::DeleteUserRole { resource_type, resource_id, user } => {
+                self.delete_user_role((resource_type, resource_id, user))
+            }
+            Op::CreateEnvOwned { env, creator } => self.create_env_owned(now_ms, env, creator),
         }
     }
 
@@ -386,6 +405,8 @@ impl State {
                     }
                     Key::Promote(id) => self.promotes.get(id).map(encode),
                     Key::Tag(id) => self.tags.get(id).map(encode),
+                    Key::Token(hash) => self.auth.tokens.get(hash).map(encode),
+                    Key::UserRole(key) => self.auth.bindings.get(key).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -454,6 +475,13 @@ impl State {
             }
             Some(b"t/") => {
                 self.tags.insert(TagId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"k/") => {
+                self.auth.tokens.insert(id.to_string(), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"u/") => {
+                let key = auth::parse_binding_key(id)?;
+                self.auth.bindings.insert(key, postcard::from_bytes(value).map_err(bad)?);
             }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
