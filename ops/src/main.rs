@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 mod cmd_bench;
 mod cmd_deploy;
 mod cmd_promote;
+mod cmd_token;
 
 #[derive(Parser)]
 #[command(version, about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)")]
@@ -117,6 +118,9 @@ enum Cmd {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// API tokens: create (shown once), list, delete.
+    #[command(subcommand)]
+    Token(cmd_token::TokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -346,6 +350,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Capacity { stage, groups, hosts } => {
             cmd_deploy::capacity(&client, out, &stage, groups, hosts).await?
         }
+        Cmd::Token(c) => cmd_token::run(&client, out, c).await?,
     }
     Ok(0)
 }

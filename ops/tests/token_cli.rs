@@ -1,0 +1,71 @@
+//! `tt token create|list|delete` against a one-node cluster in `auth = "tokens"` mode: a token
+//! is printed once, listed without its value, works until it is deleted.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use serde_json::Value;
+
+const ADMIN: &str = "admin-token-for-the-cli-test";
+
+fn tt(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tt"))
+        .env("TT_ADDR", addr)
+        .env("TT_TOKEN", token)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_verbs_create_list_delete() {
+    ops::ensure_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TT_AUTH", "tokens"), ("TT_ADMIN_TOKEN", ADMIN)];
+    let cluster = DevCluster::start(Spec {
+        nodes: 1,
+        dir: dir.path().into(),
+        base_http_port: None,
+        base_raft_port: None,
+        coordinator_bin: find_coordinator_bin().unwrap(),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        advertise: None,
+    })
+    .unwrap();
+    cluster.wait_leader(&[1], Duration::from_secs(30)).await.unwrap();
+    let addr = cluster.base_url(1);
+
+    let (code, out, err) =
+        tt(&addr, ADMIN, &["token", "create", "--system", "--name", "ci", "--role", "reader"]);
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim().to_string();
+    assert!(token.starts_with("tt_"), "{out}");
+    assert!(err.contains("not shown again"), "{err}");
+
+    let (code, out, err) = tt(&addr, ADMIN, &["token", "list", "--system", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list[0]["name"], "ci");
+    assert_eq!(list[0]["role"], "READER");
+    assert!(list[0]["token"].is_null(), "{list}");
+    assert!(!out.contains(&token));
+
+    // The new token reads, but may not manage tokens (403 names the role).
+    let (code, _, err) = tt(&addr, &token, &["env", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tt(&addr, &token, &["token", "list", "--system"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("MANAGE_SCRIPT_TOKEN"), "{err}");
+
+    let (code, _, err) = tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = tt(&addr, &token, &["env", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+}
