@@ -127,6 +127,13 @@ impl Client {
         )
     }
 
+    /// DELETE with a JSON body (e.g. the host ids of `DELETE /v1/envs/{e}/{s}/hosts`).
+    pub async fn delete_json<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(self.http.delete(format!("{}{path}", self.addr)).json(body))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
         self.send::<serde_json::Value>(self.http.delete(format!("{}{path}", self.addr)))
             .await

@@ -31,6 +31,8 @@ pub enum HostCmd {
     Reset { stage: String, hosts: Vec<String> },
     /// Resume paused hosts.
     Resume { stage: String, hosts: Vec<String> },
+    /// Stop the service on these hosts, on every stage (STOPPING, then STOPPED).
+    Stop { stage: String, hosts: Vec<String> },
 }
 
 fn deploy_row(d: &Value) -> Vec<String> {
@@ -220,7 +222,15 @@ pub async fn hosts(client: &Client, out: Output, stage: &str) -> anyhow::Result<
 }
 
 pub async fn host(client: &Client, cmd: HostCmd) -> anyhow::Result<()> {
+    if let HostCmd::Stop { stage, hosts } = &cmd {
+        anyhow::ensure!(!hosts.is_empty(), "name at least one host id");
+        let (e, st) = split_stage(stage)?;
+        client.delete_json(&format!("/v1/envs/{e}/{st}/hosts"), hosts).await?;
+        println!("{stage}: STOP for {} host(s)", hosts.len());
+        return Ok(());
+    }
     let (stage, hosts, action) = match cmd {
+        HostCmd::Stop { .. } => unreachable!("handled above"),
         HostCmd::Pause { stage, hosts } => (stage, hosts, "PAUSED_BY_USER"),
         HostCmd::Reset { stage, hosts } => (stage, hosts, "RESET"),
         HostCmd::Resume { stage, hosts } => (stage, hosts, "NORMAL"),

@@ -111,6 +111,10 @@ pub enum Op {
     /// [`Op::CreateEnv`] by a user: if this is the env's first stage, `creator` becomes the
     /// env's ADMIN in the same apply (Teletraan's first-creator rule).
     CreateEnvOwned { env: EnvironBean, creator: String },
+    /// Stop the service on these hosts (Teletraan's "terminate hosts"): every agent row of
+    /// each host, on every stage, turns STOP; pings then drive STOPPING → STOPPED. Each host
+    /// must have a row on `env_id` (the stage the operator names).
+    StopHosts { env_id: EnvId, hosts: Vec<HostId> },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -153,6 +157,7 @@ impl Op {
             Op::SetUserRole { .. } => "set_user_role",
             Op::DeleteUserRole { .. } => "delete_user_role",
             Op::CreateEnvOwned { .. } => "create_env_owned",
+            Op::StopHosts { .. } => "stop_hosts",
         }
     }
 }

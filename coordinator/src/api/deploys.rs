@@ -14,7 +14,7 @@ use proto::beans::{AgentBean, DeployBean, EnvironBean, HostBean};
 use proto::command::{EnvConfigKind, Op, OpOutput};
 use proto::enums::{AgentState, DeployActionType, DeployType, EnvState, HostActionType};
 use proto::ids::{BuildId, DeployId, EnvId, HostId};
-use proto::ping::{PingRequestBean, PingResponseBean};
+use proto::ping::{DeployCandidatesResponse, PingRequestBean, PingResponseBean};
 use serde::{Deserialize, Serialize};
 
 use super::teletraan::{ANONYMOUS, JsonBody};
@@ -28,6 +28,7 @@ pub const MAX_NAMES_PER_REQUEST: usize = 10_000;
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/v1/system/ping", post(ping))
+        .route("/v1/system/ping/alldeploycandidates", post(all_deploy_candidates))
         .route(
             "/v1/envs/{env}/{stage}/capacity",
             get(get_capacity).put(put_capacity).post(add_capacity).delete(remove_capacity),
@@ -35,6 +36,7 @@ pub fn routes() -> Router<App> {
         .route("/v1/envs/{env}/{stage}/deploys", post(create_deploy))
         .route("/v1/envs/{env}/{stage}/deploys/current/actions", post(deploy_action))
         .route("/v1/envs/{env}/{stage}/deploys/hostactions", put(host_actions))
+        .route("/v1/envs/{env}/{stage}/hosts", axum::routing::delete(stop_hosts))
         .route("/v1/envs/{env}/{stage}/deploys/current/progress", put(progress))
         .route("/v1/envs/{env}/{stage}/agents", get(agents))
         .route("/v1/envs/{env}/{stage}/agents/errors/{host}", get(agent_error))
@@ -59,6 +61,28 @@ async fn ping(
     headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<PingRequestBean>,
 ) -> Result<Json<PingResponseBean>, ApiError> {
+    check_agent_token(&app, &headers)?;
+    ping_core(&app, req, Duration::ZERO).await.map(Json)
+}
+
+/// `POST /v1/system/ping/alldeploycandidates` (§3.11): every install candidate of this ping,
+/// each with its build. Read-only (a linearizable read of the plan); nothing is written.
+async fn all_deploy_candidates(
+    State(app): State<App>,
+    headers: axum::http::HeaderMap,
+    JsonBody(req): JsonBody<PingRequestBean>,
+) -> Result<Json<DeployCandidatesResponse>, ApiError> {
+    check_agent_token(&app, &headers)?;
+    if req.host_id.as_str().is_empty() {
+        return Err(ApiError::bad_request("hostId is required"));
+    }
+    read_barrier(&app, &ReadMode::default()).await?;
+    let now = crate::node::now_ms();
+    let applied = app.applied.read().expect("applied lock poisoned");
+    Ok(Json(DeployCandidatesResponse { candidates: applied.state.deploy_candidates(now, &req) }))
+}
+
+fn check_agent_token(app: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     // In `tokens` mode the auth middleware checked PINGER (the agent token is one).
     if let Some(want) =
         app.agent_token.as_ref().filter(|_| app.auth_mode == crate::auth::AuthMode::Anonymous)
@@ -74,7 +98,7 @@ async fn ping(
             ));
         }
     }
-    ping_core(&app, req, Duration::ZERO).await.map(Json)
+    Ok(())
 }
 
 /// One ping, on the leader. It is planned on the applied state first: a ping that changes
@@ -409,6 +433,38 @@ async fn host_actions(
         env_id: e.id.expect("stages have ids"),
         hosts: hosts.into_iter().map(HostId::new).collect(),
         state,
+    };
+    propose(&app, op).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StopHostsQuery {
+    /// Teletraan asks its cluster manager for a replacement; we have none, so it is accepted
+    /// and ignored.
+    #[allow(dead_code)]
+    replace_host: Option<bool>,
+}
+
+/// `DELETE /v1/envs/{e}/{s}/hosts` with `[hostIds]`: stop the service on these hosts
+/// (Teletraan's "terminate hosts"): all their agent rows turn STOP, and their pings walk
+/// STOPPING → STOPPED.
+async fn stop_hosts(
+    State(app): State<App>,
+    Path((env, stage)): Path<(String, String)>,
+    Query(_q): Query<StopHostsQuery>,
+    JsonBody(hosts): JsonBody<Vec<String>>,
+) -> Result<Response, ApiError> {
+    if hosts.is_empty() || hosts.len() > MAX_NAMES_PER_REQUEST {
+        return Err(ApiError::bad_request(format!(
+            "name between 1 and {MAX_NAMES_PER_REQUEST} host ids"
+        )));
+    }
+    let e = env_of(&app, &env, &stage)?;
+    let op = Op::StopHosts {
+        env_id: e.id.expect("stages have ids"),
+        hosts: hosts.into_iter().map(HostId::new).collect(),
     };
     propose(&app, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

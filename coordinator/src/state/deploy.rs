@@ -54,8 +54,8 @@ pub struct StageCounters {
     /// Agent rows not on their first deploy.
     pub existing: u32,
     /// Rows "deploying": not at SERVING_BUILD, not paused by the user, not a first deploy, not
-    /// UNREACHABLE (its lease expired); or stopping. Failed hosts (PAUSED_BY_SYSTEM) keep their
-    /// slot.
+    /// UNREACHABLE (its lease expired); or stopping (state STOP, not yet STOPPED). Failed hosts
+    /// (PAUSED_BY_SYSTEM) keep their slot.
     pub active: u32,
 }
 
@@ -88,11 +88,25 @@ pub fn contribution(a: &AgentBean) -> StageCounters {
     let first = a.first_deploy.unwrap_or(false);
     let state = a.state.unwrap_or(AgentState::Normal);
     let stage = a.deploy_stage.unwrap_or(DeployStage::Unknown);
-    let deploying = (stage != DeployStage::ServingBuild
+    // Quirk fixed: Teletraan counts STOPPED hosts until its terminator deletes their rows; a
+    // stopped host here holds no slot.
+    let stopped = state == AgentState::Stop && stage == DeployStage::Stopped;
+    let deploying = ((stage != DeployStage::ServingBuild
         && !matches!(state, AgentState::PausedByUser | AgentState::Unreachable)
         && !first)
-        || state == AgentState::Stop;
+        || state == AgentState::Stop)
+        && !stopped;
     StageCounters { existing: u32::from(!first), active: u32::from(deploying) }
+}
+
+/// Whether the row is stopping work: STOP, or a stop that failed (PAUSED_BY_SYSTEM at
+/// STOPPING). Such rows bypassed admission (Teletraan's rule): they take slots from the
+/// rollout but are not bound by the limit, and a host action that turns one back into a
+/// deploying row needs a free slot like a resume.
+pub fn is_stop_work(a: &AgentBean) -> bool {
+    a.state == Some(AgentState::Stop)
+        || (a.state == Some(AgentState::PausedBySystem)
+            && a.deploy_stage == Some(DeployStage::Stopping))
 }
 
 /// `finalMaxParallel`: the stage's parallelism limit for `existing` hosts.
@@ -127,6 +141,9 @@ pub struct PingPlan {
     pub stages: BTreeSet<EnvId>,
     /// New error output reported for (stage, host name).
     pub errors: Vec<((EnvId, String), String)>,
+    /// Every install candidate's answer, in candidate order, each with its build (only when
+    /// planned by [`State::deploy_candidates`]).
+    pub candidates: Vec<PingResponseBean>,
 }
 
 impl PingPlan {
@@ -300,6 +317,22 @@ fn new_deploy_bean(
     }
 }
 
+/// `genAgentStopBean` / the next stop stage: the row at `stage` (STOPPING or STOPPED), state STOP.
+fn stop_bean(now: i64, row: &AgentBean, env: &EnvironBean, stage: DeployStage) -> AgentBean {
+    AgentBean {
+        deploy_id: env.deploy_id.clone(),
+        deploy_stage: Some(stage),
+        state: Some(AgentState::Stop),
+        status: Some(AgentStatus::Unknown),
+        last_update_date: Some(now),
+        last_operator: Some(SYSTEM_OPERATOR.to_string()),
+        last_errno: Some(0),
+        fail_count: Some(0),
+        stage_start_date: Some(now),
+        ..row.clone()
+    }
+}
+
 impl State {
     // ----- queries -------------------------------------------------------------------------
 
@@ -428,10 +461,10 @@ impl State {
         if self.progress.get(&key.0) == Some(&Progress::default()) {
             self.progress.remove(&key.0);
         }
-        if let Some(new) = &row {
-            if let Some(name) = &new.host_name {
-                self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
-            }
+        if let Some(new) = &row
+            && let Some(name) = &new.host_name
+        {
+            self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
         }
         self.dirty.insert(Key::Agent(key.0, key.1));
     }
@@ -610,8 +643,8 @@ impl State {
             if let Some(row) = self.agents.get(&(env_id.clone(), h.clone())) {
                 let mut after = row.clone();
                 after.state = Some(state);
-                let (b, a) = (contribution(row), contribution(&after));
-                resumed.active += a.active.saturating_sub(b.active);
+                let held = if is_stop_work(row) { 0 } else { contribution(row).active };
+                resumed.active += contribution(&after).active.saturating_sub(held);
             }
         }
         let c = self.counters(env_id);
@@ -643,6 +676,60 @@ impl State {
             }
         }
         self.transition(now, env_id);
+        Ok(OpOutput::Done)
+    }
+
+    /// Stops the service on `hosts` (Teletraan's "terminate hosts", §4.12): every agent row of
+    /// each host, on every stage, turns STOP, and pings then drive it through STOPPING to
+    /// STOPPED (GoalAnalyst case 0.4). Each host must have a row on `env_id`, or nothing
+    /// changes (404). STOP bypasses admission, as in Teletraan: stopping is never throttled.
+    pub(super) fn stop_hosts(&mut self, now: i64, env_id: &EnvId, hosts: &[HostId]) -> OpResult {
+        if !self.envs.contains_key(env_id) {
+            return Err(OpError::NotFound { what: format!("stage {env_id}") });
+        }
+        let mut names = BTreeMap::new();
+        for h in hosts {
+            let row = self
+                .agents
+                .get(&(env_id.clone(), h.clone()))
+                .ok_or_else(|| OpError::NotFound { what: format!("host {h} on stage {env_id}") })?;
+            names.insert(h.clone(), row.host_name.clone().unwrap_or_else(|| h.to_string()));
+        }
+        let change = serde_json::json!({"hosts": hosts, "state": AgentState::Stop}).to_string();
+        self.record_history(
+            now,
+            env_id,
+            proto::beans::ConfigHistoryBean::TYPE_HOST_ACTION,
+            "anonymous",
+            change,
+        );
+        let mut touched = BTreeSet::new();
+        for (id, name) in names {
+            let keys: Vec<(EnvId, HostId)> = self
+                .agents_by_host
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|k| k.1 == id)
+                .cloned()
+                .collect();
+            for key in keys {
+                let Some(row) = self.agents.get(&key) else { continue };
+                if row.state == Some(AgentState::Stop) {
+                    continue;
+                }
+                let mut row = row.clone();
+                row.state = Some(AgentState::Stop);
+                row.last_update_date = Some(now);
+                row.last_operator = Some("anonymous".to_string());
+                self.put_agent(key.clone(), Some(row));
+                touched.insert(key.0);
+            }
+        }
+        for env in touched {
+            self.changed.insert(env.clone());
+            self.transition(now, &env);
+        }
         Ok(OpOutput::Done)
     }
 
@@ -761,6 +848,17 @@ impl State {
 
     /// Teletraan's `PingHandler.ping`, as a pure function of the state (§3.2–§3.9).
     pub fn plan_ping(&self, now: i64, req: &PingRequestBean) -> PingPlan {
+        self.plan_ping_with(now, req, false)
+    }
+
+    /// `POST /v1/system/ping/alldeploycandidates` (§3.11): the answer for every install
+    /// candidate of this ping, in candidate order, each with its build. Read-only: unlike
+    /// Teletraan, which runs the whole ping with its writes, this only reports.
+    pub fn deploy_candidates(&self, now: i64, req: &PingRequestBean) -> Vec<PingResponseBean> {
+        self.plan_ping_with(now, req, true).candidates
+    }
+
+    fn plan_ping_with(&self, now: i64, req: &PingRequestBean, all: bool) -> PingPlan {
         let host_id = req.host_id.clone();
         let host =
             req.host_name.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| host_id.to_string());
@@ -853,6 +951,35 @@ impl State {
                         ) => {}
                 // 0.3 paused by the user
                 _ if agent.is_some_and(|a| a.state == Some(AgentState::PausedByUser)) => {}
+                // 0.4 stopping: STOPPING, then STOPPED, then nothing. (A stage the host left
+                // falls through to cases 3 and 4.)
+                (Some(e), _) if agent.is_some_and(|a| a.state == Some(AgentState::Stop)) => {
+                    let row = agent.expect("guarded");
+                    let status = report.and_then(|r| r.agent_status);
+                    match row.deploy_stage {
+                        Some(DeployStage::Stopped) => {}
+                        Some(DeployStage::Stopping) if status.is_some_and(|s| s.is_fatal()) => {}
+                        Some(DeployStage::Stopping)
+                            if status == Some(AgentStatus::Succeeded)
+                                && report.and_then(|r| r.deploy_stage)
+                                    == Some(DeployStage::Stopping) =>
+                        {
+                            installs.push(cand(
+                                stop_bean(now, row, e, DeployStage::Stopped),
+                                false,
+                                e,
+                            ));
+                        }
+                        // Retry STOPPING (also for an agent that lost its status: a fix, as
+                        // Teletraan then never finishes the stop).
+                        Some(DeployStage::Stopping) => installs.push(cand(row.clone(), false, e)),
+                        _ => installs.push(cand(
+                            stop_bean(now, row, e, DeployStage::Stopping),
+                            false,
+                            e,
+                        )),
+                    }
+                }
                 // 1: stage and report
                 (Some(e), Some(r)) => {
                     let bean = update.clone().expect("report present");
@@ -871,6 +998,25 @@ impl State {
                         ));
                     } else if same && r.deploy_stage == Some(DeployStage::ServingBuild) {
                         // 1.1 steady state
+                    } else if same
+                        && state != AgentState::PausedBySystem
+                        && matches!(
+                            r.deploy_stage,
+                            Some(DeployStage::Stopping | DeployStage::Stopped)
+                        )
+                    {
+                        // An operator resumed a stopped host: it deploys again from the start
+                        // (Teletraan would walk past STOPPED into no stage at all).
+                        installs.push(self.install_new(
+                            now,
+                            &host,
+                            &host_id,
+                            e,
+                            Some(r),
+                            agent,
+                            &host_env_names,
+                            report,
+                        ));
                     } else if same && r.agent_status == Some(AgentStatus::Succeeded) {
                         let mut next = bean;
                         next.deploy_stage = r.deploy_stage.and_then(DeployStage::next);
@@ -942,14 +1088,33 @@ impl State {
                 c.bean.state = Some(AgentState::Normal);
             }
         }
-        // Candidate order (§3.6): lower priority value first; in-progress before waiting.
+        // Candidate order (§3.6): STOP first (among them the larger priority value first, so
+        // apps stop before their sidecars); then lower priority value first; in-progress before
+        // waiting.
+        let stopping = |c: &Candidate| c.bean.state == Some(AgentState::Stop);
         installs.sort_by(|a, b| {
-            a.priority
-                .cmp(&b.priority)
-                .then(a.need_wait.cmp(&b.need_wait))
+            stopping(b)
+                .cmp(&stopping(a))
+                .then_with(|| {
+                    if stopping(a) && stopping(b) {
+                        b.priority.cmp(&a.priority)
+                    } else {
+                        a.priority.cmp(&b.priority).then(a.need_wait.cmp(&b.need_wait))
+                    }
+                })
                 .then(a.env_id.cmp(&b.env_id))
         });
         uninstalls.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.env_id.cmp(&b.env_id)));
+        if all {
+            plan.candidates = installs
+                .iter()
+                .map(|c| {
+                    let env =
+                        envs.get(&c.env_id).copied().expect("install candidates have a stage");
+                    self.install_response(env, c, true)
+                })
+                .collect();
+        }
 
         let mut chosen: Option<Candidate> = None;
         for c in installs {
@@ -982,7 +1147,9 @@ impl State {
         }
 
         plan.response = match (chosen, uninstalls.first()) {
-            (Some(c), _) => self.install_response(envs.get(&c.env_id).copied().expect("stage"), &c),
+            (Some(c), _) => {
+                self.install_response(envs.get(&c.env_id).copied().expect("stage"), &c, false)
+            }
             (None, None) => PingResponseBean { op_code: OpCode::Noop, deploy_goal: None },
             (None, Some(u)) => self.delete_response(u),
         };
@@ -1023,8 +1190,10 @@ impl State {
         let bean = new_deploy_bean(now, host, host_id, env, agent, first);
         // Waits for a slot only from steady state; a host the rows show mid-deploy (admitted,
         // but the answer was lost) continues without queueing again.
-        let need_wait = report.is_some_and(|r| r.deploy_stage == Some(DeployStage::ServingBuild))
-            && agent.is_none_or(|a| a.deploy_stage == Some(DeployStage::ServingBuild));
+        // A failed stop held its slot outside the limit (see `is_stop_work`): it queues again.
+        let need_wait = (report.is_some_and(|r| r.deploy_stage == Some(DeployStage::ServingBuild))
+            && agent.is_none_or(|a| a.deploy_stage == Some(DeployStage::ServingBuild)))
+            || agent.is_some_and(is_stop_work);
         Candidate {
             env_id: env.id.clone().expect("stages have ids"),
             priority: priority(env, first),
@@ -1041,7 +1210,14 @@ impl State {
         counters.active < max_parallel(env, counters.existing)
     }
 
-    fn install_response(&self, env: &EnvironBean, c: &Candidate) -> PingResponseBean {
+    /// `generateInstallResponse`; the build goes with DOWNLOADING goals, or with every goal
+    /// when `with_build` is set.
+    fn install_response(
+        &self,
+        env: &EnvironBean,
+        c: &Candidate,
+        with_build: bool,
+    ) -> PingResponseBean {
         let stage = c.bean.deploy_stage;
         let op_code =
             if c.bean.state == Some(AgentState::Stop) && stage == Some(DeployStage::Stopping) {
@@ -1054,7 +1230,7 @@ impl State {
         if let Some(alias) = c.report.as_ref().and_then(|r| r.deploy_alias.clone()) {
             deploy_alias = deploy_id.replace(alias);
         }
-        let build = if stage == Some(DeployStage::Downloading) {
+        let build = if with_build || stage == Some(DeployStage::Downloading) {
             env.deploy_id
                 .as_ref()
                 .and_then(|d| self.deploys.get(d))

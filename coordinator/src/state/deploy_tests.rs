@@ -588,6 +588,7 @@ mod property {
         Reset { host: usize },
         Resume { host: usize },
         Expire { host: usize },
+        Stop { host: usize },
         Tick,
     }
 
@@ -600,6 +601,7 @@ mod property {
             1 => (0..8usize).prop_map(|host| Event::Resume { host }),
             1 => (0..8usize).prop_map(|host| Event::Expire { host }),
             1 => Just(Event::Tick),
+            1 => (0..8usize).prop_map(|host| Event::Stop { host }),
         ]
     }
 
@@ -659,6 +661,12 @@ mod property {
                         let b = replica.apply(now, op);
                         prop_assert_eq!(a, b);
                     }
+                    Event::Stop { host } => {
+                        let op = Op::StopHosts { env_id: env_id(), hosts: vec![HostId::new(format!("h{host}"))] };
+                        let a = s.apply(now, op.clone());
+                        let b = replica.apply(now, op);
+                        prop_assert_eq!(a, b);
+                    }
                     Event::Tick => {
                         s.apply(now, Op::Tick).unwrap();
                         replica.apply(now, Op::Tick).unwrap();
@@ -672,7 +680,14 @@ mod property {
                 let c = s.counters(&env_id());
                 prop_assert_eq!(c, s.recount(&env_id()));
                 prop_assert_eq!(s.progress(&env_id()), s.recount_progress(&env_id()));
-                prop_assert!(c.active <= limit as u32, "{} deploying, limit {}", c.active, limit);
+                // Stopping hosts bypass admission (Teletraan's rule) but take slots from it: the
+                // limit binds the hosts running deploy steps.
+                let deploying = s
+                    .agents_of(&env_id())
+                    .filter(|a| crate::state::deploy::contribution(a).active == 1)
+                    .filter(|a| !crate::state::deploy::is_stop_work(a))
+                    .count() as u32;
+                prop_assert!(deploying <= limit as u32, "{} deploying, limit {}", deploying, limit);
                 prop_assert_eq!(s.take_dirty(), replica.take_dirty());
             }
             prop_assert_eq!(s, replica);
@@ -744,4 +759,170 @@ fn liveness_is_recorded_and_stale_hosts_without_a_slot_turn_unreachable() {
     // h1 comes back still serving d1: it is a host again, waiting for its slot.
     let resp = a1.step(&mut s, 80, "h1", AgentStatus::Succeeded);
     assert_ne!(row(&s, "h1").state, Some(AgentState::Unreachable), "{resp:?}");
+}
+
+/// A second stage `side/prod` (id `e2`, system priority `priority`) with `hosts`, deployed.
+fn add_side_stage(s: &mut State, hosts: &[&str], priority: i32) {
+    let mut env = EnvironBean {
+        id: Some(EnvId::new("e2")),
+        env_name: Some("side".into()),
+        stage_name: Some("prod".into()),
+        build_name: Some("svc".into()),
+        system_priority: Some(priority),
+        ..Default::default()
+    };
+    env.normalize_request().unwrap();
+    env.fill_create_defaults();
+    s.apply(0, Op::CreateEnv { env }).unwrap();
+    let hosts = hosts.iter().map(|h| h.to_string()).collect();
+    s.apply(0, Op::SetCapacity { env_id: EnvId::new("e2"), hosts, groups: vec![] }).unwrap();
+    let d = DeployBean {
+        id: Some(DeployId::new("s1")),
+        build_id: Some(BuildId::new("b1")),
+        ..Default::default()
+    };
+    s.apply(1, Op::CreateDeploy { env_id: EnvId::new("e2"), deploy: d, expected: None }).unwrap();
+}
+
+#[test]
+fn stop_walks_stopping_then_stopped_and_fatal_pauses() {
+    let mut s = stage(3, 1);
+    let mut agents = vec![Agent::default(); 3];
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    let stop = |hosts: &[&str]| Op::StopHosts {
+        env_id: env_id(),
+        hosts: hosts.iter().map(|h| HostId::new(*h)).collect(),
+    };
+    // A host without a row on the stage: refused as a whole, nothing changes.
+    let before = s.clone();
+    assert!(matches!(s.apply(20, stop(&["h0", "nope"])), Err(OpError::NotFound { .. })));
+    assert_eq!(s, before);
+
+    s.apply(20, stop(&["h0", "h1"])).unwrap();
+    let row = |s: &State, h: &str| s.agent(&env_id(), &HostId::new(h)).cloned().unwrap();
+    assert_eq!(row(&s, "h0").state, Some(AgentState::Stop));
+    assert_eq!(s.counters(&env_id()).active, 2, "stopping hosts count as deploying");
+    assert_eq!(s.counters(&env_id()), s.recount(&env_id()));
+
+    // (host, outcome of the goal it gets) → (opcode, goal stage, row state after the ping).
+    let cases: &[(&str, AgentStatus, OpCode, Option<DeployStage>, AgentState)] = &[
+        // not yet STOPPING: STOP at STOPPING, bypassing admission
+        ("h0", AgentStatus::Succeeded, OpCode::Stop, Some(DeployStage::Stopping), AgentState::Stop),
+        // STOPPING + SUCCEEDED → STOPPED (the env's opcode; the agent runs an optional hook)
+        (
+            "h0",
+            AgentStatus::Succeeded,
+            OpCode::Deploy,
+            Some(DeployStage::Stopped),
+            AgentState::Stop,
+        ),
+        // STOPPED → nothing, forever
+        ("h0", AgentStatus::Succeeded, OpCode::Noop, None, AgentState::Stop),
+        ("h0", AgentStatus::Succeeded, OpCode::Noop, None, AgentState::Stop),
+        (
+            "h1",
+            AgentStatus::ScriptFailed,
+            OpCode::Stop,
+            Some(DeployStage::Stopping),
+            AgentState::Stop,
+        ),
+        // STOPPING + a non-fatal failure → STOPPING again
+        (
+            "h1",
+            AgentStatus::TooManyRetry,
+            OpCode::Stop,
+            Some(DeployStage::Stopping),
+            AgentState::Stop,
+        ),
+        // STOPPING + fatal → PAUSED_BY_SYSTEM, nothing more
+        ("h1", AgentStatus::Succeeded, OpCode::Noop, None, AgentState::PausedBySystem),
+        ("h1", AgentStatus::Succeeded, OpCode::Noop, None, AgentState::PausedBySystem),
+    ];
+    for (i, (host, status, op, stage, state)) in cases.iter().enumerate() {
+        let a = &mut agents[if *host == "h0" { 0 } else { 1 }];
+        let r = a.step(&mut s, 30 + i as i64, host, *status);
+        assert_eq!(r.op_code, *op, "case {i}");
+        assert_eq!(goal_stage(&r), *stage, "case {i}");
+        assert_eq!(row(&s, host).state, Some(*state), "case {i}");
+        assert_eq!(s.counters(&env_id()), s.recount(&env_id()), "case {i}");
+    }
+    assert_eq!(row(&s, "h0").deploy_stage, Some(DeployStage::Stopped));
+    // A STOPPED host holds no slot; the failed stop (PAUSED_BY_SYSTEM) keeps its slot.
+    assert_eq!(s.counters(&env_id()).active, 1);
+    // A new deploy leaves stopped hosts alone.
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    assert_eq!(agents[0].step(&mut s, 101, "h0", AgentStatus::Succeeded).op_code, OpCode::Noop);
+    // Stopping again is a no-op for rows already STOP.
+    s.apply(102, stop(&["h0"])).unwrap();
+    assert_eq!(row(&s, "h0").deploy_stage, Some(DeployStage::Stopped));
+    // Resetting the failed stop makes h1 a deploying host again: it needs a free slot, and
+    // the one slot is held by h1's own failed stop, so it is refused.
+    let reset = Op::HostAction {
+        env_id: env_id(),
+        hosts: vec![HostId::new("h1")],
+        state: AgentState::Reset,
+    };
+    assert!(matches!(s.apply(103, reset), Err(OpError::Conflict { .. })));
+}
+
+#[test]
+fn stop_reaches_every_stage_of_the_host_and_stops_come_first() {
+    let mut s = stage(2, 1);
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    let mut a = Agent::default();
+    for round in 0..10 {
+        a.step(&mut s, 2 + round, "h0", AgentStatus::Succeeded);
+    }
+    // h0 joins a sidecar stage and is admitted there (first deploy: PRE_DOWNLOAD).
+    add_side_stage(&mut s, &["h0"], 10);
+    let mut side = Agent::default();
+    let r = side.step(&mut s, 20, "h0", AgentStatus::Succeeded);
+    assert_eq!(r.deploy_goal.as_ref().unwrap().env_id, Some(EnvId::new("e2")));
+    assert_eq!(goal_stage(&r), Some(DeployStage::PreDownload));
+
+    // Stopping h0 on svc/prod stops it on side/prod too, and stopping beats an in-flight deploy.
+    s.apply(30, Op::StopHosts { env_id: env_id(), hosts: vec![HostId::new("h0")] }).unwrap();
+    for e in [env_id(), EnvId::new("e2")] {
+        assert_eq!(s.agent(&e, &HostId::new("h0")).unwrap().state, Some(AgentState::Stop));
+    }
+    // Among STOP candidates the larger priority value goes first: svc (NORMAL, 3000) stops
+    // before the sidecar (10).
+    let reports: Vec<PingReportBean> =
+        [&a, &side].iter().filter_map(|x| x.report.clone()).collect();
+    let r = ping(&mut s, 31, "h0", reports);
+    assert_eq!(r.op_code, OpCode::Stop);
+    assert_eq!(r.deploy_goal.as_ref().unwrap().env_id, Some(env_id()));
+}
+
+#[test]
+fn all_deploy_candidates_lists_every_install_candidate_with_its_build_and_writes_nothing() {
+    let mut s = stage(2, 1);
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    add_side_stage(&mut s, &["h0"], 10);
+    let mut req = PingRequestBean::new(HostId::new("h0"));
+    req.host_name = Some("h0".into());
+    let before = s.clone();
+    let all = s.deploy_candidates(5, &req);
+    assert_eq!(s, before, "read-only");
+    // Both stages are candidates (first deploys), the sidecar (priority 10) first.
+    let envs: Vec<_> = all.iter().map(|r| r.deploy_goal.as_ref().unwrap().env_id.clone()).collect();
+    assert_eq!(envs, vec![Some(EnvId::new("e2")), Some(env_id())]);
+    for r in &all {
+        let g = r.deploy_goal.as_ref().unwrap();
+        assert_eq!(g.deploy_stage, Some(DeployStage::PreDownload));
+        assert_eq!(g.build.as_ref().unwrap().id, Some(BuildId::new("b1")), "build always filled");
+    }
+    // The ping itself answers with the first of them, without the build.
+    let r = ping(&mut s, 6, "h0", vec![]);
+    assert_eq!(r.deploy_goal.as_ref().unwrap().env_id, Some(EnvId::new("e2")));
+    assert!(r.deploy_goal.as_ref().unwrap().build.is_none());
+    // A host with nothing to do has no candidates.
+    let mut idle = PingRequestBean::new(HostId::new("zz"));
+    idle.host_name = Some("zz".into());
+    assert!(s.deploy_candidates(7, &idle).is_empty());
 }

@@ -180,6 +180,7 @@ impl State {
             Op::RecordLiveness { seen, unreachable } => {
                 self.record_liveness(now_ms, &seen, &unreachable)
             }
+            Op::StopHosts { env_id, hosts } => self.stop_hosts(now_ms, &env_id, &hosts),
             Op::CreateToken { token } => self.create_token(now_ms, token),
             Op::DeleteToken { hash } => self.delete_token(&hash),
             Op::SetTokenRole { hash, role } => self.set_token_role(&hash, role),
