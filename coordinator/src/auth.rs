@@ -179,8 +179,8 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/envs/{env}/{stage}/deploys/current/actions", on(Role::Execute, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/deploys/hostactions", on(Role::Execute, PathEnv)),
     ("DELETE", "/v1/envs/{env}/{stage}/hosts", on(Role::Execute, PathEnv)),
-    // Teletraan: READ (it runs a state transition).
-    ("PUT", "/v1/envs/{env}/{stage}/deploys/current/progress", on(Role::Read, PathEnv)),
+    // Teletraan: READ (it runs a state transition); like every read, any valid token.
+    ("PUT", "/v1/envs/{env}/{stage}/deploys/current/progress", on(Role::Read, Anywhere)),
     ("PUT", "/v1/deploys/{id}", on(Role::Write, DeployEnv)),
     ("POST", "/v1/builds", on(Role::Publisher, Anywhere)),
     ("DELETE", "/v1/builds/{id}", on(Role::Delete, Anywhere)),
