@@ -36,8 +36,10 @@ pub struct FaultEvent {
 pub struct Recovery {
     pub fault: String,
     pub at_ms: u64,
-    /// Until a node of a newer term called itself leader (status samples every 200 ms).
-    pub new_leader_ms: Option<u64>,
+    /// Until a leader was back (status samples every 200 ms): a node of a newer term calling
+    /// itself leader, or, when the fault hit every node, any node (a restarted leader may keep
+    /// its term: openraft re-establishes a committed vote of its own without an election).
+    pub leader_ms: Option<u64>,
     /// Until the first write invoked after the fault was acknowledged.
     pub writes_ms: Option<u64>,
 }
@@ -99,6 +101,8 @@ pub struct Report {
     pub convergence_ms: BTreeMap<String, Option<u64>>,
     /// Datagram counters per link class.
     pub links: BTreeMap<LinkClass, ProxyStats>,
+    /// Hosts the coordinators marked UNREACHABLE at some point (their lease expired).
+    pub unreachable_hosts: Vec<String>,
     /// Where the every-step killer struck (`host:STEP`).
     pub agent_kills_at_steps: Vec<String>,
     pub timing: Timing,
@@ -123,6 +127,7 @@ impl Report {
         recovery: Vec<Recovery>,
         convergence_us: BTreeMap<String, Option<u64>>,
         links: BTreeMap<LinkClass, ProxyStats>,
+        unreachable_hosts: Vec<String>,
         agent_kills_at_steps: Vec<String>,
         timing: Timing,
         work_dir: PathBuf,
@@ -149,6 +154,7 @@ impl Report {
                 .map(|(h, t)| (h, t.map(|us| us / 1000)))
                 .collect(),
             links,
+            unreachable_hosts,
             agent_kills_at_steps,
             timing,
             loadavg: std::fs::read_to_string("/proc/loadavg")
@@ -187,6 +193,13 @@ impl Report {
                 self.agent_kills_at_steps.join(" ")
             );
         }
+        if !self.unreachable_hosts.is_empty() {
+            let _ = writeln!(
+                s,
+                "  leases expired (hosts marked UNREACHABLE): {}",
+                self.unreachable_hosts.join(", ")
+            );
+        }
         let o = &self.operations;
         let _ = writeln!(
             s,
@@ -218,10 +231,10 @@ impl Report {
             for r in &self.recovery {
                 let _ = writeln!(
                     s,
-                    "  {} at +{:.2}s: new leader after {}, writes accepted after {}",
+                    "  {} at +{:.2}s: leader back after {}, writes accepted after {}",
                     r.fault,
                     r.at_ms as f64 / 1e3,
-                    ms(r.new_leader_ms),
+                    ms(r.leader_ms),
                     ms(r.writes_ms)
                 );
             }

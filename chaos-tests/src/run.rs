@@ -571,6 +571,12 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Reco
     let proxy: BTreeMap<LinkClass, ProxyStats> = lab.lock().await.proxy_stats();
     let kills_at_steps = faults.kills_at_steps.lock().unwrap().clone();
     let recovery = recoveries(&events, &status, &ops);
+    let unreachable: BTreeSet<String> = progress
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| r.state == "UNREACHABLE")
+        .map(|r| r.host.clone())
+        .collect();
     let driver_log = log.lock().unwrap().clone();
     let report = Report::new(
         scenario,
@@ -585,6 +591,7 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Reco
         recovery,
         conv_times,
         proxy,
+        unreachable.into_iter().collect(),
         kills_at_steps,
         Timing { window_start_us, faults_end_us, restart_at_us, run_end_us },
         opts.work_dir.clone(),
@@ -798,9 +805,11 @@ fn recoveries(events: &[FaultEvent], status: &[StatusSample], ops: &[Op]) -> Vec
         .map(|e| {
             let term_before =
                 status.iter().filter(|s| s.t_us <= e.at_us).map(|s| s.term).max().unwrap_or(0);
-            let new_leader_ms = status
+            let every_node = e.targets.len() >= 3;
+            let leader_ms = status
                 .iter()
-                .filter(|s| s.t_us >= e.at_us && s.state == "Leader" && s.term > term_before)
+                .filter(|s| s.t_us >= e.at_us && s.state == "Leader")
+                .filter(|s| s.term > term_before || every_node)
                 .map(|s| (s.t_us - e.at_us) / 1000)
                 .min();
             let writes_ms = ops
@@ -812,7 +821,7 @@ fn recoveries(events: &[FaultEvent], status: &[StatusSample], ops: &[Op]) -> Vec
                 })
                 .map(|o| (o.complete_us - e.at_us) / 1000)
                 .min();
-            Recovery { fault: e.label.clone(), at_ms: e.at_ms, new_leader_ms, writes_ms }
+            Recovery { fault: e.label.clone(), at_ms: e.at_ms, leader_ms, writes_ms }
         })
         .collect()
 }
