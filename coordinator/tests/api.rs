@@ -357,3 +357,84 @@ async fn blobs_are_hashed_copied_to_two_nodes_and_served_to_agents() {
         assert!(names.iter().all(|n| *n == hash), "node {id} holds only the good blob: {names:?}");
     }
 }
+
+/// Stopping hosts over REST: `DELETE /v1/envs/{e}/{s}/hosts` turns the host STOP and its next
+/// ping gets STOP at STOPPING; `alldeploycandidates` lists every candidate with its build and
+/// writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_hosts_and_all_deploy_candidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(spec(dir.path().into(), 1, vec![])).unwrap();
+    cluster.wait_leader(&[1], Duration::from_secs(30)).await.unwrap();
+    let base = cluster.base_url(1);
+    let c = reqwest::Client::new();
+    let (s, _) = body(
+        c.post(format!("{base}/v1/envs"))
+            .json(&json!({"envName": "svc", "stageName": "prod"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=HOST"))
+        .json(&json!(["h1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let build = json!({"name": "svc", "artifactUrl": "file:///svc.tgz", "repo": "r", "branch": "main", "commit": "1111111aaaa"});
+    let (_, b) = body(c.post(format!("{base}/v1/builds")).json(&build).send().await.unwrap()).await;
+    let build_id = b["id"].as_str().unwrap().to_string();
+    let (s, d) = body(
+        c.post(format!("{base}/v1/envs/svc/prod/deploys?buildId={build_id}")).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201, "{d}");
+
+    let ping = json!({"hostId": "h1", "hostName": "h1"});
+    let (s, all) = body(
+        c.post(format!("{base}/v1/system/ping/alldeploycandidates"))
+            .json(&ping)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{all}");
+    let candidates = all["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 1, "{all}");
+    assert_eq!(candidates[0]["deployGoal"]["deployStage"], "PRE_DOWNLOAD");
+    assert_eq!(candidates[0]["deployGoal"]["build"]["id"], build_id.as_str());
+    let (_, agents) =
+        body(c.get(format!("{base}/v1/envs/svc/prod/agents")).send().await.unwrap()).await;
+    assert_eq!(agents, json!([]), "alldeploycandidates writes nothing");
+
+    // The real ping admits h1 (first deploy) and records its row.
+    let (_, r) =
+        body(c.post(format!("{base}/v1/system/ping")).json(&ping).send().await.unwrap()).await;
+    assert_eq!(r["opCode"], "DEPLOY", "{r}");
+    // A host without a row on the stage: 404, nothing changes.
+    let r = c
+        .delete(format!("{base}/v1/envs/svc/prod/hosts"))
+        .json(&json!(["h1", "nope"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .delete(format!("{base}/v1/envs/svc/prod/hosts?replaceHost=false"))
+        .json(&json!(["h1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let report = json!({"hostId": "h1", "hostName": "h1", "reports": [{
+        "deployId": d["id"], "envId": d["envId"], "deployStage": "PRE_DOWNLOAD",
+        "agentStatus": "SUCCEEDED"}]});
+    let (_, r) =
+        body(c.post(format!("{base}/v1/system/ping")).json(&report).send().await.unwrap()).await;
+    assert_eq!(r["opCode"], "STOP", "{r}");
+    assert_eq!(r["deployGoal"]["deployStage"], "STOPPING");
+}
