@@ -21,8 +21,8 @@ fn principal(grants: &[(Role, Scope)]) -> Principal {
 #[test]
 fn grants_cover_their_scope_and_roles_below() {
     // (grants, needed role, on, allowed)
-    type Case = (&'static [(Role, Scope)], Role, Scope, bool);
-    let table: &[Case] = &[
+    type Case<'a> = (&'a [(Role, Scope)], Role, Scope, bool);
+    let table: &[Case<'_>] = &[
         (&[(Role::Admin, env("web"))], Role::Execute, env("web"), true),
         (&[(Role::Admin, env("web"))], Role::Execute, env("api"), false),
         (&[(Role::Admin, env("web"))], Role::Pinger, Scope::System, false),
