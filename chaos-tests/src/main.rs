@@ -43,6 +43,9 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Check a recorded history again (`<out>/<scenario>-seed<S>.history.json`): the
+    /// linearizability of its register operations and one leader per term.
+    Check { history: PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,6 +77,23 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 println!("{:<width$}  {:>5.1}s  {}", s.name, s.duration_s, s.description);
             }
             Ok(true)
+        }
+        Cmd::Check { history } => {
+            let bytes = std::fs::read(&history)
+                .with_context(|| format!("reading {}", history.display()))?;
+            let rec: chaos_tests::run::Recorded = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a recorded history", history.display()))?;
+            let verdicts = [
+                chaos_tests::checkers::linearizable(&rec.ops),
+                chaos_tests::checkers::one_leader_per_term(&rec.status),
+            ];
+            for v in &verdicts {
+                println!("{:?} {}: {}", v.status, v.invariant, v.summary);
+                for x in &v.violations {
+                    println!("    {x}");
+                }
+            }
+            Ok(verdicts.iter().all(|v| v.passed()))
         }
         Cmd::Run { names, all, seed, duration, out, keep } => {
             let scenarios: Vec<Scenario> = if all {

@@ -42,6 +42,8 @@ pub const MAX_SHAPING_DELAY: Duration = Duration::from_millis(500);
 pub const BANDWIDTH_BURST: Duration = Duration::from_millis(50);
 /// The smallest burst, so that one full-size QUIC datagram always fits.
 pub const MIN_BURST_BYTES: u64 = 2_048;
+/// Pause after a failed receive from the upstream (nothing listening: a killed node).
+pub const UPSTREAM_ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// Which way a datagram travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,7 +629,7 @@ async fn upstream_loop(shared: Arc<Shared>, client: SocketAddr, socket: Arc<UdpS
     loop {
         let Ok(n) = socket.recv(&mut buf).await else {
             // Upstream not listening (a killed node): keep the session; it may come back.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(UPSTREAM_ERROR_PAUSE).await;
             continue;
         };
         let fate = shared.decide(Direction::ToClient, client, n);

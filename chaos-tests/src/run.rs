@@ -12,14 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::checkers::{self, HostBuilds, Verdict};
-use crate::history::{Op, OpKind, ProgressSample, StatusSample, parse_journal};
+use crate::history::{JournalEntry, Op, OpKind, ProgressSample, StatusSample, parse_journal};
 use crate::lab::{Lab, LabError, LabSpec, LinkClass, sub_seed};
 use crate::proxy::{LinkFaults, ProxyStats};
 use crate::report::{FaultEvent, Recovery, Report};
 use crate::scenario::{AgentSel, Fault, NodeSel, Observation, Scenario};
-use crate::workload::{
-    self, Api, Clock, Driver, DriverLog, PreparedBuild, Recorder, WorkloadError,
-};
+use crate::workload::{self, Api, Clock, Driver, PreparedBuild, Recorder, WorkloadError};
 
 /// How long the first deploy (all hosts at once, outside the window) may take.
 pub const FIRST_DEPLOY_WAIT: Duration = Duration::from_secs(120);
@@ -31,6 +29,8 @@ pub const STEP_WATCH_EVERY: Duration = Duration::from_millis(20);
 pub const RESTART_LEADER_WAIT: Duration = Duration::from_secs(60);
 /// Longest the nodes may take to apply the same index after the full restart.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// The group every agent of a run is in (the deploy stage's capacity).
+pub const GROUP: &str = "chaos-hosts";
 /// Agent settings every run uses: quick hook retries and heartbeats, long-poll on.
 pub const AGENT_CONFIG: &str = "process_wait_interval = 1\nmin_running_time = 1\n";
 
@@ -378,146 +378,221 @@ fn wall_clock_ns() -> u128 {
 
 /// Runs `scenario` and judges it.
 pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Recorded), RunError> {
-    let seed = opts.seed.unwrap_or(scenario.seed);
-    let duration_s = opts.duration_s.unwrap_or(scenario.duration_s);
-    let started = Instant::now();
-    let epoch_ns = wall_clock_ns();
-    let clock = Clock::new(started);
-    let mut coordinator_env = vec![("TT_LOG".to_string(), "info".to_string())];
-    if let Some(ttl) = scenario.lease_ttl_ms {
-        coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
-    }
-    let mut agent_config = AGENT_CONFIG.to_string();
-    if let Some(l) = scenario.agent_lease_ms {
-        agent_config.push_str(&format!("lease_ms = {l}\n"));
-    }
-    let lab = Lab::start(LabSpec {
-        dir: opts.work_dir.clone(),
-        seed,
-        coordinator_bin: opts.coordinator_bin.clone(),
-        agent_bin: opts.agent_bin.clone(),
-        agents: scenario.agents,
-        group: "chaos-hosts".into(),
-        coordinator_env,
-        agent_config,
-    })
-    .await?;
-    let urls = lab.ids().into_iter().map(|id| (id, lab.cluster.base_url(id))).collect();
-    let hosts: Vec<String> = lab.agents.iter().map(|a| a.agent.spec.hostname.clone()).collect();
-    let lab = Arc::new(tokio::sync::Mutex::new(lab));
-    let api = Api::new(urls);
-    let rec = Recorder::new(clock);
+    let ctx = Ctx::start(scenario, opts).await?;
+    let builds = ctx.prepare(opts).await?;
+    let first = ctx.first_deploy(&builds[0]).await?;
+    let window = ctx.window(&builds[1..], &first).await?;
+    let restart_at_us = ctx.clock.now_us();
+    ctx.full_restart().await?;
+    let finals = final_state(&ctx.api, &ctx.rec, scenario.register_keys).await?;
+    let (journal, host_builds) = ctx.collect_disk().await;
+    let run_end_us = ctx.clock.now_us();
+    let timing = Timing {
+        window_start_us: window.start_us,
+        faults_end_us: window.faults_end_us,
+        restart_at_us,
+        run_end_us,
+    };
+    let ops = ctx.rec.ops();
+    let report =
+        ctx.judge(opts, &first, &window, &ops, &finals, &journal, &host_builds, timing).await;
+    let Window { status, progress, .. } = window;
+    Ok((report, Recorded { ops, status, progress, journal }))
+}
 
-    workload::setup_stages(
-        &api,
-        &rec,
-        "chaos-hosts",
-        scenario.max_parallel,
-        scenario.register_keys,
-    )
-    .await?;
-    let n_builds = 2 + (duration_s / 2.0).ceil() as u32;
-    let builds_dir = opts.work_dir.join("builds");
-    std::fs::create_dir_all(&builds_dir)
-        .map_err(|e| RunError::Harness(format!("creating {}: {e}", builds_dir.display())))?;
-    let mut builds: Vec<PreparedBuild> = Vec::new();
-    for n in 0..n_builds {
-        builds.push(workload::prepare_build(&api, &builds_dir, n, scenario.hook_ms).await?);
-    }
-    let log: Arc<Mutex<DriverLog>> = Arc::default();
-    let driver =
-        Driver { api: api.clone(), rec: rec.clone(), hosts: hosts.len(), log: log.clone() };
+/// What a run shares between its phases.
+struct Ctx {
+    scenario: Scenario,
+    seed: u64,
+    duration_s: f64,
+    clock: Clock,
+    /// The run's start on the wall clock (hooks stamp their journals with it).
+    epoch_ns: u128,
+    lab: Arc<tokio::sync::Mutex<Lab>>,
+    api: Api,
+    rec: Recorder,
+    hosts: Vec<String>,
+    driver: Driver,
+}
 
-    // The first deploy runs on every host at once (Teletraan's first-deploy bypass): before
-    // the window, and exempt from the parallelism check.
-    let (_never_tx, never) = watch::channel(false);
-    let mut rng = StdRng::seed_from_u64(sub_seed(seed, "driver", 0));
-    let first = driver
-        .deploy_once(&mut rng, &builds[0], &never)
-        .await
-        .ok_or_else(|| RunError::Harness("the first deploy was never started".into()))?;
-    let first_deadline = Instant::now() + FIRST_DEPLOY_WAIT;
-    loop {
-        if workload::hosts_now(&api)
-            .await
-            .is_some_and(|r| workload::settled(&r, &first, hosts.len()))
-        {
-            break;
+/// What the fault window left.
+struct Window {
+    start_us: u64,
+    faults_end_us: u64,
+    events: Vec<FaultEvent>,
+    goal: String,
+    status: Vec<StatusSample>,
+    progress: Vec<ProgressSample>,
+    kills_at_steps: Vec<String>,
+}
+
+impl Ctx {
+    /// Starts the lab.
+    async fn start(scenario: &Scenario, opts: &RunOptions) -> Result<Ctx, RunError> {
+        let seed = opts.seed.unwrap_or(scenario.seed);
+        let clock = Clock::new(Instant::now());
+        let epoch_ns = wall_clock_ns();
+        let mut coordinator_env = vec![("TT_LOG".to_string(), "info".to_string())];
+        if let Some(ttl) = scenario.lease_ttl_ms {
+            coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
         }
-        if Instant::now() > first_deadline {
-            return Err(RunError::Harness(format!(
-                "the first deploy {first} did not settle within {FIRST_DEPLOY_WAIT:?}"
+        let mut agent_config = AGENT_CONFIG.to_string();
+        if let Some(l) = scenario.agent_lease_ms {
+            agent_config.push_str(&format!("lease_ms = {l}\n"));
+        }
+        let lab = Lab::start(LabSpec {
+            dir: opts.work_dir.clone(),
+            seed,
+            coordinator_bin: opts.coordinator_bin.clone(),
+            agent_bin: opts.agent_bin.clone(),
+            agents: scenario.agents,
+            group: GROUP.into(),
+            coordinator_env,
+            agent_config,
+        })
+        .await?;
+        let urls = lab.ids().into_iter().map(|id| (id, lab.cluster.base_url(id))).collect();
+        let hosts: Vec<String> = lab.agents.iter().map(|a| a.agent.spec.hostname.clone()).collect();
+        let api = Api::new(urls);
+        let rec = Recorder::new(clock);
+        let driver =
+            Driver { api: api.clone(), rec: rec.clone(), hosts: hosts.len(), log: Arc::default() };
+        Ok(Ctx {
+            scenario: scenario.clone(),
+            seed,
+            duration_s: opts.duration_s.unwrap_or(scenario.duration_s),
+            clock,
+            epoch_ns,
+            lab: Arc::new(tokio::sync::Mutex::new(lab)),
+            api,
+            rec,
+            hosts,
+            driver,
+        })
+    }
+
+    /// Creates the stages and uploads enough builds for the window.
+    async fn prepare(&self, opts: &RunOptions) -> Result<Vec<PreparedBuild>, RunError> {
+        let s = &self.scenario;
+        workload::setup_stages(&self.api, &self.rec, GROUP, s.max_parallel, s.register_keys)
+            .await?;
+        // A deploy takes a couple of seconds at least; one build per two seconds suffices.
+        let n_builds = 2 + (self.duration_s / 2.0).ceil() as u32;
+        let dir = opts.work_dir.join("builds");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RunError::Harness(format!("creating {}: {e}", dir.display())))?;
+        let mut builds = Vec::new();
+        for n in 0..n_builds {
+            builds.push(workload::prepare_build(&self.api, &dir, n, s.hook_ms).await?);
+        }
+        Ok(builds)
+    }
+
+    /// The first deploy runs on every host at once (Teletraan's first-deploy bypass): before
+    /// the window, and exempt from the parallelism check.
+    async fn first_deploy(&self, build: &PreparedBuild) -> Result<String, RunError> {
+        let (_never_tx, never) = watch::channel(false);
+        let mut rng = StdRng::seed_from_u64(sub_seed(self.seed, "driver", 0));
+        let first = self
+            .driver
+            .deploy_once(&mut rng, build, &never)
+            .await
+            .ok_or_else(|| RunError::Harness("the first deploy was never started".into()))?;
+        let deadline = Instant::now() + FIRST_DEPLOY_WAIT;
+        while !workload::hosts_now(&self.api)
+            .await
+            .is_some_and(|r| workload::settled(&r, &first, self.hosts.len()))
+        {
+            if Instant::now() > deadline {
+                return Err(RunError::Harness(format!(
+                    "the first deploy {first} did not settle within {FIRST_DEPLOY_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(workload::PROGRESS_EVERY).await;
+        }
+        Ok(first)
+    }
+
+    /// The fault window with the workload running, the heal, and convergence.
+    async fn window(&self, builds: &[PreparedBuild], first: &str) -> Result<Window, RunError> {
+        let (clock, api, seed) = (self.clock, &self.api, self.seed);
+        let start_us = clock.now_us();
+        let (stop_tx, stop) = watch::channel(false);
+        let (stop_driver_tx, stop_driver) = watch::channel(false);
+        let status: Arc<Mutex<Vec<StatusSample>>> = Arc::default();
+        let progress: Arc<Mutex<Vec<ProgressSample>>> = Arc::default();
+        let mut tasks = vec![
+            tokio::spawn(workload::status_sampler(
+                api.clone(),
+                clock,
+                status.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(workload::progress_sampler(
+                api.clone(),
+                clock,
+                progress.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(refresh_cuts(self.lab.clone(), stop.clone())),
+        ];
+        for p in 1..=self.scenario.register_workers {
+            tasks.push(tokio::spawn(workload::register_client(
+                api.clone(),
+                self.rec.clone(),
+                p,
+                sub_seed(seed, "client", u64::from(p)),
+                self.scenario.register_keys,
+                stop.clone(),
             )));
         }
-        tokio::time::sleep(workload::PROGRESS_EVERY).await;
-    }
-
-    // The window.
-    let window_start_us = clock.now_us();
-    let (stop_tx, stop) = watch::channel(false);
-    let (stop_driver_tx, stop_driver) = watch::channel(false);
-    let status: Arc<Mutex<Vec<StatusSample>>> = Arc::default();
-    let progress: Arc<Mutex<Vec<ProgressSample>>> = Arc::default();
-    let mut tasks = vec![
-        tokio::spawn(workload::status_sampler(api.clone(), clock, status.clone(), stop.clone())),
-        tokio::spawn(workload::progress_sampler(
-            api.clone(),
+        let driver = tokio::spawn(self.driver.clone().run(
+            sub_seed(seed, "driver", 1),
+            builds.to_vec(),
+            stop_driver,
+        ));
+        let mut faults = Faults {
+            lab: self.lab.clone(),
+            api: api.clone(),
+            rng: StdRng::seed_from_u64(sub_seed(seed, "faults", 0)),
             clock,
-            progress.clone(),
-            stop.clone(),
-        )),
-        tokio::spawn(refresh_cuts(lab.clone(), stop.clone())),
-    ];
-    for p in 1..=scenario.register_workers {
-        tasks.push(tokio::spawn(workload::register_client(
-            api.clone(),
-            rec.clone(),
-            p,
-            sub_seed(seed, "client", u64::from(p)),
-            scenario.register_keys,
-            stop.clone(),
-        )));
-    }
-    let driver =
-        tokio::spawn(driver.run(sub_seed(seed, "driver", 1), builds[1..].to_vec(), stop_driver));
+            hook_ms: self.scenario.hook_ms,
+            step_killers: BTreeMap::new(),
+            kills_at_steps: Arc::default(),
+        };
+        let events = run_schedule(&mut faults, &self.scenario, self.duration_s, start_us).await?;
+        faults.stop_step_killers();
+        let _ = stop_driver_tx.send(true);
+        self.lab.lock().await.heal_all()?;
+        let faults_end_us = clock.now_us();
+        let _ = driver.await;
+        let log = self.driver.log.lock().unwrap().clone();
+        let goal = log.deploys.last().cloned().unwrap_or_else(|| first.to_string());
 
-    let mut faults = Faults {
-        lab: lab.clone(),
-        api: api.clone(),
-        rng: StdRng::seed_from_u64(sub_seed(seed, "faults", 0)),
-        clock,
-        hook_ms: scenario.hook_ms,
-        step_killers: BTreeMap::new(),
-        kills_at_steps: Arc::default(),
-    };
-    let events = run_schedule(&mut faults, scenario, duration_s, window_start_us).await?;
-    faults.stop_step_killers();
-    let _ = stop_driver_tx.send(true);
-    lab.lock().await.heal_all()?;
-    let faults_end_us = clock.now_us();
-    let _ = driver.await;
-    let goal = log.lock().unwrap().deploys.last().cloned().unwrap_or(first.clone());
-
-    // Convergence: wait until every host settled on the goal, or the bound.
-    let bound_us = (scenario.convergence_bound_s * 1e6) as u64;
-    loop {
-        let done = progress.lock().unwrap().last().is_some_and(|s| {
-            s.t_us > faults_end_us && workload::settled(&s.rows, &goal, hosts.len())
-        });
-        if done || clock.now_us() > faults_end_us + bound_us {
-            break;
+        // Convergence: until every host settled on the goal, or the bound.
+        let bound_us = (self.scenario.convergence_bound_s * 1e6) as u64;
+        loop {
+            let done = progress.lock().unwrap().last().is_some_and(|s| {
+                s.t_us > faults_end_us && workload::settled(&s.rows, &goal, self.hosts.len())
+            });
+            if done || clock.now_us() > faults_end_us + bound_us {
+                break;
+            }
+            tokio::time::sleep(workload::PROGRESS_EVERY).await;
         }
-        tokio::time::sleep(workload::PROGRESS_EVERY).await;
-    }
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        let kills_at_steps = faults.kills_at_steps.lock().unwrap().clone();
+        let status = status.lock().unwrap().clone();
+        let progress = progress.lock().unwrap().clone();
+        Ok(Window { start_us, faults_end_us, events, goal, status, progress, kills_at_steps })
     }
 
-    // Durability: every node killed and restarted at once, then the final reads.
-    let restart_at_us = clock.now_us();
-    {
-        let mut lab = lab.lock().await;
+    /// Durability's premise: every node killed and restarted at once.
+    async fn full_restart(&self) -> Result<(), RunError> {
+        let mut lab = self.lab.lock().await;
         for id in lab.ids() {
             lab.kill_node(id);
         }
@@ -528,75 +603,83 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Reco
             .wait_leader(&lab.ids(), RESTART_LEADER_WAIT)
             .await
             .map_err(|e| RunError::Harness(format!("after the full restart: {e:#}")))?;
+        Ok(())
     }
-    let ops = rec.ops();
-    let finals = final_state(&api, &ops, scenario.register_keys).await?;
 
-    // Journals and builds on disk.
-    let (journal, host_builds) = {
-        let lab = lab.lock().await;
+    /// The hooks' journals and what each host has under its builds directory.
+    async fn collect_disk(&self) -> (Vec<JournalEntry>, Vec<HostBuilds>) {
+        let lab = self.lab.lock().await;
         let mut journal = Vec::new();
         let mut host_builds = Vec::new();
         for a in &lab.agents {
             let host = &a.agent.spec.hostname;
             let text = std::fs::read_to_string(&a.journal).unwrap_or_default();
-            journal.extend(parse_journal(host, &text, epoch_ns));
+            journal.extend(parse_journal(host, &text, self.epoch_ns));
             host_builds.push(scan_builds(host, &a.agent.spec.root.join("builds")));
         }
         (journal, host_builds)
-    };
+    }
 
-    // Verdicts.
-    let run_end_us = clock.now_us();
-    let hooks = checkers::hook_intervals(&journal, run_end_us);
-    let intervals = match scenario.parallelism {
-        Observation::Spans => checkers::deploy_spans(&hooks),
-        Observation::Steps => hooks.clone(),
-    };
-    let exempt: BTreeSet<String> = [first.clone()].into();
-    let status = status.lock().unwrap().clone();
-    let progress = progress.lock().unwrap().clone();
-    let (conv, conv_times) =
-        checkers::convergence(&progress, &goal, &hosts, faults_end_us, bound_us);
-    let published = log.lock().unwrap().published.clone();
-    let verdicts: Vec<Verdict> = vec![
-        checkers::parallelism(&intervals, scenario.max_parallel as usize, &exempt),
-        conv,
-        checkers::integrity(&host_builds, &published),
-        checkers::durability(&ops, &finals.values, &finals.builds, &finals.deploys),
-        checkers::linearizable(&ops),
-        checkers::one_leader_per_term(&status),
-        checkers::replicas_agree(&finals.by_node),
-    ];
-    let proxy: BTreeMap<LinkClass, ProxyStats> = lab.lock().await.proxy_stats();
-    let kills_at_steps = faults.kills_at_steps.lock().unwrap().clone();
-    let recovery = recoveries(&events, &status, &ops);
-    let unreachable: BTreeSet<String> = progress
-        .iter()
-        .flat_map(|s| &s.rows)
-        .filter(|r| r.state == "UNREACHABLE")
-        .map(|r| r.host.clone())
-        .collect();
-    let driver_log = log.lock().unwrap().clone();
-    let report = Report::new(
-        scenario,
-        seed,
-        duration_s,
-        events,
-        &ops,
-        first.clone(),
-        driver_log.deploys,
-        goal,
-        verdicts,
-        recovery,
-        conv_times,
-        proxy,
-        unreachable.into_iter().collect(),
-        kills_at_steps,
-        Timing { window_start_us, faults_end_us, restart_at_us, run_end_us },
-        opts.work_dir.clone(),
-    );
-    Ok((report, Recorded { ops, status, progress, journal }))
+    /// Every checker's verdict, and the report.
+    #[allow(clippy::too_many_arguments)]
+    async fn judge(
+        &self,
+        opts: &RunOptions,
+        first: &str,
+        w: &Window,
+        ops: &[Op],
+        finals: &Finals,
+        journal: &[JournalEntry],
+        host_builds: &[HostBuilds],
+        timing: Timing,
+    ) -> Report {
+        let s = &self.scenario;
+        let hooks = checkers::hook_intervals(journal, timing.run_end_us);
+        let intervals = match s.parallelism {
+            Observation::Spans => checkers::deploy_spans(&hooks),
+            Observation::Steps => hooks,
+        };
+        let exempt: BTreeSet<String> = [first.to_string()].into();
+        let bound_us = (s.convergence_bound_s * 1e6) as u64;
+        let (conv, conv_times) =
+            checkers::convergence(&w.progress, &w.goal, &self.hosts, w.faults_end_us, bound_us);
+        let log = self.driver.log.lock().unwrap().clone();
+        let verdicts: Vec<Verdict> = vec![
+            checkers::parallelism(&intervals, s.max_parallel as usize, &exempt),
+            conv,
+            checkers::integrity(host_builds, &log.published),
+            checkers::durability(ops, &finals.values, &finals.builds, &finals.deploys),
+            checkers::linearizable(ops),
+            checkers::one_leader_per_term(&w.status),
+            checkers::replicas_agree(&finals.by_node),
+        ];
+        let links: BTreeMap<LinkClass, ProxyStats> = self.lab.lock().await.proxy_stats();
+        let unreachable: BTreeSet<String> = w
+            .progress
+            .iter()
+            .flat_map(|s| &s.rows)
+            .filter(|r| r.state == "UNREACHABLE")
+            .map(|r| r.host.clone())
+            .collect();
+        Report::new(
+            s,
+            self.seed,
+            self.duration_s,
+            w.events.clone(),
+            ops,
+            first.to_string(),
+            log.deploys,
+            w.goal.clone(),
+            verdicts,
+            recoveries(&w.events, &w.status, ops),
+            conv_times,
+            links,
+            unreachable.into_iter().collect(),
+            w.kills_at_steps.clone(),
+            timing,
+            opts.work_dir.clone(),
+        )
+    }
 }
 
 /// Where the run's phases fell, in microseconds since its start.
@@ -682,13 +765,27 @@ struct Finals {
     deploys: BTreeSet<String>,
 }
 
-async fn final_state(api: &Api, ops: &[Op], keys: u32) -> Result<Finals, RunError> {
+/// After the full restart: each register read (linearizably, and recorded: the history's last
+/// reads), each node's own copy once it caught up, and which acknowledged creations exist.
+async fn final_state(api: &Api, rec: &Recorder, keys: u32) -> Result<Finals, RunError> {
     let mut values = BTreeMap::new();
     for k in 1..=keys {
         let path = format!("/v1/envs/{}/{}", workload::ENV, workload::register_stage(k));
+        let invoke_us = rec.clock.now_us();
         let v = api.until_ok("reading a register", reqwest::Method::GET, &path, None).await?;
-        values.insert(workload::register_key(k), v["description"].as_str().map(str::to_string));
+        let value = v["description"].as_str().map(str::to_string);
+        rec.record(Op {
+            process: 0,
+            node: 0,
+            kind: OpKind::Read { key: workload::register_key(k), value: value.clone() },
+            invoke_us,
+            complete_us: rec.clock.now_us(),
+            outcome: crate::history::Outcome::Ok,
+            error: None,
+        });
+        values.insert(workload::register_key(k), value);
     }
+    let ops = rec.ops();
     // Every node applies at least what the leader had when the registers were read, then
     // answers from its own state.
     let target = leader_applied(api).await;

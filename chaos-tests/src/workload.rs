@@ -90,6 +90,7 @@ impl Answer {
             // The coordinator says when nothing was written; everything else may have been.
             Answer::Status(503, m)
                 if m.contains("nothing was written")
+                    || m.contains("no Raft leader is known")
                     || m.contains("no leader known")
                     || m.contains("cannot forward")
                     || m.contains("shutting down") =>
