@@ -1,7 +1,13 @@
 //! The chaos suite: real coordinator and agent processes, faults injected on schedule, and
 //! checkers that judge the recorded history.
 //!
-//! - `proxy`: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one.
+//! - [`proxy`]: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one.
+//! - [`lab`]: the cluster and the agents behind their proxies, and the faults done to them
+//!   ([`procnet`] finds a process's UDP ports).
+//! - [`scenario`]: the TOML scenario files; [`workload`]: the recorded operator traffic;
+//!   [`run`]: one scenario from start to verdicts; [`report`] and [`timeline`]: its results.
+//! - [`checkers`]: pure functions from a recorded [`history`] to a verdict per invariant.
+
 pub mod checkers;
 pub mod history;
 pub mod lab;
@@ -10,4 +16,5 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod timeline;
 pub mod workload;

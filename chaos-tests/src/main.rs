@@ -162,8 +162,23 @@ async fn run_one(
     let history = out.join(format!("{stem}.history.json"));
     std::fs::write(&history, serde_json::to_vec(&recorded)?)
         .with_context(|| format!("writing {}", history.display()))?;
+    let svg_path = out.join(format!("{stem}.svg"));
+    let deploys: Vec<String> = std::iter::once(report.first_deploy.clone())
+        .chain(report.deploys.iter().cloned())
+        .collect();
+    let title = format!("{} (seed {})", report.scenario, report.seed);
+    let picture = chaos_tests::timeline::svg(
+        &title,
+        &recorded.progress,
+        &recorded.status,
+        &report.faults,
+        report.timing.window_start_us,
+        &deploys,
+    );
+    std::fs::write(&svg_path, picture)
+        .with_context(|| format!("writing {}", svg_path.display()))?;
     print!("{}", report.summary());
-    println!("report: {}", path.display());
+    println!("report: {} (timeline {})", path.display(), svg_path.display());
     if !report.passed || keep {
         println!("process files kept in {}", work.keep().display());
     }
