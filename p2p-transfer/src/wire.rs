@@ -15,6 +15,8 @@
 //!   request  = len: u32 BE | kind 1 | hash[32] size:u64 piece:u32, then FIN
 //!   response = status: u8, then for status 0 the piece's bao encoding (parents and
 //!              16 KiB chunk groups, pre-order), then FIN
+//!   status   0 ok, 1 not held, 2 busy, 3 refused (leech-only), 4 seeded (an origin sent
+//!              this piece to another peer moments ago: fetch it from the swarm)
 //!   cancel   = the requester stops the stream (STOP_SENDING); the server stops writing
 //! ```
 //!
@@ -92,6 +94,9 @@ pub enum ResponseStatus {
     Busy = 2,
     /// The server does not upload at all (leech-only).
     Refused = 3,
+    /// An origin sent this piece to another peer moments ago; fetch it from the swarm. Ask
+    /// the origin for other pieces meanwhile.
+    Seeded = 4,
 }
 
 impl ResponseStatus {
@@ -101,6 +106,7 @@ impl ResponseStatus {
             1 => ResponseStatus::NotHeld,
             2 => ResponseStatus::Busy,
             3 => ResponseStatus::Refused,
+            4 => ResponseStatus::Seeded,
             _ => return None,
         })
     }

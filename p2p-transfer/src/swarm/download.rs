@@ -476,7 +476,10 @@ impl Driver {
         Ok(())
     }
 
-    fn add_peers(&mut self, peers: Vec<PeerInfo>, now: Instant) {
+    fn add_peers(&mut self, mut peers: Vec<PeerInfo>, now: Instant) {
+        // Origins first: until some host holds a piece, only an origin link is of use, and a
+        // flash crowd's handshakes queue up behind one another.
+        peers.sort_by_key(|p| p.role != PeerRole::Origin);
         for PeerInfo { peer, role } in peers {
             if peer == self.node.id {
                 continue;
@@ -615,6 +618,7 @@ async fn fetch_piece(
             return Err(FetchFailure::Peer(Failure::NotHeld, 1));
         }
         Some(ResponseStatus::Busy) => return Err(FetchFailure::Peer(Failure::Busy, 1)),
+        Some(ResponseStatus::Seeded) => return Err(FetchFailure::Peer(Failure::Seeded, 1)),
         None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
     }
     let received = Arc::new(AtomicU64::new(1));

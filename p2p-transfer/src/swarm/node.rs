@@ -33,6 +33,23 @@ use crate::wire::{
     ResponseStatus, WireError,
 };
 
+/// UDP socket buffers a node asks for, each way. A burst of piece data from several peers at
+/// once overflows Linux's default (about 208 KiB); the datagrams dropped there cost QUIC a
+/// loss recovery and a congestion-window cut. The kernel caps the figure at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Piece uploads a host serves at once ([`NodeConfig::recommended`]). Few, so that each piece
+/// leaves at a large share of the upload cap and the receiver can pass it on sooner: a
+/// piece's hop time is its size over its share of the cap.
+pub const RECOMMENDED_UPLOAD_SLOTS: usize = 2;
+/// Piece requests that may wait for a slot ([`NodeConfig::recommended`]); a deeper queue only
+/// holds requests that other peers could serve now.
+pub const RECOMMENDED_QUEUED_UPLOADS: usize = 2;
+/// An origin's repeat window ([`NodeConfig::origin`]): longer than a piece takes to reach the
+/// swarm's far side through peers (about log2(hosts) hops of two piece-times each: 1.75 s for
+/// 100 hosts at 2 MiB/s), short enough that a piece whose first receiver died or turned out
+/// corrupt is sent again soon (with 5 s, `tt bench swarm`'s faults run waited on exactly that).
+pub const RECOMMENDED_ORIGIN_REPEAT_WINDOW: Duration = Duration::from_secs(3);
 /// Most connections (peers) one node keeps. Further incoming connections are refused.
 pub const MAX_LINKS: usize = 512;
 /// Most piece-request streams a peer may have open to us at once (QUIC enforces it).
@@ -41,8 +58,8 @@ pub const MAX_PIECE_STREAMS_PER_LINK: u32 = 64;
 pub const CONTROL_QUEUE_FRAMES: usize = 1024;
 /// How long dialing a peer may take, handshake included.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Piece uploads waiting for a slot beyond [`NodeConfig::max_concurrent_uploads`]; more are
-/// answered "busy".
+/// Most piece uploads that may wait for a slot beyond [`NodeConfig::max_concurrent_uploads`],
+/// whatever [`NodeConfig::max_queued_uploads`] says; more are answered "busy".
 pub const UPLOAD_QUEUE_MAX: usize = 256;
 /// Pieces remembered for [`NodeConfig::origin_repeat_window`]; older entries are pruned when
 /// the table grows past this.
@@ -66,12 +83,43 @@ pub struct NodeConfig {
     /// Piece uploads served at once; further requests wait, the least-served piece first
     /// (so an origin hands out pieces nobody has yet before repeats), or are told "busy".
     pub max_concurrent_uploads: usize,
-    /// For an origin: after uploading a piece, answer "busy" to further requests for that
-    /// piece for this long, so that the swarm takes it from whoever got it and the origin
-    /// spends its upload on pieces nobody has yet (super-seeding). `None` for ordinary hosts.
+    /// Piece requests that may wait for an upload slot (at most [`UPLOAD_QUEUE_MAX`]); more
+    /// are answered "busy" at once, so that the requester asks another peer instead of
+    /// waiting here while that peer idles.
+    pub max_queued_uploads: usize,
+    /// For an origin: after handing out a piece, answer "seeded" to further requests for
+    /// that piece for this long (counted from when the upload finished), so that the swarm
+    /// takes it from whoever got it and the origin spends its upload on pieces nobody has yet
+    /// (super-seeding). After the window a piece is sent again, which covers a receiver that
+    /// died before passing it on. `None` for ordinary hosts.
     pub origin_repeat_window: Option<Duration>,
     /// Misbehave on purpose; for tests and chaos experiments only.
     pub fault: Option<ServeFault>,
+}
+
+impl NodeConfig {
+    /// A host: the recommended upload slots and queue, no caps, no faults.
+    pub fn recommended(listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            listen,
+            upload_bytes_per_sec: None,
+            download_bytes_per_sec: None,
+            leech_only: false,
+            max_concurrent_uploads: RECOMMENDED_UPLOAD_SLOTS,
+            max_queued_uploads: RECOMMENDED_QUEUED_UPLOADS,
+            origin_repeat_window: None,
+            fault: None,
+        }
+    }
+
+    /// An origin (a coordinator): like a host, and each piece is handed out once per
+    /// [`RECOMMENDED_ORIGIN_REPEAT_WINDOW`] (super-seeding).
+    pub fn origin(listen: SocketAddr) -> NodeConfig {
+        NodeConfig {
+            origin_repeat_window: Some(RECOMMENDED_ORIGIN_REPEAT_WINDOW),
+            ..NodeConfig::recommended(listen)
+        }
+    }
 }
 
 /// Deliberate misbehaviour of a serving node, to test that downloaders survive it.
@@ -156,6 +204,10 @@ pub struct NodeStats {
     pub bad_responses: u64,
     /// Connections closed for a protocol violation.
     pub protocol_violations: u64,
+    /// Piece requests an origin declined as "seeded" (sent to another peer moments ago).
+    pub repeats_declined: u64,
+    /// Piece requests answered "busy" (every upload slot and queue place taken).
+    pub busy_answers: u64,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +217,8 @@ pub(crate) struct Counters {
     pub pieces_served: AtomicU64,
     pub bad_responses: AtomicU64,
     pub protocol_violations: AtomicU64,
+    pub repeats_declined: AtomicU64,
+    pub busy_answers: AtomicU64,
 }
 
 /// A `tt-blob/1` node. Cheap to clone.
@@ -199,6 +253,9 @@ pub(crate) struct Link {
     control: mpsc::Sender<ControlMsg>,
     /// Blobs the peer asked to hear about.
     peer_wants: Mutex<HashSet<BlobHash>>,
+    /// What the peer told us it holds (for blobs we asked it about): a piece it holds is not
+    /// announced to it again, which saves about half of the have-messages of a swarm.
+    peer_holds: Mutex<HashMap<BlobHash, crate::blob::Bitfield>>,
 }
 
 impl Link {
@@ -213,6 +270,10 @@ impl Link {
     pub fn id(&self) -> usize {
         self.connection.stable_id()
     }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, crate::blob::Bitfield>> {
+        self.peer_holds.lock().expect("holds lock")
+    }
 }
 
 impl BlobNode {
@@ -226,8 +287,24 @@ impl BlobNode {
             return Err(StartError::UnspecifiedAddress(config.listen));
         }
         let addr = config.listen;
-        let mut endpoint = quinn::Endpoint::server(tls.server, addr)
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())
             .map_err(|source| StartError::Bind { addr, source })?;
+        // Best effort: the kernel caps both at net.core.{r,w}mem_max.
+        if let Err(error) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+            warn!(%error, "cannot raise the UDP receive buffer");
+        }
+        if let Err(error) = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER_BYTES) {
+            warn!(%error, "cannot raise the UDP send buffer");
+        }
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(tls.server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| StartError::Bind { addr, source })?;
         endpoint.set_default_client_config(tls.client);
         let id = PeerId(endpoint.local_addr().map_err(|source| StartError::Bind { addr, source })?);
         let node = Arc::new(Node {
@@ -235,7 +312,10 @@ impl BlobNode {
             endpoint,
             upload: RateLimiter::new(config.upload_bytes_per_sec),
             download: RateLimiter::new(config.download_bytes_per_sec),
-            uploads: Arc::new(UploadSlots::new(config.max_concurrent_uploads.max(1))),
+            uploads: Arc::new(UploadSlots::new(
+                config.max_concurrent_uploads.max(1),
+                config.max_queued_uploads.min(UPLOAD_QUEUE_MAX),
+            )),
             recent_uploads: Mutex::new(HashMap::new()),
             config,
             store,
@@ -267,6 +347,8 @@ impl BlobNode {
             pieces_served: c.pieces_served.load(Ordering::Relaxed),
             bad_responses: c.bad_responses.load(Ordering::Relaxed),
             protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
+            repeats_declined: c.repeats_declined.load(Ordering::Relaxed),
+            busy_answers: c.busy_answers.load(Ordering::Relaxed),
         }
     }
 
@@ -326,6 +408,7 @@ impl Node {
             dialed_by,
             control: control_tx,
             peer_wants: Mutex::new(HashSet::new()),
+            peer_holds: Mutex::new(HashMap::new()),
         });
         let replaced = {
             let mut links = self.links.lock().expect("links lock");
@@ -383,6 +466,22 @@ impl Node {
         }
         recent.insert((hash, piece), now);
         true
+    }
+
+    /// An upload recorded by [`Node::may_repeat`] did not happen (no slot, or the requester
+    /// went away): the piece may be handed out again at once.
+    fn forget_repeat(&self, hash: BlobHash, piece: u32) {
+        if self.config.origin_repeat_window.is_some() {
+            self.recent_uploads.lock().expect("recent uploads lock").remove(&(hash, piece));
+        }
+    }
+
+    /// An upload finished: the repeat window starts now, when the receiver has the piece.
+    fn renew_repeat(&self, hash: BlobHash, piece: u32) {
+        if self.config.origin_repeat_window.is_some() {
+            let now = tokio::time::Instant::now();
+            self.recent_uploads.lock().expect("recent uploads lock").insert((hash, piece), now);
+        }
     }
 
     fn violation(&self, link: &Link, error: &WireError) {
@@ -495,10 +594,21 @@ async fn handle_control(node: &Arc<Node>, link: &Arc<Link>, msg: ControlMsg) {
             link.peer_wants.lock().expect("wants lock").remove(&hash);
         }
         ControlMsg::Bitfield { spec, pieces } => {
+            link.holds().insert(spec.hash, pieces.clone());
             route(&spec.hash, DownloadEvent::Bitfield { peer, size: spec.size, pieces }).await;
         }
-        ControlMsg::Have { hash, piece } => route(&hash, DownloadEvent::Have { peer, piece }).await,
-        ControlMsg::DontHave { hash } => route(&hash, DownloadEvent::DontHave { peer }).await,
+        ControlMsg::Have { hash, piece } => {
+            if let Some(pieces) = link.holds().get_mut(&hash)
+                && u64::from(piece) < pieces.len()
+            {
+                pieces.set(piece.into());
+            }
+            route(&hash, DownloadEvent::Have { peer, piece }).await
+        }
+        ControlMsg::DontHave { hash } => {
+            link.holds().remove(&hash);
+            route(&hash, DownloadEvent::DontHave { peer }).await
+        }
     }
 }
 
@@ -529,7 +639,10 @@ async fn forward_store_events(node: Arc<Node>, link: Arc<Link>) {
         let wants = |hash: &BlobHash| link.peer_wants.lock().expect("wants lock").contains(hash);
         match event {
             Ok(StoreEvent::PieceComplete { hash, piece }) if wants(&hash) => {
-                link.send(ControlMsg::Have { hash, piece });
+                let held = link.holds().get(&hash).is_some_and(|p| p.get(piece.into()));
+                if !held {
+                    link.send(ControlMsg::Have { hash, piece });
+                }
             }
             Ok(
                 StoreEvent::BlobComplete { hash }
@@ -593,9 +706,12 @@ async fn serve_piece(
             return respond_status(&mut send, ResponseStatus::Refused).await;
         }
         if !node.may_repeat(spec.hash, piece) {
-            return respond_status(&mut send, ResponseStatus::Busy).await;
+            node.counters.repeats_declined.fetch_add(1, Ordering::Relaxed);
+            return respond_status(&mut send, ResponseStatus::Seeded).await;
         }
         let Some(_slot) = node.uploads.acquire(spec.hash, piece).await else {
+            node.forget_repeat(spec.hash, piece);
+            node.counters.busy_answers.fetch_add(1, Ordering::Relaxed);
             return respond_status(&mut send, ResponseStatus::Busy).await;
         };
         let fault = node.config.fault;
@@ -617,6 +733,7 @@ async fn serve_piece(
             }
             Ok(Err(error)) => {
                 debug!(%error, "not serving");
+                node.forget_repeat(spec.hash, piece);
                 return respond_status(&mut send, ResponseStatus::NotHeld).await;
             }
             Err(error) => {
@@ -632,16 +749,22 @@ async fn serve_piece(
         if send.write_all(&[ResponseStatus::Ok as u8]).await.is_err() {
             return;
         }
-        for slice in encoded.chunks(UPLOAD_SLICE_BYTES) {
+        // Slices of one buffer handed to quinn as they are: no copy per slice.
+        let encoded = Bytes::from(encoded);
+        for start in (0..encoded.len()).step_by(UPLOAD_SLICE_BYTES) {
+            let slice = encoded.slice(start..(start + UPLOAD_SLICE_BYTES).min(encoded.len()));
             node.upload.acquire(slice.len() as u64).await;
-            if let Err(error) = send.write_all(slice).await {
+            let len = slice.len() as u64;
+            if let Err(error) = send.write_chunk(slice).await {
                 // Most often the requester cancelled (another copy arrived first).
                 trace!(%error, "upload stopped");
+                node.forget_repeat(spec.hash, piece);
                 return;
             }
-            node.counters.uploaded_bytes.fetch_add(slice.len() as u64, Ordering::Relaxed);
+            node.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
         }
         let _ = send.finish();
+        node.renew_repeat(spec.hash, piece);
         node.counters.pieces_served.fetch_add(1, Ordering::Relaxed);
         trace!(bytes = encoded.len(), "piece served");
     }
@@ -700,6 +823,7 @@ pub(crate) async fn read_frame(
 #[derive(Debug)]
 struct UploadSlots {
     max_active: usize,
+    max_waiting: usize,
     state: Mutex<SlotState>,
 }
 
@@ -745,11 +869,11 @@ struct SlotGuard {
 }
 
 impl UploadSlots {
-    fn new(max_active: usize) -> UploadSlots {
-        UploadSlots { max_active, state: Mutex::new(SlotState::default()) }
+    fn new(max_active: usize, max_waiting: usize) -> UploadSlots {
+        UploadSlots { max_active, max_waiting, state: Mutex::new(SlotState::default()) }
     }
 
-    /// A slot, or `None` if [`UPLOAD_QUEUE_MAX`] requests already wait.
+    /// A slot, or `None` if `max_waiting` requests already wait.
     async fn acquire(self: &Arc<Self>, hash: BlobHash, piece: u32) -> Option<SlotGuard> {
         let rx = {
             let mut state = self.state.lock().expect("slots lock");
@@ -759,7 +883,7 @@ impl UploadSlots {
                 *state.served.entry(key).or_default() += 1;
                 return Some(SlotGuard { slots: self.clone(), armed: true });
             }
-            if state.waiting.len() >= UPLOAD_QUEUE_MAX {
+            if state.waiting.len() >= self.max_waiting {
                 return None;
             }
             let (tx, rx) = oneshot::channel();

@@ -43,7 +43,11 @@ fn requests_to(actions: &[Action], to: PeerId) -> Vec<u32> {
 #[test]
 fn rarest_pieces_are_asked_first() {
     let now = Instant::now();
-    let config = SchedulerConfig { random_first_pieces: 0, ..SchedulerConfig::recommended(7) };
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        max_inflight: 3 * PIPELINE_MIN,
+        ..SchedulerConfig::recommended(7)
+    };
     let mut s = scheduler(16, config);
     let (a, b, c) = (peer(1), peer(2), peer(3));
     join(&mut s, a, PeerRole::Peer, bits(16, 0..16), now); // 8..16 only here: rarest
@@ -100,6 +104,57 @@ fn the_origin_serves_only_what_no_peer_has_and_a_bounded_number_at_once() {
     }
     origin_pieces.sort();
     assert_eq!(origin_pieces, vec![4, 5, 6, 7]);
+}
+
+#[test]
+fn the_origin_is_asked_even_when_peers_fill_the_download_s_pipeline() {
+    let now = Instant::now();
+    let config = SchedulerConfig { max_inflight: 2, ..SchedulerConfig::recommended(3) };
+    let mut s = scheduler(16, config);
+    let origin = peer(1);
+    for p in 2..6 {
+        join(&mut s, peer(p), PeerRole::Peer, bits(16, 0..8), now);
+    }
+    join(&mut s, origin, PeerRole::Origin, bits(16, 0..16), now);
+    let actions = drain(&mut s, now);
+    // The peers take the cap; the origin still gets its own requests, for pieces only it has.
+    let to_origin = requests_to(&actions, origin);
+    assert_eq!(to_origin.len(), ORIGIN_MAX_INFLIGHT as usize, "{actions:?}");
+    assert!(to_origin.iter().all(|p| (8..16).contains(p)), "{actions:?}");
+    assert_eq!(actions.len() - to_origin.len(), 2, "{actions:?}");
+}
+
+#[test]
+fn a_piece_the_origin_declined_as_seeded_is_left_to_the_swarm_for_a_while() {
+    let start = Instant::now();
+    let config = SchedulerConfig { origin_max_inflight: 1, ..SchedulerConfig::recommended(5) };
+    let retry = config.seeded_retry;
+    let mut s = scheduler(4, config);
+    let origin = peer(1);
+    join(&mut s, origin, PeerRole::Origin, bits(4, 0..4), start);
+    let Some(Action::Request { piece: declined, .. }) = s.poll_action(start) else {
+        panic!("no request")
+    };
+    s.handle_piece_failed(origin, declined, Failure::Seeded, start);
+    // No backoff for the origin: it is asked for the other pieces at once, never this one.
+    let mut asked = Vec::new();
+    let mut now = start;
+    while let Some(Action::Request { piece, .. }) = s.poll_action(now) {
+        asked.push(piece);
+        s.handle_piece_received(origin, piece, now);
+        now += Duration::from_millis(1);
+    }
+    asked.sort();
+    let others: Vec<u32> = (0..4).filter(|&p| p != declined).collect();
+    assert_eq!(asked, others);
+    assert!(!s.is_complete());
+    // Nobody brought it; after the retry delay the origin is asked again.
+    assert!(s.poll_timeout().is_some_and(|t| t <= start + retry));
+    s.handle_timeout(start + retry);
+    assert_eq!(
+        s.poll_action(start + retry),
+        Some(Action::Request { peer: origin, piece: declined })
+    );
 }
 
 #[test]
@@ -237,7 +292,12 @@ fn peers_that_leave_free_their_requests_and_newcomers_get_work() {
 #[test]
 fn the_pipeline_covers_bandwidth_times_delay() {
     let start = Instant::now();
-    let config = SchedulerConfig { random_first_pieces: 0, ..SchedulerConfig::recommended(2) };
+    // A long fat link: the download-wide cap must not be what limits the pipeline here.
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        max_inflight: PIPELINE_MAX,
+        ..SchedulerConfig::recommended(2)
+    };
     let mut s = scheduler(64, config);
     let a = peer(1);
     join(&mut s, a, PeerRole::Peer, bits(64, 0..64), start);
@@ -298,7 +358,8 @@ fn simulate(seed: u64) {
             match action {
                 Action::Request { peer: p, piece } => {
                     assert!(!s.is_banned(p, now), "seed {seed}: asked banned {p}");
-                    assert!(s.inflight() <= MAX_INFLIGHT_PIECES);
+                    // Origin requests come on top of the cap for peers.
+                    assert!(s.inflight() <= MAX_INFLIGHT_PIECES + ORIGIN_MAX_INFLIGHT);
                     let (per_piece, _) = peers[&p];
                     let begin = busy_until.get(&p).copied().unwrap_or(now).max(now);
                     busy_until.insert(p, begin + per_piece);
