@@ -106,6 +106,26 @@ pub enum BenchCmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Build distribution: simulated hosts on loopback (each its own QUIC endpoint and caps)
+    /// fetch one build; ours, origin-only and BitTorrent (aria2) side by side.
+    Swarm {
+        /// Scenarios, comma-separated: n50 (50 hosts, 4 MiB/s, 64 MiB), n100 (100 at 2 MiB/s),
+        /// faults (n50 with 10% corrupt, 10% slow, 10% killed), small (1 MiB to 50 hosts,
+        /// unthrottled), pair (one unthrottled pair, 256 MiB).
+        #[arg(long, value_delimiter = ',', default_values_t = ops::bench::swarm::STANDARD_RUNS.map(String::from))]
+        runs: Vec<String>,
+        /// Skip the origin-only and BitTorrent baselines.
+        #[arg(long)]
+        no_baselines: bool,
+        /// Seed of the build bytes, peer lists and fault placement.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Working directory (every host's store); under /dev/shm by default.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Failover: kill -9 the leader repeatedly; time until a write is accepted again.
     Failover {
         #[arg(long, default_value_t = 20)]
@@ -319,6 +339,9 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
+        BenchCmd::Swarm { runs, no_baselines, seed, dir, json } => {
+            swarm(&runs, !no_baselines, seed, dir, json).await?;
+        }
         BenchCmd::Failover { kills, dir, json, keep_dir } => {
             let dir = work_dir(dir, "failover")?;
             let report = failover(dir.clone(), kills).await?;
@@ -338,6 +361,37 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn swarm(
+    runs: &[String],
+    baselines: bool,
+    seed: u64,
+    dir: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use ops::bench::swarm;
+    let specs = runs
+        .iter()
+        .map(|name| {
+            swarm::standard_run(name).with_context(|| {
+                format!("unknown run {name:?}; one of {}", swarm::STANDARD_RUNS.join(", "))
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let dir = dir.unwrap_or_else(swarm::default_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    println!("hosts' stores under {}", dir.display());
+    let reports = swarm::run(&specs, &dir, seed, baselines).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let reports = reports?;
+    if let Some(path) = json {
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let body = json!({ "command": command, "scenarios": reports });
+        std::fs::write(&path, serde_json::to_vec_pretty(&body)?)?;
+        println!("wrote {}", path.display());
+    }
+    swarm::check(&reports)
 }
 
 #[derive(Serialize)]

@@ -45,7 +45,7 @@ fn now_ns() -> u128 {
 }
 
 /// (user + system CPU seconds, resident MiB) of a process, from /proc.
-fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = &stat[stat.rfind(')').context("malformed stat")? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();

@@ -12,10 +12,12 @@
 //! Non-goals: launching our own cluster (the caller passes a URL), and comparing reads.
 
 pub mod agent;
+pub mod bittorrent;
 pub mod etcd;
 pub mod loadgen;
 pub mod ours;
 pub mod ping;
+pub mod swarm;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
