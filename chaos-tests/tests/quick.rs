@@ -2,13 +2,15 @@
 //! agents, real faults, and zero violations of any invariant. Scenarios run one after another
 //! (each is a cluster and a fleet on a 2-core machine); `chaos run --all` runs the catalogue.
 
-use chaos_tests::checkers::Status;
+use std::collections::BTreeSet;
+
+use chaos_tests::checkers::{self, Status};
 use chaos_tests::lab::LinkClass;
 use chaos_tests::report::Report;
-use chaos_tests::run::{RunOptions, run};
+use chaos_tests::run::{Recorded, RunOptions, run};
 use chaos_tests::scenario;
 
-async fn run_scenario(name: &str) -> Report {
+async fn run_scenario(name: &str) -> (Report, Recorded) {
     let s = scenario::load(&scenario::default_dir(), name).unwrap();
     let work = tempfile::tempdir().unwrap();
     let opts = RunOptions {
@@ -18,7 +20,7 @@ async fn run_scenario(name: &str) -> Report {
         coordinator_bin: ops::devcluster::find_coordinator_bin().unwrap(),
         agent_bin: ops::devfleet::find_agent_bin().unwrap(),
     };
-    let (report, _) = run(&s, &opts).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+    let (report, recorded) = run(&s, &opts).await.unwrap_or_else(|e| panic!("{name}: {e}"));
     let summary = report.summary();
     eprintln!("{summary}");
     for v in &report.verdicts {
@@ -27,23 +29,30 @@ async fn run_scenario(name: &str) -> Report {
     assert_eq!(report.violations, 0);
     assert!(summary.contains(&format!("repeat: chaos run {name} --seed {}", s.seed)));
     assert!(!report.deploys.is_empty(), "{name}: no deploy ran in the window\n{summary}");
-    report
+    (report, recorded)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_subset_holds_every_invariant() {
-    let r = run_scenario("leader-kill-mid-deploy").await;
+    let (r, recorded) = run_scenario("leader-kill-mid-deploy").await;
     assert!(r.recovery.iter().all(|x| x.leader_ms.is_some() && x.writes_ms.is_some()), "{r:?}");
+    // The journals really show the rollout using its parallelism: one slot fewer and the
+    // checker objects (so a slot too many would not go unseen).
+    let spans =
+        checkers::deploy_spans(&checkers::hook_intervals(&recorded.journal, r.timing.run_end_us));
+    let exempt: BTreeSet<String> = [r.first_deploy.clone()].into();
+    assert!(checkers::parallelism(&spans, 2, &exempt).passed());
+    assert_eq!(checkers::parallelism(&spans, 1, &exempt).status, Status::Fail);
 
-    let r = run_scenario("leader-isolated").await;
+    let (r, _) = run_scenario("leader-isolated").await;
     assert!(r.links[&LinkClass::Raft].dropped_blocked_port > 0, "the leader's own dials were cut");
     assert!(r.recovery.iter().all(|x| x.leader_ms.is_some()), "a new leader was elected");
 
-    let r = run_scenario("agents-partitioned").await;
+    let (r, _) = run_scenario("agents-partitioned").await;
     assert!(r.links[&LinkClass::Agent].dropped() > 0);
     assert!(!r.unreachable_hosts.is_empty(), "the cut hosts' leases expired: {r:?}");
 
-    let r = run_scenario("agent-kill-every-step").await;
+    let (r, _) = run_scenario("agent-kill-every-step").await;
     for step in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"] {
         assert!(
             r.agent_kills_at_steps.iter().any(|k| k.ends_with(&format!(":{step}"))),
