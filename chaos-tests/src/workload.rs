@@ -616,9 +616,11 @@ pub async fn status_sampler(
             async move {
                 let t_us = clock.now_us();
                 match api.call(n, reqwest::Method::GET, "/v1/cluster", None, SAMPLE_TIMEOUT).await {
+                    // Attributed to the node that answered (its own `nodeId`), not the one
+                    // the sampler meant to ask.
                     Answer::Ok(v) => Some(StatusSample {
                         t_us,
-                        node: n,
+                        node: v["nodeId"].as_u64().unwrap_or(n),
                         term: v["term"].as_u64().unwrap_or(0),
                         state: v["state"].as_str().unwrap_or_default().to_string(),
                         leader: v["leaderId"].as_u64(),
