@@ -30,6 +30,8 @@ use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
 
 /// Longest the lab waits for the cluster's first leader.
 pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
+/// Attempts to start a lab whose nodes all come up as themselves.
+pub const LAB_START_ATTEMPTS: usize = 3;
 /// Timeout of one status request to a node.
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -41,6 +43,9 @@ pub enum LabError {
     Process { what: String, message: String },
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// A node did not come up as itself (a port drawn twice); the lab starts again.
+    #[error("node {node} is not up as itself: {message}")]
+    Identity { node: u64, message: String },
     /// Sending a signal failed (the process is gone?).
     #[error("signal {signal} to {what}: {source}")]
     Signal { what: String, signal: Signal, source: nix::Error },
@@ -137,8 +142,25 @@ fn loopback() -> SocketAddr {
 }
 
 impl Lab {
-    /// Starts the proxies, the cluster (waiting for its first leader) and the agents.
+    /// Starts the proxies, the cluster (waiting for its first leader) and the agents. A
+    /// cluster whose nodes are not all up as themselves is started again in a fresh directory,
+    /// up to [`LAB_START_ATTEMPTS`] times (`ops::devcluster` picks free ports by binding port
+    /// 0 and letting go, so two nodes can draw the same port; the second then never starts,
+    /// and the first answers for both).
     pub async fn start(spec: LabSpec) -> Result<Lab, LabError> {
+        let mut last = None;
+        for attempt in 0..LAB_START_ATTEMPTS {
+            let spec = LabSpec { dir: spec.dir.join(format!("lab-{attempt}")), ..spec.clone() };
+            match Lab::start_once(spec).await {
+                Ok(lab) => return Ok(lab),
+                Err(e @ LabError::Identity { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    async fn start_once(spec: LabSpec) -> Result<Lab, LabError> {
         const NODES: u64 = 3;
         let mut raft_proxies = Vec::new();
         let mut agent_proxies = Vec::new();
@@ -151,7 +173,7 @@ impl Lab {
             .zip(&agent_proxies)
             .map(|(r, a)| Advertise { raft: r.addr(), agent: a.addr() })
             .collect();
-        let cluster = DevCluster::start(Spec {
+        let mut cluster = DevCluster::start(Spec {
             nodes: NODES as usize,
             dir: spec.dir.join("cluster"),
             base_http_port: None,
@@ -169,6 +191,7 @@ impl Lab {
             .wait_leader(&cluster.ids(), FIRST_LEADER_WAIT)
             .await
             .map_err(process_err("waiting for the first leader"))?;
+        verify_identities(&mut cluster).await?;
         let mut lab = Lab {
             spec,
             cluster,
@@ -465,6 +488,28 @@ impl Drop for Lab {
             let _ = self.resume_agent(a);
         }
     }
+}
+
+/// Every node runs and its HTTP address answers as itself.
+async fn verify_identities(cluster: &mut DevCluster) -> Result<(), LabError> {
+    let http = reqwest::Client::new();
+    for id in cluster.ids() {
+        let url = format!("{}/v1/cluster", cluster.base_url(id));
+        let answer: Option<serde_json::Value> =
+            async { http.get(&url).timeout(STATUS_TIMEOUT).send().await.ok()?.json().await.ok() }
+                .await;
+        let answered_as = answer.as_ref().and_then(|v| v["nodeId"].as_u64());
+        if !cluster.is_running(id) || answered_as != Some(id) {
+            return Err(LabError::Identity {
+                node: id,
+                message: format!(
+                    "running: {}; its HTTP address answered as node {answered_as:?}",
+                    cluster.is_running(id)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn signal(pid: u32, signal: Signal, what: &str) -> Result<(), LabError> {

@@ -616,11 +616,12 @@ pub async fn status_sampler(
             async move {
                 let t_us = clock.now_us();
                 match api.call(n, reqwest::Method::GET, "/v1/cluster", None, SAMPLE_TIMEOUT).await {
-                    // Attributed to the node that answered (its own `nodeId`), not the one
-                    // the sampler meant to ask.
-                    Answer::Ok(v) => Some(StatusSample {
+                    // Only an answer from the node asked counts: another process on its
+                    // address (a port drawn twice, or reused by another cluster on this
+                    // machine while the node was down) says nothing about this cluster.
+                    Answer::Ok(v) if v["nodeId"].as_u64() == Some(n) => Some(StatusSample {
                         t_us,
-                        node: v["nodeId"].as_u64().unwrap_or(n),
+                        node: n,
                         term: v["term"].as_u64().unwrap_or(0),
                         state: v["state"].as_str().unwrap_or_default().to_string(),
                         leader: v["leaderId"].as_u64(),
