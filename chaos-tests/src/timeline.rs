@@ -15,6 +15,8 @@ const ROW_GAP: f64 = 4.0;
 const TOP: f64 = 40.0;
 /// Time ticks every this many seconds.
 const TICK_S: u64 = 2;
+/// The leader row's resolution (the status sampler's period).
+const LEADER_BUCKET_US: u64 = 200_000;
 
 fn step_colour(step: &str, state: &str, deploy_index: usize) -> &'static str {
     match state {
@@ -82,13 +84,13 @@ pub fn svg(
     let _ = writeln!(s, r#"<text x="4" y="{}">leader</text>"#, row_y(0) + 14.0);
     let mut by_time: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     for st in status {
-        let e = by_time.entry(st.t_us / 200_000).or_insert(None);
+        let e = by_time.entry(st.t_us / LEADER_BUCKET_US).or_insert(None);
         if st.state == "Leader" {
             *e = Some(st.node);
         }
     }
     let points: Vec<(u64, Option<u64>)> =
-        by_time.into_iter().map(|(k, v)| (k * 200_000, v)).collect();
+        by_time.into_iter().map(|(k, v)| (k * LEADER_BUCKET_US, v)).collect();
     for w in points.windows(2) {
         let (a, b) = (w[0], w[1]);
         let _ = writeln!(
