@@ -78,7 +78,25 @@ pub struct AgentConfig {
     pub availability_zone: Option<String>,
     /// Extra variables for every hook (e.g. a port per host when several agents share a box).
     pub hook_env: BTreeMap<String, String>,
+    /// This host's `tt-blob/1` endpoint (UDP): the address its peers dial, so a concrete IP
+    /// (port 0 picks a free port). Set with `swarm_tls_dir` to fetch `tt://blob/` builds
+    /// through the swarm and serve them to peers; unset, they come from the coordinators.
+    pub swarm_listen: Option<SocketAddr>,
+    /// `node.pem`, `node.key` and `ca.pem`: this host's certificate from the cluster CA
+    /// (`coordinator certs issue`); blob peers authenticate each other with it.
+    pub swarm_tls_dir: Option<PathBuf>,
+    /// The swarm's store (`<deploy_agent_dir>/swarm` if unset) and its quota in bytes.
+    pub swarm_dir: Option<PathBuf>,
+    pub swarm_max_bytes: u64,
+    /// Host-wide caps on serving and fetching blobs, bytes per second (unset: none).
+    pub swarm_upload_bytes_per_sec: Option<u64>,
+    pub swarm_download_bytes_per_sec: Option<u64>,
+    /// Fetch through the swarm but never upload (a fragile host).
+    pub swarm_leech_only: bool,
 }
+
+/// Default quota of the agent's swarm store (the builds it keeps to serve peers).
+pub const DEFAULT_SWARM_MAX_BYTES: u64 = 16 << 30;
 
 impl Default for AgentConfig {
     fn default() -> Self {
@@ -115,6 +133,13 @@ impl Default for AgentConfig {
             groups: Vec::new(),
             availability_zone: None,
             hook_env: BTreeMap::new(),
+            swarm_listen: None,
+            swarm_tls_dir: None,
+            swarm_dir: None,
+            swarm_max_bytes: DEFAULT_SWARM_MAX_BYTES,
+            swarm_upload_bytes_per_sec: None,
+            swarm_download_bytes_per_sec: None,
+            swarm_leech_only: false,
         }
     }
 }

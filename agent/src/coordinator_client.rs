@@ -5,9 +5,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::Bytes;
-use p2p_transfer::rpc::{RpcClient, RpcError, make_client_endpoint};
+use p2p_transfer::rpc::{RpcClient, make_client_endpoint};
 use p2p_transfer::tls;
-use proto::agent::{AgentReply, AgentRequest, MAX_LONG_POLL_MS};
+use proto::agent::{AgentReply, AgentRequest, MAX_LONG_POLL_MS, SwarmAnnounce, SwarmPeer};
 use proto::ping::{PingRequestBean, PingResponseBean};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Mutex;
@@ -18,6 +18,9 @@ pub const PING_RPC_SLACK: Duration = Duration::from_secs(5);
 pub const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
 /// How long one blob piece may take to arrive.
 pub const BLOB_RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a swarm announce may take: the first for a build makes the leader import it into
+/// its origin (or pull it from another node first).
+pub const SWARM_RPC_TIMEOUT: Duration = Duration::from_secs(300);
 /// Attempts per ping, over all nodes, before giving up.
 pub const MAX_ATTEMPTS_PER_NODE: usize = 3;
 
@@ -94,7 +97,38 @@ impl CoordinatorClient {
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).min(MAX_LONG_POLL_MS);
         let req =
             AgentRequest::Ping { token: self.token.clone(), wait_ms, request: request.clone() };
-        let bytes = Bytes::from(postcard::to_stdvec(&req).expect("requests encode"));
+        let timeout = Duration::from_millis(u64::from(wait_ms)) + PING_RPC_SLACK;
+        self.call_leader(&req, timeout, "ping", |reply| match reply {
+            AgentReply::Goal(goal) => Ok(goal),
+            other => Err(Box::new(other)),
+        })
+        .await
+    }
+
+    /// Tells the tracker (the leader) that this host's blob endpoint fetches or holds a blob;
+    /// answers the blob's size and the peers to fetch it from (none: no swarm for it).
+    pub async fn announce(
+        &self,
+        announce: &SwarmAnnounce,
+    ) -> Result<(u64, Vec<SwarmPeer>), ClientError> {
+        let req = AgentRequest::Swarm { token: self.token.clone(), announce: announce.clone() };
+        self.call_leader(&req, SWARM_RPC_TIMEOUT, "swarm announce", |reply| match reply {
+            AgentReply::Peers { size, peers } => Ok((size, peers)),
+            other => Err(Box::new(other)),
+        })
+        .await
+    }
+
+    /// Sends `req` to the leader, following redirects and failing over; `accept` takes the
+    /// reply it expects (anything else counts as a failed attempt).
+    async fn call_leader<T>(
+        &self,
+        req: &AgentRequest,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(AgentReply) -> Result<T, Box<AgentReply>>,
+    ) -> Result<T, ClientError> {
+        let bytes = Bytes::from(postcard::to_stdvec(req).expect("requests encode"));
         let attempts = MAX_ATTEMPTS_PER_NODE * self.nodes.len();
         let mut last = String::new();
         for _ in 0..attempts {
@@ -102,10 +136,8 @@ impl CoordinatorClient {
                 let cur = self.current.lock().await;
                 (cur.0, cur.1.clone())
             };
-            let timeout = Duration::from_millis(u64::from(wait_ms)) + PING_RPC_SLACK;
             match client.call(bytes.clone(), timeout).await {
                 Ok(reply) => match postcard::from_bytes::<AgentReply>(&reply) {
-                    Ok(AgentReply::Goal(goal)) => return Ok(goal),
                     Ok(AgentReply::Refused { code, message }) => {
                         return Err(ClientError::Refused { code, message });
                     }
@@ -119,19 +151,18 @@ impl CoordinatorClient {
                         self.rotate(None).await;
                         tokio::time::sleep(NO_LEADER_PAUSE).await;
                     }
-                    Ok(AgentReply::Blob { .. }) => {
-                        last = format!("{addr} answered a ping with blob data");
-                        self.rotate(None).await;
-                    }
+                    Ok(reply) => match accept(reply) {
+                        Ok(value) => return Ok(value),
+                        Err(other) => {
+                            last = format!("{addr} answered {other:?} to a {what}");
+                            self.rotate(None).await;
+                        }
+                    },
                     Err(e) => {
                         last = format!("{addr} sent a malformed reply: {e}");
                         self.rotate(None).await;
                     }
                 },
-                Err(e @ (RpcError::Unreachable(_) | RpcError::Timeout(_))) => {
-                    last = format!("{addr}: {e}");
-                    self.rotate(None).await;
-                }
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     self.rotate(None).await;

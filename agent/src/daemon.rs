@@ -125,7 +125,14 @@ impl Daemon {
             cfg.coordinator_addrs()?,
             cfg.token.clone(),
         )?);
-        let downloader = downloader.with_blob_source(client.clone());
+        // Builds in the cluster (`tt://blob/`): through the swarm if this host runs a blob
+        // node, else piece by piece from the coordinators.
+        let downloader = match crate::swarm::SwarmSource::start(&cfg, client.clone())
+            .map_err(|e| DaemonError::Download(e.to_string()))?
+        {
+            Some(swarm) => downloader.with_blob_source(swarm),
+            None => downloader.with_blob_source(client.clone()),
+        };
         info!(coordinators = ?cfg.coordinators, long_poll_ms = cfg.long_poll_ms, "pinging over tt-agent/1 (QUIC, long-poll)");
         Ok(Self {
             cfg,

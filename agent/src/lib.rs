@@ -12,6 +12,7 @@ pub mod json_client;
 pub mod machine;
 pub mod staging;
 pub mod status;
+pub mod swarm;
 pub mod template;
 
 /// Loads a cluster's CA certificate (`ca.pem`) from `dir`.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::agent::{
     AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_BLOB_CHUNK_BYTES, MAX_LONG_POLL_MS,
+    SwarmAnnounce,
 };
+use tracing::Instrument;
 
 use crate::api::{App, known_leader};
 use crate::blobs::BlobError;
@@ -50,6 +52,13 @@ impl RpcHandler for AgentHandler {
             };
             let (token, wait_ms, request) = match request {
                 AgentRequest::Ping { token, wait_ms, request } => (token, wait_ms, request),
+                AgentRequest::Swarm { token, announce } => {
+                    if !token_ok(&app, token.as_deref()) {
+                        tracing::warn!(%peer, "swarm announce with a missing or wrong token refused");
+                        return refused(401, "missing or wrong agent token".into());
+                    }
+                    return swarm_peers(&app, announce).await;
+                }
                 AgentRequest::FetchBlob { token, blake3, offset, max_len } => {
                     if !token_ok(&app, token.as_deref()) {
                         tracing::warn!(%peer, "blob fetch with a missing or wrong token refused");
@@ -86,4 +95,43 @@ impl RpcHandler for AgentHandler {
             }
         })
     }
+}
+
+/// The tracker's answer to an announce (the leader's; followers redirect). Without an origin
+/// (no `swarm_addr`) or without the blob anywhere, the answer has no peers and the agent
+/// fetches from the coordinators.
+async fn swarm_peers(app: &App, announce: SwarmAnnounce) -> Result<Bytes, String> {
+    match known_leader(app) {
+        Some((leader, _)) if leader == app.node_id => {}
+        Some((_, node)) => {
+            let leader = node.map(|n| n.agent_addr).filter(|a| !a.is_empty());
+            return encode(&AgentReply::Redirect { leader });
+        }
+        None => return encode(&AgentReply::Redirect { leader: None }),
+    }
+    let Some(swarm) = &app.swarm else {
+        return encode(&AgentReply::Peers { size: 0, peers: Vec::new() });
+    };
+    let span = tracing::debug_span!("swarm_announce", blob = %short(&announce.blake3), peer = %announce.blob_addr);
+    async {
+        let size = match swarm.ensure_origin(app, &announce.blake3).await {
+            Ok(size) => size,
+            Err(e @ BlobError::BadHash(_)) => {
+                return encode(&AgentReply::Refused { code: 400, message: e.to_string() });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no origin for the blob; the agent falls back");
+                return encode(&AgentReply::Peers { size: 0, peers: Vec::new() });
+            }
+        };
+        let peers = swarm.announce(&announce, std::time::Instant::now());
+        encode(&AgentReply::Peers { size, peers })
+    }
+    .instrument(span)
+    .await
+}
+
+/// The first 12 hex digits of a hash, as `tracing` spans carry `blob`.
+fn short(hex: &str) -> &str {
+    hex.get(..12).unwrap_or(hex)
 }

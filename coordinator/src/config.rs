@@ -80,6 +80,11 @@ pub struct Config {
     /// prints a fresh one). Same value on every node.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// QUIC (UDP) listen address of this node's blob origin (`tt-blob/1`, mutual TLS under the
+    /// cluster CA). A concrete IP, since agents dial exactly this address; port 0 picks a free
+    /// one. Unset: no swarm; agents fetch builds from the coordinators piece by piece.
+    #[serde(default)]
+    pub swarm_addr: Option<SocketAddr>,
 }
 
 /// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
@@ -226,6 +231,8 @@ pub struct Overrides {
     pub auth: Option<crate::auth::AuthMode>,
     #[arg(long, env = "TT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[arg(long, env = "TT_SWARM_ADDR")]
+    pub swarm_addr: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -253,6 +260,7 @@ struct FileConfig {
     host_stale_ms: Option<u64>,
     auth: Option<crate::auth::AuthMode>,
     admin_token: Option<String>,
+    swarm_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -327,6 +335,7 @@ impl Config {
             host_stale_ms: o.host_stale_ms.or(file.host_stale_ms).unwrap_or(DEFAULT_HOST_STALE_MS),
             auth: o.auth.or(file.auth).unwrap_or_default(),
             admin_token: o.admin_token.clone().or(file.admin_token),
+            swarm_addr: o.swarm_addr.or(file.swarm_addr),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -375,6 +384,14 @@ impl Config {
         if self.admin_token.as_deref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN) {
             return bad(format!(
                 "admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters (`coordinator token new` prints one)"
+            ));
+        }
+        if let Some(addr) = self.swarm_addr
+            && addr.ip().is_unspecified()
+        {
+            return bad(format!(
+                "swarm_addr ({addr}) must name the IP agents dial, not {}",
+                addr.ip()
             ));
         }
         let members = self.parsed_members()?;

@@ -14,5 +14,6 @@ pub mod proposer;
 pub mod raft;
 pub mod state;
 pub mod store;
+pub mod swarm;
 
 pub use p2p_transfer::{rpc, tls};

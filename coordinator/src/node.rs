@@ -148,6 +148,18 @@ pub async fn run(
             crate::blobs::BlobStore::open(&cfg.data_dir.join("blobs"), cfg.max_blob_bytes)
                 .map_err(|e| StartError::Raft(format!("blob store: {e}")))?,
         ),
+        swarm: match cfg.swarm_addr {
+            Some(addr) => Some(Arc::new(
+                crate::swarm::Swarm::start(
+                    addr,
+                    &cfg.tls_dir,
+                    &cfg.data_dir,
+                    crate::swarm::ORIGIN_STORE_MAX_BYTES,
+                )
+                .map_err(|e| StartError::Raft(format!("blob origin: {e}")))?,
+            )),
+            None => None,
+        },
     });
     // Agents: server-authenticated TLS under the cluster CA; identity by token.
     let agent_server_cfg =

@@ -51,6 +51,12 @@ struct Fleet {
 }
 
 async fn fleet(agents: usize, group: &str) -> Fleet {
+    fleet_with(agents, group, false).await
+}
+
+/// With `swarm`, every coordinator runs a blob origin and every agent a `tt-blob/1` node with a
+/// certificate of its own from the cluster CA.
+async fn fleet_with(agents: usize, group: &str, swarm: bool) -> Fleet {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let cluster = DevCluster::start(Spec {
@@ -60,15 +66,33 @@ async fn fleet(agents: usize, group: &str) -> Fleet {
         base_raft_port: None,
         advertise: None,
         coordinator_bin: find_coordinator_bin().unwrap(),
-        env: vec![],
+        env: if swarm { vec![("TT_SWARM_ADDR".into(), "127.0.0.1:0".into())] } else { vec![] },
     })
     .unwrap();
     cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let ca = swarm.then(|| p2p_transfer::tls::ClusterCa::load(&cluster.dir().join("ca")).unwrap());
     let client = Client::new(&format!("http://{}", cluster.nodes[1].http_addr), None);
     let bin = find_agent_bin().unwrap();
     let agents = (1..=agents)
         .map(|i| {
             let root = dir.join(format!("host-{i}"));
+            // Quick retries and heartbeats: the tests' hooks are short.
+            let mut extra_config = "process_wait_interval = 1\nmin_running_time = 1\n".to_string();
+            if let Some(ca) = &ca {
+                let tls = root.join("swarm-tls");
+                let cert = p2p_transfer::tls::issue_node_cert(
+                    ca,
+                    &format!("host-{i}"),
+                    &["127.0.0.1".to_owned()],
+                )
+                .unwrap();
+                cert.write(&tls).unwrap();
+                ca.write_cert(&tls).unwrap();
+                extra_config.push_str(&format!(
+                    "swarm_listen = \"127.0.0.1:0\"\nswarm_tls_dir = \"{}\"\n",
+                    tls.display()
+                ));
+            }
             DevAgent::start(
                 &bin,
                 AgentSpec {
@@ -79,8 +103,7 @@ async fn fleet(agents: usize, group: &str) -> Fleet {
                     ca_file: cluster.ca_file(),
                     token: None,
                     hook_env: vec![("JOURNAL".into(), root.join("journal").display().to_string())],
-                    // Quick retries and heartbeats: the tests' hooks are short.
-                    extra_config: "process_wait_interval = 1\nmin_running_time = 1\n".into(),
+                    extra_config,
                 },
             )
             .unwrap()
@@ -591,4 +614,71 @@ async fn an_agent_on_teletraans_json_ping_deploys_too() {
     assert_eq!(std::fs::read_to_string(f.agents[0].target("json").join("VERSION")).unwrap(), "j\n");
     let log = f.agents[0].log_tail(100_000);
     assert!(log.contains("Teletraan's JSON ping") && log.contains("step ends"), "{log}");
+}
+
+/// The swarm end to end: a build uploaded to the cluster (`tt://blob/<hash>`) reaches three
+/// agents through `tt-blob/1`, the coordinators' origin handing out each piece once and the
+/// agents fetching the rest from each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fetch_a_build_from_each_other_through_the_swarm() {
+    let f = fleet_with(3, "swarm", true).await;
+    f.create_stage("swarm", "prod", "swarm", 3).await;
+    // Incompressible enough to make a few MiB of tarball: many pieces to share.
+    let path = f.dir.join("swarm-build.tar.gz");
+    let data: Vec<u8> = {
+        let mut out = vec![0u8; 6 << 20];
+        blake3::Hasher::new().update(b"swarm build").finalize_xof().fill(&mut out);
+        out
+    };
+    let digest = ops::publish::write_tarball(
+        &path,
+        &[
+            ("VERSION", 0o644, b"swarm\n"),
+            ("teletraan/RESTARTING", 0o755, b"#!/bin/sh\necho restarted\n"),
+            ("data.bin", 0o644, &data),
+        ],
+    )
+    .unwrap();
+    let up = ops::publish::upload(&f.client, &path, false).await.unwrap();
+    assert_eq!(up.blake3, digest.blake3_hex);
+    let build: Option<Value> = f
+        .client
+        .post(
+            "/v1/builds",
+            &json!({"name": "svc", "artifactUrl": up.url, "commit": "5a4a4d0000000",
+                    "branch": "main", "repo": "t/svc", "artifactBlake3": up.blake3,
+                    "artifactSize": up.size}),
+        )
+        .await
+        .unwrap();
+    let build = build.unwrap()["id"].as_str().unwrap().to_string();
+    let deploy = f.deploy("swarm", "prod", &build).await;
+    f.wait_hosts("swarm", "prod", 3, "serving the swarm build", serving(&deploy)).await;
+
+    // Every agent staged the exact build; the stats file (rewritten every second) shows it
+    // came through the swarm, and that agents served each other.
+    let stats = |a: &DevAgent| -> Value {
+        let path = a.spec.root.join("agent").join(agent::swarm::STATS_FILE);
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(Value::Null)
+    };
+    let start = Instant::now();
+    let all = loop {
+        let all: Vec<Value> = f.agents.iter().map(stats).collect();
+        if all.iter().all(|s| s["swarm_downloads"].as_u64() >= Some(1)) {
+            break all;
+        }
+        assert!(start.elapsed() < WAIT, "swarm stats: {all:#?}");
+        tokio::time::sleep(POLL).await;
+    };
+    for (a, s) in f.agents.iter().zip(&all) {
+        assert_eq!(s["fallbacks"], 0, "{}: {s}", a.spec.hostname);
+        assert!(s["downloaded_bytes"].as_u64() > Some(0), "{}: {s}", a.spec.hostname);
+        let staged = std::fs::read(a.target("swarm").join("data.bin")).unwrap();
+        assert!(staged == data, "{}: the staged build differs", a.spec.hostname);
+    }
+    let from_peers: u64 = all.iter().map(|s| s["uploaded_bytes"].as_u64().unwrap_or(0)).sum();
+    assert!(from_peers > 0, "no agent served another: {all:#?}");
 }

@@ -26,6 +26,31 @@ pub enum AgentRequest {
     /// is `blake3` (hex), from `offset`. Any node holding the blob answers; a node without it
     /// refuses with 404.
     FetchBlob { token: Option<String>, blake3: String, offset: u64, max_len: u32 },
+    /// A host with a `tt-blob/1` endpoint tells the tracker (the leader) that it fetches or
+    /// holds a blob, and asks whom to fetch it from. Followers redirect to the leader.
+    Swarm { token: Option<String>, announce: SwarmAnnounce },
+}
+
+/// What a host tells the swarm's tracker about one blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmAnnounce {
+    /// The host's `tt-blob/1` endpoint (`ip:port`), which also names it in the tracker.
+    pub blob_addr: String,
+    /// The blob's BLAKE3 hash (hex).
+    pub blake3: String,
+    /// The host holds the whole blob (a seeder), rather than fetching it.
+    pub complete: bool,
+    /// The host's availability zone, if known: peers in the same zone come first.
+    pub zone: Option<String>,
+}
+
+/// A peer the tracker hands out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmPeer {
+    /// Its `tt-blob/1` endpoint (`ip:port`).
+    pub addr: String,
+    /// A coordinator: asked last, only for pieces no host has.
+    pub origin: bool,
 }
 
 /// What a coordinator answers. Append-only enum.
@@ -46,6 +71,13 @@ pub enum AgentReply {
         total: u64,
         data: Vec<u8>,
     },
+    /// The answer to [`AgentRequest::Swarm`]: the blob's size and the peers to fetch it from,
+    /// seeders first, the origin last. No peers means the cluster has no origin for it: fetch
+    /// it with [`AgentRequest::FetchBlob`].
+    Peers {
+        size: u64,
+        peers: Vec<SwarmPeer>,
+    },
 }
 
 #[cfg(test)]
@@ -62,11 +94,28 @@ mod tests {
         };
         let bytes = postcard::to_stdvec(&req).unwrap();
         assert_eq!(postcard::from_bytes::<AgentRequest>(&bytes).unwrap(), req);
+        let announce = AgentRequest::Swarm {
+            token: None,
+            announce: SwarmAnnounce {
+                blob_addr: "10.0.0.1:7420".into(),
+                blake3: "ab".repeat(32),
+                complete: false,
+                zone: Some("us-east-1a".into()),
+            },
+        };
+        let bytes = postcard::to_stdvec(&announce).unwrap();
+        assert_eq!(postcard::from_bytes::<AgentRequest>(&bytes).unwrap(), announce);
+        // Appended variants keep the old ones' tags: a Ping still starts with tag 0.
+        assert_eq!(postcard::to_stdvec(&req).unwrap()[0], 0);
         for reply in [
             AgentReply::Goal(PingResponseBean::default()),
             AgentReply::Redirect { leader: Some("127.0.0.1:7410".into()) },
             AgentReply::Refused { code: 401, message: "bad token".into() },
             AgentReply::Blob { total: 10, data: vec![1, 2, 3] },
+            AgentReply::Peers {
+                size: 7,
+                peers: vec![SwarmPeer { addr: "127.0.0.1:7420".into(), origin: true }],
+            },
         ] {
             let bytes = postcard::to_stdvec(&reply).unwrap();
             assert_eq!(postcard::from_bytes::<AgentReply>(&bytes).unwrap(), reply);

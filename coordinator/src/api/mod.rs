@@ -68,6 +68,8 @@ pub struct AppState {
     pub auth_mode: crate::auth::AuthMode,
     /// The bootstrap system-ADMIN token, if configured.
     pub admin_token: Option<String>,
+    /// This node's blob origin (and, on the leader, the swarm tracker), if configured.
+    pub swarm: Option<Arc<crate::swarm::Swarm>>,
 }
 
 pub type App = Arc<AppState>;

@@ -137,6 +137,11 @@ impl Download {
         let _ = self.events.try_send(DownloadEvent::AddPeers(peers));
     }
 
+    /// A handle that adds peers while [`Download::finish`] is awaited.
+    pub fn peer_adder(&self) -> PeerAdder {
+        PeerAdder { events: self.events.clone() }
+    }
+
     /// The latest progress.
     pub fn progress(&self) -> DownloadProgress {
         *self.progress.borrow()
@@ -160,6 +165,20 @@ impl Download {
             Err(error) if error.is_cancelled() => Err(DownloadError::Cancelled),
             Err(error) => Err(DownloadError::Task(error.to_string())),
         }
+    }
+}
+
+/// Adds peers to a running download (see [`Download::peer_adder`]); does nothing once the
+/// download has ended.
+#[derive(Debug, Clone)]
+pub struct PeerAdder {
+    events: mpsc::Sender<DownloadEvent>,
+}
+
+impl PeerAdder {
+    /// Like [`Download::add_peers`].
+    pub fn add_peers(&self, peers: Vec<PeerInfo>) {
+        let _ = self.events.try_send(DownloadEvent::AddPeers(peers));
     }
 }
 
