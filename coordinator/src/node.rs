@@ -76,11 +76,15 @@ pub async fn run(
     let node_cert = NodeCert::load(&cfg.tls_dir).map_err(tls_err)?;
     let server_cfg = tls::server_config(&node_cert, &ca_cert, &[RAFT_ALPN], ClientAuth::Required)?;
     let client_cfg = tls::client_config(Some(&node_cert), &ca_cert, &[RAFT_ALPN])?;
-    let rpc_server = RpcServer::bind(cfg.raft_addr, server_cfg).map_err(|e| StartError::Bind {
-        what: "Raft QUIC endpoint",
-        addr: e.addr,
-        source: e.source,
-    })?;
+    // A reset key that survives restarts: peers drop their connections to this node's previous
+    // incarnation at once, instead of sending it nothing for the QUIC idle timeout.
+    let rpc_server =
+        RpcServer::bind_with_reset_key(cfg.raft_addr, server_cfg, Some(node_cert.reset_key()))
+            .map_err(|e| StartError::Bind {
+                what: "Raft QUIC endpoint",
+                addr: e.addr,
+                source: e.source,
+            })?;
     let client_ep = make_client_endpoint(client_cfg)
         .map_err(|e| StartError::Raft(format!("client endpoint: {e}")))?;
 
@@ -164,8 +168,15 @@ pub async fn run(
     // Agents: server-authenticated TLS under the cluster CA; identity by token.
     let agent_server_cfg =
         tls::server_config(&node_cert, &ca_cert, &[proto::alpn::AGENT], ClientAuth::None)?;
-    let agent_server = RpcServer::bind(cfg.agent_addr, agent_server_cfg).map_err(|e| {
-        StartError::Bind { what: "agent QUIC endpoint", addr: e.addr, source: e.source }
+    let agent_server = RpcServer::bind_with_reset_key(
+        cfg.agent_addr,
+        agent_server_cfg,
+        Some(node_cert.reset_key()),
+    )
+    .map_err(|e| StartError::Bind {
+        what: "agent QUIC endpoint",
+        addr: e.addr,
+        source: e.source,
     })?;
     let agent_handler = Arc::new(crate::agent_api::AgentHandler { app: app.clone() });
     tokio::spawn(async move {

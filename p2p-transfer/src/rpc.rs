@@ -185,13 +185,32 @@ impl RpcServer {
     /// Replaces `config`'s transport with [`tls::transport_config`] plus the RPC stream limits:
     /// at most [`MAX_CONCURRENT_RPC_STREAMS`] bidirectional streams per connection, and no
     /// unidirectional ones.
-    pub fn bind(addr: SocketAddr, mut config: quinn::ServerConfig) -> Result<RpcServer, BindError> {
+    pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> Result<RpcServer, BindError> {
+        Self::bind_with_reset_key(addr, config, None)
+    }
+
+    /// [`RpcServer::bind`] with a stateless-reset key that survives restarts (see
+    /// [`tls::StableResetKey`]): peers still connected to this node's previous incarnation
+    /// learn at their next packet that the connection is gone, instead of after
+    /// [`tls::IDLE_TIMEOUT`]. `None`: a random key, as [`RpcServer::bind`].
+    pub fn bind_with_reset_key(
+        addr: SocketAddr,
+        mut config: quinn::ServerConfig,
+        reset_key: Option<tls::StableResetKey>,
+    ) -> Result<RpcServer, BindError> {
         let mut transport = tls::transport_config();
         transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_RPC_STREAMS));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         config.transport_config(Arc::new(transport));
-        let endpoint =
-            quinn::Endpoint::server(config, addr).map_err(|source| BindError { addr, source })?;
+        let endpoint = match reset_key {
+            None => quinn::Endpoint::server(config, addr),
+            Some(key) => std::net::UdpSocket::bind(addr).and_then(|socket| {
+                let runtime = quinn::default_runtime()
+                    .ok_or_else(|| std::io::Error::other("no async runtime"))?;
+                quinn::Endpoint::new(key.endpoint_config(), Some(config), socket, runtime)
+            }),
+        }
+        .map_err(|source| BindError { addr, source })?;
         Ok(RpcServer { endpoint })
     }
 

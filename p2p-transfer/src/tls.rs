@@ -316,6 +316,77 @@ impl NodeCert {
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key_der.clone_key())
     }
+
+    /// This node's QUIC stateless-reset key (see [`StableResetKey`]), derived from its private
+    /// key: the same in every incarnation of the node, secret to it.
+    pub fn reset_key(&self) -> StableResetKey {
+        StableResetKey::derive(self.key_der.secret_pkcs8_der())
+    }
+}
+
+/// A QUIC stateless-reset key that survives restarts (RFC 9000 §10.3: derived from a static
+/// secret). Peers holding connections to a crashed node's previous incarnation keep sending
+/// on them; a restarted node whose key is random cannot prove those connections are gone, so
+/// the peers wait out [`IDLE_TIMEOUT`] (a Raft leader sends a restarted follower nothing
+/// meanwhile). With this key the new incarnation answers their packets with a valid reset,
+/// they drop the connection at once, and the next call reconnects.
+pub struct StableResetKey([u8; 32]);
+
+impl StableResetKey {
+    /// Derives the key from `secret` (e.g. the node's private key).
+    pub fn derive(secret: &[u8]) -> StableResetKey {
+        StableResetKey(blake3::derive_key("tt QUIC stateless reset key v1", secret))
+    }
+
+    /// An endpoint config that resets with this key. Its connection ids are random and any
+    /// id is taken as possibly ours: quinn's default generator tags ids with a per-process
+    /// key and drops packets whose ids a new incarnation cannot recognise, without a reset.
+    pub fn endpoint_config(self) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::new(std::sync::Arc::new(self));
+        config.cid_generator(|| Box::new(RandomCids));
+        config
+    }
+}
+
+/// Length of the connection ids [`RandomCids`] issues, in bytes.
+const CID_BYTES: usize = 8;
+
+/// Random connection ids that every incarnation accepts as possibly its own.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; CID_BYTES]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_BYTES
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl quinn::crypto::HmacKey for StableResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(blake3::OUT_LEN);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        blake3::OUT_LEN
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        let expected = blake3::keyed_hash(&self.0, data);
+        // `blake3::Hash` compares in constant time.
+        match <[u8; blake3::OUT_LEN]>::try_from(signature) {
+            Ok(sig) if blake3::Hash::from(sig) == expected => Ok(()),
+            _ => Err(quinn::crypto::CryptoError),
+        }
+    }
 }
 
 /// Issues a certificate for `node_name` (its subject common name) signed by `ca`.

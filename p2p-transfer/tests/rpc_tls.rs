@@ -359,3 +359,68 @@ async fn certificates_issued_by_a_loaded_ca_chain_to_it() {
     assert_eq!(resp.as_ref(), b"chained");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// A server "crashes" (its runtime is dropped: no CONNECTION_CLOSE is sent) and a new
+/// incarnation binds the same address. The client still holds a connection to the old one.
+/// Returns the outcome of the client's first call to the new incarnation; with a stable key,
+/// also checks that the call after it gets through.
+fn first_call_after_a_crash(stable: bool) -> Result<Bytes, RpcError> {
+    let pki = pki();
+    let key = || stable.then(|| pki.server.reset_key());
+    let config = || {
+        tls::server_config(&pki.server, pki.ca.cert_der(), &[TEST_ALPN], ClientAuth::None).unwrap()
+    };
+    let old = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+    let old = old.unwrap();
+    let addr = old.block_on(async {
+        let server = RpcServer::bind_with_reset_key(loopback_any_port(), config(), key()).unwrap();
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(echo_handler(Arc::default())).await });
+        server.local_addr().unwrap()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+    let rt = rt.unwrap();
+    rt.block_on(async {
+        let client = client_for(None, pki.ca.cert_der(), addr);
+        let ok = client.call(Bytes::from_static(b"before"), CALL_TIMEOUT).await.unwrap();
+        assert_eq!(ok.as_ref(), b"before");
+        old.shutdown_background(); // the crash: the old endpoint vanishes without a word
+        // Its socket closes once its worker thread has stopped.
+        let mut attempts = 0;
+        let server = loop {
+            match RpcServer::bind_with_reset_key(addr, config(), key()) {
+                Ok(server) => break server,
+                Err(e) if attempts < 200 => {
+                    attempts += 1;
+                    assert_eq!(e.source.kind(), std::io::ErrorKind::AddrInUse, "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the old socket never closed: {e:?}"),
+            }
+        };
+        let serving = server.clone();
+        tokio::spawn(async move { serving.serve(echo_handler(Arc::default())).await });
+        // Shorter than the idle timeout: only a stateless reset ends the old connection in time.
+        let first = client.call(Bytes::from_static(b"after"), tls::IDLE_TIMEOUT / 2).await;
+        if stable {
+            // Reset, so the next call connects to the new incarnation.
+            let second = client.call(Bytes::from_static(b"again"), CALL_TIMEOUT).await.unwrap();
+            assert_eq!(second.as_ref(), b"again");
+        }
+        first
+    })
+}
+
+#[test]
+fn a_restarted_server_with_a_stable_reset_key_ends_old_connections_at_once() {
+    match first_call_after_a_crash(true) {
+        // The reset came back: the call fails as unreachable (or reconnected already).
+        Ok(_) | Err(RpcError::Unreachable(_)) => {}
+        Err(e) => panic!("expected the old connection to be reset, got {e}"),
+    }
+    // Control: with a random key nothing tells the client; its call times out.
+    match first_call_after_a_crash(false) {
+        Err(RpcError::Timeout(_)) => {}
+        other => panic!("expected a timeout without a stable reset key, got {other:?}"),
+    }
+}
