@@ -33,6 +33,10 @@ pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
 /// Attempts to start a lab whose nodes all come up as themselves.
 pub const LAB_START_ATTEMPTS: usize = 3;
 /// Timeout of one status request to a node.
+/// How much of a node's log [`Lab::failpoint_fires`] reads.
+pub const FAILPOINT_LOG_SCAN_BYTES: usize = 16 << 20;
+/// What a coordinator logs each time a failpoint fires.
+const FAILPOINT_LOG_LINE: &str = coordinator::failpoints::FIRED_LOG_MESSAGE;
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Errors setting up or driving the lab.
@@ -356,6 +360,26 @@ impl Lab {
         self.paused.remove(&id);
         self.cluster.restart(id).map_err(process_err(format!("restarting node {id}")))?;
         self.apply()
+    }
+
+    /// Starts node `id` again (killing it first if it runs) with storage failpoints `spec`
+    /// armed (`TT_FAILPOINTS`), or with none.
+    pub fn restart_node_with_failpoints(
+        &mut self,
+        id: u64,
+        spec: Option<&str>,
+    ) -> Result<(), LabError> {
+        let env = spec
+            .map(|s| vec![(coordinator::failpoints::ENV.to_string(), s.to_string())])
+            .unwrap_or_default();
+        self.cluster.set_node_env(id, env);
+        self.restart_node(id)
+    }
+
+    /// How often node `id`'s failpoints have fired in this run (from its log).
+    pub fn failpoint_fires(&self, id: u64) -> u64 {
+        self.cluster.log_tail(id, FAILPOINT_LOG_SCAN_BYTES).matches(FAILPOINT_LOG_LINE).count()
+            as u64
     }
 
     pub fn is_running(&mut self, id: u64) -> bool {

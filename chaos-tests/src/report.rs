@@ -29,6 +29,10 @@ pub struct FaultEvent {
     pub leader_before: Option<u64>,
     /// Whether the leader was among the nodes it hit.
     pub hits_leader: bool,
+    /// For a disk fault: how often its failpoints fired on the nodes it hit (from their logs,
+    /// read when it is undone). Zero means the fault was armed but never exercised.
+    #[serde(default)]
+    pub failpoint_fired: Option<u64>,
 }
 
 /// How quickly the cluster came back from a fault that hit its leader.
@@ -183,7 +187,12 @@ impl Report {
             } else {
                 format!(" → {}", f.targets.join(", "))
             };
-            let _ = writeln!(s, "  +{:.2}s {}{targets}{until}", f.at_ms as f64 / 1e3, f.label);
+            let fired = f.failpoint_fired.map_or(String::new(), |n| match n {
+                0 => ", failpoint never fired (the fault was not exercised)".to_string(),
+                n => format!(", failpoint fired {n}×"),
+            });
+            let _ =
+                writeln!(s, "  +{:.2}s {}{targets}{until}{fired}", f.at_ms as f64 / 1e3, f.label);
         }
         if !self.agent_kills_at_steps.is_empty() {
             let _ = writeln!(

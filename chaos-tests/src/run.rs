@@ -173,6 +173,14 @@ impl Faults {
                 }
                 (Targets::Nodes(ids), leader)
             }
+            Fault::DiskFault { node, failpoints } => {
+                let (ids, leader) = self.nodes(*node).await;
+                let mut lab = self.lab.lock().await;
+                for &id in &ids {
+                    lab.restart_node_with_failpoints(id, Some(failpoints))?;
+                }
+                (Targets::Nodes(ids), leader)
+            }
             Fault::PauseNode { node } => {
                 let (ids, leader) = self.nodes(*node).await;
                 let mut lab = self.lab.lock().await;
@@ -249,7 +257,8 @@ impl Faults {
         Ok((targets, leader))
     }
 
-    async fn undo(&mut self, fault: &Fault, targets: &Targets) -> Result<(), RunError> {
+    /// Undoes `fault`; for a disk fault, answers how often its failpoints fired.
+    async fn undo(&mut self, fault: &Fault, targets: &Targets) -> Result<Option<u64>, RunError> {
         let nodes = match targets {
             Targets::Nodes(n) => n.clone(),
             _ => Vec::new(),
@@ -269,6 +278,14 @@ impl Faults {
                 for id in nodes {
                     lab.resume_node(id)?;
                 }
+            }
+            Fault::DiskFault { .. } => {
+                let mut fired = 0;
+                for id in nodes {
+                    fired += lab.failpoint_fires(id);
+                    lab.restart_node_with_failpoints(id, None)?;
+                }
+                return Ok(Some(fired));
             }
             Fault::IsolateNode { .. } | Fault::DeafenNode { .. } | Fault::MuteNode { .. } => {
                 let mut cuts = lab.cuts().clone();
@@ -307,7 +324,7 @@ impl Faults {
             }
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
         }
-        Ok(())
+        Ok(None)
     }
 
     fn stop_step_killers(&mut self) {
@@ -433,6 +450,12 @@ impl Ctx {
         let clock = Clock::new(Instant::now());
         let epoch_ns = wall_clock_ns();
         let mut coordinator_env = vec![("TT_LOG".to_string(), "info".to_string())];
+        if let Some(every) = scenario.snapshot_every_entries {
+            coordinator_env.push(("TT_SNAPSHOT_EVERY_ENTRIES".into(), every.to_string()));
+        }
+        if let Some(keep) = scenario.keep_entries_after_snapshot {
+            coordinator_env.push(("TT_KEEP_ENTRIES_AFTER_SNAPSHOT".into(), keep.to_string()));
+        }
         if let Some(ttl) = scenario.lease_ttl_ms {
             coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
         }
@@ -722,7 +745,7 @@ async fn run_schedule(
         let fault = &scenario.faults[i].fault;
         if undo {
             if let Some((tg, ev)) = targets.remove(&i) {
-                faults.undo(fault, &tg).await?;
+                events[ev].failpoint_fired = faults.undo(fault, &tg).await?;
                 events[ev].until_ms = Some(clock.now_us().saturating_sub(window_start_us) / 1000);
             }
             continue;
@@ -744,6 +767,7 @@ async fn run_schedule(
             targets: names,
             leader_before: leader,
             hits_leader,
+            failpoint_fired: None,
         });
         targets.insert(i, (tg, events.len() - 1));
     }

@@ -66,6 +66,14 @@ pub struct Scenario {
     /// The agents' `lease_ms`, if not their default (must be below `lease_ttl_ms`).
     #[serde(default)]
     pub agent_lease_ms: Option<u64>,
+    /// The coordinators' `TT_SNAPSHOT_EVERY_ENTRIES`, if not their default (small values make
+    /// snapshots happen within a run).
+    #[serde(default)]
+    pub snapshot_every_entries: Option<u64>,
+    /// The coordinators' `TT_KEEP_ENTRIES_AFTER_SNAPSHOT`, if not their default (small values
+    /// make a lagging follower need a snapshot).
+    #[serde(default)]
+    pub keep_entries_after_snapshot: Option<u64>,
     #[serde(default)]
     pub faults: Vec<ScheduledFault>,
 }
@@ -179,6 +187,10 @@ pub enum Fault {
     /// While in force: `kill -9` the agents once in the middle of every step of every deploy,
     /// restarting them at once.
     KillAgentsAtEveryStep { agents: AgentSel },
+    /// Restarts the node with storage failpoints armed (`failpoints = "log-write=enospc@20"`:
+    /// the disk fills up after 20 more log writes; see the coordinator's `failpoints.rs`);
+    /// restarted without them when undone.
+    DiskFault { node: NodeSel, failpoints: String },
     /// Degrade every link of a class (delay, loss, duplication, reordering, a bandwidth cap,
     /// corruption: `link = { delay_ms = 50, drop_rate = 0.1 }`); perfect again when undone.
     Link { class: LinkClass, link: LinkFaults },
@@ -199,6 +211,9 @@ impl Fault {
             Fault::DeafenNode { node } => format!("deafen {} (one-way)", sel(node)),
             Fault::MuteNode { node } => format!("mute {} (one-way)", sel(node)),
             Fault::KillAll => "kill -9 all nodes".into(),
+            Fault::DiskFault { node, failpoints } => {
+                format!("disk fault on {}: {failpoints}", sel(node))
+            }
             Fault::IsolateAgents { agents: a } => format!("isolate {}", agents(a)),
             Fault::KillAgents { agents: a } => format!("kill -9 {}", agents(a)),
             Fault::PauseAgents { agents: a } => format!("SIGSTOP {}", agents(a)),
@@ -270,6 +285,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
         if let Fault::Link { link: faults, .. } = &f.fault {
             faults.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+        if let Fault::DiskFault { failpoints, .. } = &f.fault {
+            coordinator::failpoints::parse(failpoints).map_err(|e| invalid(e.to_string()))?;
         }
     }
     Ok(s)

@@ -238,6 +238,7 @@ mod tests {
             targets: vec!["node 1".into()],
             leader_before: Some(1),
             hits_leader: true,
+            failpoint_fired: None,
         }];
         let svg = svg("t", &progress, &status, &faults, 0, &["d1".into()]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

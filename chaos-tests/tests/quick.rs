@@ -52,6 +52,10 @@ async fn the_quick_subset_holds_every_invariant() {
     assert!(r.links[&LinkClass::Agent].dropped() > 0);
     assert!(!r.unreachable_hosts.is_empty(), "the cut hosts' leases expired: {r:?}");
 
+    // A storage fault really exercised: the follower's failpoint fired (ENOSPC on its log).
+    let (r, _) = run_scenario("disk-full").await;
+    assert!(r.faults.iter().all(|f| f.failpoint_fired > Some(0)), "{:?}", r.faults);
+
     let (r, _) = run_scenario("agent-kill-every-step").await;
     for step in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"] {
         assert!(

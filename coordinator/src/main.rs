@@ -71,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Run { overrides, log_json } => {
             init_tracing(log_json);
+            coordinator::failpoints::init_from_env()?;
             let cfg = Config::from_sources(&overrides).context("invalid configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

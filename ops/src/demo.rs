@@ -125,7 +125,7 @@ impl Demo {
         );
         for i in 1..=opts.agents {
             let name = host_name(i);
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = crate::devcluster::free_tcp_port()?;
             let root = dir.join("agents").join(&name);
             let state = root.join("service");
             std::fs::create_dir_all(&state)?;

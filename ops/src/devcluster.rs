@@ -69,6 +69,8 @@ pub struct DevCluster {
     members: Vec<String>,
     /// Nodes started without `--initial-member` (added to the cluster later).
     standby: Vec<u64>,
+    /// Extra environment for one node's next starts (e.g. the chaos suite's failpoints).
+    node_env: std::collections::BTreeMap<u64, Vec<(String, String)>>,
 }
 
 /// Finds the `coordinator` binary: `TT_COORDINATOR_BIN`, else next to the running executable
@@ -96,12 +98,37 @@ pub fn find_sibling_bin(name: &str, env_var: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_tcp_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Tries at drawing a port this process has not handed out yet.
+const MAX_PORT_DRAWS: usize = 64;
+
+/// Ports this process has handed out. A port is released as soon as it is drawn (the node
+/// binds it later), and the kernel may offer it again: without this, two nodes (or a node's
+/// HTTP and QUIC ports) could be given the same port.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A loopback port free for TCP (`udp` false) or UDP, never one this process handed out before.
+fn free_port(udp: bool) -> anyhow::Result<u16> {
+    for _ in 0..MAX_PORT_DRAWS {
+        let port = if udp {
+            UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()
+        } else {
+            TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+        };
+        if HANDED_OUT.lock().expect("port registry lock").insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("no fresh loopback port after {MAX_PORT_DRAWS} draws")
+}
+
+/// A loopback TCP port for a process this one starts (see [`free_port`]).
+pub fn free_tcp_port() -> anyhow::Result<u16> {
+    free_port(false)
 }
 
 fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_port(true)
 }
 
 fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
@@ -200,7 +227,14 @@ impl DevCluster {
             })
             .collect();
         let children = nodes.iter().map(|_| None).collect();
-        let mut cluster = DevCluster { spec, nodes, children, members, standby: Vec::new() };
+        let mut cluster = DevCluster {
+            spec,
+            nodes,
+            children,
+            members,
+            standby: Vec::new(),
+            node_env: Default::default(),
+        };
         for i in 0..cluster.nodes.len() {
             cluster.spawn(i)?;
         }
@@ -239,7 +273,7 @@ impl DevCluster {
         if !self.standby.contains(&n.id) {
             cmd.arg("--initial-member").arg(self.members.join(";"));
         }
-        for (k, v) in &self.spec.env {
+        for (k, v) in self.spec.env.iter().chain(self.node_env.get(&n.id).into_iter().flatten()) {
             cmd.env(k, v);
         }
         let child = cmd.spawn().with_context(|| format!("starting node {}", n.id))?;
@@ -273,6 +307,12 @@ impl DevCluster {
             let _ = child.wait();
         }
         self.nodes[i].pid = None;
+    }
+
+    /// Sets the extra environment of node `id`'s next starts (on top of the spec's); empty
+    /// clears it.
+    pub fn set_node_env(&mut self, id: u64, env: Vec<(String, String)>) {
+        self.node_env.insert(id, env);
     }
 
     /// Starts a stopped node again with its data directory as it is.

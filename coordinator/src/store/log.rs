@@ -113,9 +113,20 @@ impl LogStore {
         }
         let db = self.db.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || db.write_opt(batch, &synced()))
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let result = tokio::task::spawn_blocking(move || {
+            match crate::failpoints::check(crate::failpoints::LOG_WRITE) {
+                None => db.write_opt(batch, &synced()).map_err(std::io::Error::other),
+                Some(crate::failpoints::Action::Abort) => {
+                    // A crash between write and fsync: the batch reached the OS, not the disk's
+                    // guarantee, and nobody was told it is durable.
+                    let _ = db.write(batch);
+                    std::process::abort()
+                }
+                Some(action) => Err(action.io_error(crate::failpoints::LOG_WRITE)),
+            }
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&e))?;
         if let Some(observe) = &self.fsync_observer {
             observe(started.elapsed().as_secs_f64());
         }

@@ -115,6 +115,12 @@ pub(crate) fn build(db: &DB, dir: &Path) -> io::Result<()> {
         let (key, value) = item.map_err(io::Error::other)?;
         write_frame(&mut w, &Frame::Record { key: key.to_vec(), value: value.to_vec() })?;
         records += 1;
+        if records == 1 {
+            // Half-way through the file, as far as a crash is concerned: header and a record
+            // written, no end frame, not synced, not renamed.
+            w.flush()?;
+            crate::failpoints::fail_io(crate::failpoints::SNAPSHOT_BUILD)?;
+        }
     }
     write_frame(&mut w, &Frame::End { records })?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
@@ -227,6 +233,7 @@ pub(crate) fn verify(path: &Path) -> io::Result<SnapshotMeta<NodeId, NodeInfo>> 
 pub(crate) fn install_into(db: &DB, path: &Path) -> io::Result<()> {
     let mut r = BufReader::with_capacity(IO_BUFFER_BYTES, File::open(path)?);
     let meta = read_header(&mut r)?;
+    crate::failpoints::fail_io(crate::failpoints::SNAPSHOT_INSTALL)?;
     let data_cf = cf(db, CF_SM_DATA);
     let meta_cf = cf(db, CF_SM_META);
     let mut batch = WriteBatch::default();
