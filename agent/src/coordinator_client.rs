@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use p2p_transfer::rpc::{RpcClient, make_client_endpoint};
 use p2p_transfer::tls;
-use proto::agent::{AgentReply, AgentRequest, MAX_LONG_POLL_MS, SwarmAnnounce, SwarmPeer};
+use proto::agent::{
+    AgentReply, AgentRequest, MAX_LONG_POLL_MS, SwarmAnnounce, SwarmHello, SwarmHint, SwarmPeer,
+};
 use proto::ping::{PingRequestBean, PingResponseBean};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::Mutex;
@@ -34,12 +36,24 @@ pub enum ClientError {
     Refused { code: u16, message: String },
 }
 
+/// The host's blob node as its pings see it: what each ping says about it, and what it does
+/// with the swarm hint an answer carries.
+pub trait SwarmPinger: Send + Sync {
+    /// Said with every ping.
+    fn hello(&self) -> SwarmHello;
+    /// An answer's hint. Must record the hinted blob before it returns, so that the next
+    /// ping's [`SwarmPinger::hello`] lists it and is not answered with the same hint again.
+    fn hint(&self, hint: SwarmHint);
+}
+
 pub struct CoordinatorClient {
     endpoint: quinn::Endpoint,
     nodes: Vec<SocketAddr>,
     token: Option<String>,
     /// The node pinged last (the leader, once found).
     current: Mutex<(SocketAddr, std::sync::Arc<RpcClient>)>,
+    /// Set when the host runs a blob node: pings become [`AgentRequest::PingSwarm`].
+    swarm: std::sync::OnceLock<std::sync::Arc<dyn SwarmPinger>>,
 }
 
 impl CoordinatorClient {
@@ -72,7 +86,12 @@ impl CoordinatorClient {
         let first = nodes[0];
         let current =
             Mutex::new((first, std::sync::Arc::new(RpcClient::new(endpoint.clone(), first))));
-        Self { endpoint, nodes, token, current }
+        Self { endpoint, nodes, token, current, swarm: std::sync::OnceLock::new() }
+    }
+
+    /// From now on pings carry `swarm`'s hello and hand it the answers' hints. Set once.
+    pub fn set_swarm(&self, swarm: std::sync::Arc<dyn SwarmPinger>) {
+        assert!(self.swarm.set(swarm).is_ok(), "the swarm pinger is set once");
     }
 
     async fn rotate(&self, to: Option<SocketAddr>) {
@@ -95,14 +114,28 @@ impl CoordinatorClient {
         wait: Duration,
     ) -> Result<PingResponseBean, ClientError> {
         let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).min(MAX_LONG_POLL_MS);
-        let req =
-            AgentRequest::Ping { token: self.token.clone(), wait_ms, request: request.clone() };
+        let token = self.token.clone();
+        let req = match self.swarm.get() {
+            Some(swarm) => AgentRequest::PingSwarm {
+                token,
+                wait_ms,
+                request: request.clone(),
+                hello: swarm.hello(),
+            },
+            None => AgentRequest::Ping { token, wait_ms, request: request.clone() },
+        };
         let timeout = Duration::from_millis(u64::from(wait_ms)) + PING_RPC_SLACK;
-        self.call_leader(&req, timeout, "ping", |reply| match reply {
-            AgentReply::Goal(goal) => Ok(goal),
-            other => Err(Box::new(other)),
-        })
-        .await
+        let (goal, hint) = self
+            .call_leader(&req, timeout, "ping", |reply| match reply {
+                AgentReply::Goal(goal) => Ok((goal, None)),
+                AgentReply::GoalSwarm { goal, swarm } => Ok((goal, swarm)),
+                other => Err(Box::new(other)),
+            })
+            .await?;
+        if let (Some(hint), Some(swarm)) = (hint, self.swarm.get()) {
+            swarm.hint(hint);
+        }
+        Ok(goal)
     }
 
     /// Tells the tracker (the leader) that this host's blob endpoint fetches or holds a blob;

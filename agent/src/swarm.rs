@@ -12,7 +12,7 @@
 //!
 //! The node's counters go to [`STATS_FILE`] in the agent directory every [`STATS_INTERVAL`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,12 +24,12 @@ use p2p_transfer::swarm::{
     BlobNode, DownloadOptions, NodeConfig, NodeTls, PeerId, PeerInfo, PeerRole,
 };
 use p2p_transfer::tls::{ClusterCa, NodeCert};
-use proto::agent::{SwarmAnnounce, SwarmPeer};
+use proto::agent::{MAX_HELLO_BLOBS, SwarmAnnounce, SwarmHello, SwarmHint, SwarmPeer};
 use serde::Serialize;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::AgentConfig;
-use crate::coordinator_client::CoordinatorClient;
+use crate::coordinator_client::{CoordinatorClient, SwarmPinger};
 use crate::download::BlobSource;
 
 /// How often a download re-announces itself, picking up the peers that joined since.
@@ -67,6 +67,8 @@ pub struct SwarmStats {
     pub swarm_downloads: u64,
     /// Builds read from the coordinators instead.
     pub fallbacks: u64,
+    /// Builds fetched ahead of admission on a coordinator's prefetch hint.
+    pub prefetches: u64,
 }
 
 /// The downloader's blob source when the host runs a `tt-blob/1` node.
@@ -75,8 +77,15 @@ pub struct SwarmSource {
     client: Arc<CoordinatorClient>,
     zone: Option<String>,
     state: tokio::sync::Mutex<Fetched>,
+    /// The latest hint per blob: its first peers come from there, not from an announce.
+    hints: std::sync::Mutex<HashMap<String, SwarmHint>>,
+    /// Blobs held, fetching or given up on, oldest first: what each ping's hello lists.
+    known: std::sync::Mutex<VecDeque<String>>,
+    /// For the prefetch tasks [`SwarmPinger::hint`] spawns.
+    me: std::sync::Weak<SwarmSource>,
     swarm_downloads: AtomicU64,
     fallbacks: AtomicU64,
+    prefetches: AtomicU64,
 }
 
 #[derive(Default)]
@@ -122,14 +131,19 @@ impl SwarmSource {
             store,
         )?;
         info!(swarm_addr = %node.peer_id(), "serving and fetching builds over tt-blob/1");
-        let source = Arc::new(SwarmSource {
+        let source = Arc::new_cyclic(|me| SwarmSource {
             node,
-            client,
+            client: client.clone(),
             zone: cfg.availability_zone.clone(),
             state: Default::default(),
+            hints: Default::default(),
+            known: Default::default(),
+            me: me.clone(),
             swarm_downloads: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            prefetches: AtomicU64::new(0),
         });
+        client.set_swarm(source.clone());
         tokio::spawn(write_stats(source.clone(), cfg.deploy_agent_dir.join(STATS_FILE)));
         Ok(Some(source))
     }
@@ -144,7 +158,20 @@ impl SwarmSource {
             bad_responses: node.bad_responses,
             swarm_downloads: self.swarm_downloads.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            prefetches: self.prefetches.load(Ordering::Relaxed),
         }
+    }
+
+    /// Remembers `hex` for the hellos (newest last, at most [`MAX_HELLO_BLOBS`]).
+    fn note(&self, hex: &str) {
+        let mut known = self.known.lock().expect("known lock");
+        if known.iter().any(|k| k == hex) {
+            return;
+        }
+        if known.len() == MAX_HELLO_BLOBS {
+            known.pop_front();
+        }
+        known.push_back(hex.to_owned());
     }
 
     fn announce(&self, hex: &str, complete: bool) -> SwarmAnnounce {
@@ -159,8 +186,14 @@ impl SwarmSource {
     /// The whole blob through the swarm.
     async fn fetch(&self, hex: &str) -> Result<CompleteBlob, String> {
         let hash: BlobHash = hex.parse().map_err(|e| format!("{e}"))?;
-        let (size, peers) =
-            self.client.announce(&self.announce(hex, false)).await.map_err(|e| e.to_string())?;
+        let hinted = self.hints.lock().expect("hints lock").remove(hex);
+        let (size, peers) = match hinted.filter(|h| !h.peers.is_empty()) {
+            // The ping's answer already recorded this host in the tracker and named its peers.
+            Some(hint) => (hint.size, hint.peers),
+            None => {
+                self.client.announce(&self.announce(hex, false)).await.map_err(|e| e.to_string())?
+            }
+        };
         if peers.is_empty() {
             return Err("the coordinators run no blob origin".to_owned());
         }
@@ -199,8 +232,10 @@ impl SwarmSource {
 
     /// The complete blob, fetching it first; `None` if the swarm cannot deliver it.
     async fn complete(&self, hex: &str) -> Option<CompleteBlob> {
+        self.note(hex);
         let mut state = self.state.lock().await;
         if let Some(blob) = state.complete.get(hex) {
+            self.hints.lock().expect("hints lock").remove(hex);
             return Some(blob.clone());
         }
         if state.failed.contains(hex) {
@@ -220,6 +255,38 @@ impl SwarmSource {
                 None
             }
         }
+    }
+}
+
+impl SwarmPinger for SwarmSource {
+    fn hello(&self) -> SwarmHello {
+        SwarmHello {
+            blob_addr: self.node.peer_id().to_string(),
+            zone: self.zone.clone(),
+            holding: self.known.lock().expect("known lock").iter().cloned().collect(),
+        }
+    }
+
+    fn hint(&self, hint: SwarmHint) {
+        let hex = hint.blake3.to_ascii_lowercase();
+        if hex.parse::<BlobHash>().is_err() {
+            warn!(blob = %hint.blake3, "ignoring a swarm hint with a malformed hash");
+            return;
+        }
+        let prefetch = hint.prefetch;
+        let fresh = !self.known.lock().expect("known lock").iter().any(|k| *k == hex);
+        self.note(&hex);
+        self.hints.lock().expect("hints lock").insert(hex.clone(), hint);
+        if !prefetch || !fresh {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        info!(blob = %&hex[..12], "prefetching the build this host waits to deploy");
+        tokio::spawn(async move {
+            if me.complete(&hex).await.is_some() {
+                me.prefetches.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 }
 

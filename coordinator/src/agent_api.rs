@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proto::agent::{
-    AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_BLOB_CHUNK_BYTES, MAX_LONG_POLL_MS,
-    SwarmAnnounce,
+    AgentReply, AgentRequest, MAX_AGENT_FRAME_BYTES, MAX_BLOB_CHUNK_BYTES, MAX_HELLO_BLOBS,
+    MAX_LONG_POLL_MS, SwarmAnnounce, SwarmHello, SwarmHint,
 };
+use proto::beans::BLOB_URL_PREFIX;
+use proto::enums::DeployStage;
+use proto::ping::PingResponseBean;
 use tracing::Instrument;
 
 use crate::api::{App, known_leader};
 use crate::blobs::BlobError;
 use crate::rpc::{BoxFuture, RpcHandler};
+use crate::state::prefetch::PrefetchBlob;
 
 /// Agent connections one node serves at once: one per host of a large fleet (each QUIC
 /// connection costs tens of KiB).
@@ -50,8 +54,12 @@ impl RpcHandler for AgentHandler {
                 Ok(r) => r,
                 Err(e) => return refused(400, format!("malformed agent request: {e}")),
             };
-            let (token, wait_ms, request) = match request {
-                AgentRequest::Ping { token, wait_ms, request } => (token, wait_ms, request),
+            let (token, wait_ms, request, hello) = match request {
+                AgentRequest::Ping { token, wait_ms, request } => (token, wait_ms, request, None),
+                AgentRequest::PingSwarm { token, wait_ms, request, mut hello } => {
+                    hello.holding.truncate(MAX_HELLO_BLOBS);
+                    (token, wait_ms, request, Some(hello))
+                }
                 AgentRequest::Swarm { token, announce } => {
                     if !token_ok(&app, token.as_deref()) {
                         tracing::warn!(%peer, "swarm announce with a missing or wrong token refused");
@@ -86,8 +94,15 @@ impl RpcHandler for AgentHandler {
                 None => return encode(&AgentReply::Redirect { leader: None }),
             }
             let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_LONG_POLL_MS)));
-            match crate::api::deploys::ping_core(&app, request, wait).await {
-                Ok(goal) => encode(&AgentReply::Goal(goal)),
+            let holding = hello.as_ref().map(|h| h.holding.as_slice());
+            match crate::api::deploys::ping_core_with_prefetch(&app, request, wait, holding).await {
+                Ok((goal, prefetch)) => match hello {
+                    None => encode(&AgentReply::Goal(goal)),
+                    Some(hello) => {
+                        let swarm = swarm_hint(&app, &hello, &goal, prefetch).await;
+                        encode(&AgentReply::GoalSwarm { goal, swarm })
+                    }
+                },
                 Err(e) if e.status.as_u16() == 503 => {
                     encode(&AgentReply::Redirect { leader: None })
                 }
@@ -126,6 +141,50 @@ async fn swarm_peers(app: &App, announce: SwarmAnnounce) -> Result<Bytes, String
         };
         let peers = swarm.announce(&announce, std::time::Instant::now());
         encode(&AgentReply::Peers { size, peers })
+    }
+    .instrument(span)
+    .await
+}
+
+/// The swarm part of a [`AgentRequest::PingSwarm`]'s answer: the build a waiting host should
+/// prefetch, or the build its DOWNLOADING goal names when it is stored in the cluster, with
+/// the peers to fetch it from (the host is recorded as fetching it). `None` when there is no
+/// such build, no origin, or no copy of it: the host then downloads as it would without.
+async fn swarm_hint(
+    app: &App,
+    hello: &SwarmHello,
+    goal: &PingResponseBean,
+    prefetch: Option<PrefetchBlob>,
+) -> Option<SwarmHint> {
+    let swarm = app.swarm.as_ref()?;
+    let (blake3, prefetch) = match prefetch {
+        Some(blob) => (blob.blake3, true),
+        None => {
+            let g = goal.deploy_goal.as_ref()?;
+            if g.deploy_stage != Some(DeployStage::Downloading) {
+                return None;
+            }
+            let url = g.build.as_ref()?.artifact_url.as_deref()?;
+            (url.strip_prefix(BLOB_URL_PREFIX)?.to_ascii_lowercase(), false)
+        }
+    };
+    let span = tracing::debug_span!("swarm_hint", blob = %short(&blake3), peer = %hello.blob_addr, prefetch);
+    async {
+        let size = match swarm.ensure_origin(app, &blake3).await {
+            Ok(size) => size,
+            Err(e) => {
+                tracing::warn!(error = %e, "no origin for the build; the host downloads it without peers");
+                return None;
+            }
+        };
+        let announce = SwarmAnnounce {
+            blob_addr: hello.blob_addr.clone(),
+            blake3: blake3.clone(),
+            complete: false,
+            zone: hello.zone.clone(),
+        };
+        let peers = swarm.announce(&announce, std::time::Instant::now());
+        Some(SwarmHint { blake3, size, peers, prefetch })
     }
     .instrument(span)
     .await

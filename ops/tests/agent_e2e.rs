@@ -616,25 +616,21 @@ async fn an_agent_on_teletraans_json_ping_deploys_too() {
     assert!(log.contains("Teletraan's JSON ping") && log.contains("step ends"), "{log}");
 }
 
-/// The swarm end to end: a build uploaded to the cluster (`tt://blob/<hash>`) reaches three
-/// agents through `tt-blob/1`, the coordinators' origin handing out each piece once and the
-/// agents fetching the rest from each other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_fetch_a_build_from_each_other_through_the_swarm() {
-    let f = fleet_with(3, "swarm", true).await;
-    f.create_stage("swarm", "prod", "swarm", 3).await;
-    // Incompressible enough to make a few MiB of tarball: many pieces to share.
-    let path = f.dir.join("swarm-build.tar.gz");
+/// A build of `mib` MiB of incompressible data (`data.bin`, seeded by `seed`) uploaded to the
+/// cluster (`tt://blob/<hash>`), whose RESTARTING hook runs `restart`: the build id and data.
+async fn blob_build(f: &Fleet, seed: &str, mib: usize, restart: &str) -> (String, Vec<u8>) {
+    let path = f.dir.join(format!("{seed}.tar.gz"));
     let data: Vec<u8> = {
-        let mut out = vec![0u8; 6 << 20];
-        blake3::Hasher::new().update(b"swarm build").finalize_xof().fill(&mut out);
+        let mut out = vec![0u8; mib << 20];
+        blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
         out
     };
+    let hook = format!("#!/bin/sh\n{restart}\n");
     let digest = ops::publish::write_tarball(
         &path,
         &[
-            ("VERSION", 0o644, b"swarm\n"),
-            ("teletraan/RESTARTING", 0o755, b"#!/bin/sh\necho restarted\n"),
+            ("VERSION", 0o644, seed.as_bytes()),
+            ("teletraan/RESTARTING", 0o755, hook.as_bytes()),
             ("data.bin", 0o644, &data),
         ],
     )
@@ -651,28 +647,48 @@ async fn agents_fetch_a_build_from_each_other_through_the_swarm() {
         )
         .await
         .unwrap();
-    let build = build.unwrap()["id"].as_str().unwrap().to_string();
+    (build.unwrap()["id"].as_str().unwrap().to_string(), data)
+}
+
+/// The agent's swarm counters (rewritten every second), or null before the first write.
+fn swarm_stats(a: &DevAgent) -> Value {
+    let path = a.spec.root.join("agent").join(agent::swarm::STATS_FILE);
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `done` holds for every agent's swarm counters; returns them.
+async fn wait_stats(f: &Fleet, what: &str, done: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let all: Vec<Value> = f.agents.iter().map(swarm_stats).collect();
+        if all.iter().all(&done) {
+            return all;
+        }
+        assert!(start.elapsed() < WAIT, "{what}: swarm stats: {all:#?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The swarm end to end: a build uploaded to the cluster (`tt://blob/<hash>`) reaches three
+/// agents through `tt-blob/1`, the coordinators' origin handing out each piece once and the
+/// agents fetching the rest from each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_fetch_a_build_from_each_other_through_the_swarm() {
+    let f = fleet_with(3, "swarm", true).await;
+    f.create_stage("swarm", "prod", "swarm", 3).await;
+    // Incompressible enough to make a few MiB of tarball: many pieces to share.
+    let (build, data) = blob_build(&f, "swarm build", 6, "echo restarted").await;
     let deploy = f.deploy("swarm", "prod", &build).await;
     f.wait_hosts("swarm", "prod", 3, "serving the swarm build", serving(&deploy)).await;
 
-    // Every agent staged the exact build; the stats file (rewritten every second) shows it
-    // came through the swarm, and that agents served each other.
-    let stats = |a: &DevAgent| -> Value {
-        let path = a.spec.root.join("agent").join(agent::swarm::STATS_FILE);
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null)
-    };
-    let start = Instant::now();
-    let all = loop {
-        let all: Vec<Value> = f.agents.iter().map(stats).collect();
-        if all.iter().all(|s| s["swarm_downloads"].as_u64() >= Some(1)) {
-            break all;
-        }
-        assert!(start.elapsed() < WAIT, "swarm stats: {all:#?}");
-        tokio::time::sleep(POLL).await;
-    };
+    // Every agent staged the exact build; the stats show it came through the swarm, and that
+    // agents served each other.
+    let all =
+        wait_stats(&f, "fetched through the swarm", |s| s["swarm_downloads"].as_u64() >= Some(1))
+            .await;
     for (a, s) in f.agents.iter().zip(&all) {
         assert_eq!(s["fallbacks"], 0, "{}: {s}", a.spec.hostname);
         assert!(s["downloaded_bytes"].as_u64() > Some(0), "{}: {s}", a.spec.hostname);
@@ -681,4 +697,47 @@ async fn agents_fetch_a_build_from_each_other_through_the_swarm() {
     }
     let from_peers: u64 = all.iter().map(|s| s["uploaded_bytes"].as_u64().unwrap_or(0)).sum();
     assert!(from_peers > 0, "no agent served another: {all:#?}");
+}
+
+/// Prefetch: with one slot for three hosts, the two kept waiting are told to fetch the build
+/// before they are admitted, and do; every host stages the exact build, none falls back to the
+/// coordinators. Then `tt.prefetch=false` in the stage's agent configs turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_hosts_prefetch_the_build_before_admission() {
+    let f = fleet_with(3, "prefetch", true).await;
+    f.create_stage("prefetch", "prod", "prefetch", 1).await;
+    // First deploy: new hosts bypass the limit, nobody waits.
+    let (first, _) = blob_build(&f, "prefetch v1", 1, "true").await;
+    let d1 = f.deploy("prefetch", "prod", &first).await;
+    f.wait_hosts("prefetch", "prod", 3, "serving v1", serving(&d1)).await;
+    let before: Vec<Value> = f.agents.iter().map(swarm_stats).collect();
+    assert!(
+        before.iter().all(|s| s["prefetches"] == 0),
+        "no prefetch on a first deploy: {before:#?}"
+    );
+
+    // Hosts restart one at a time (a slow RESTARTING): two wait, and prefetch meanwhile.
+    let (second, data) = blob_build(&f, "prefetch v2", 4, "sleep 1").await;
+    let d2 = f.deploy("prefetch", "prod", &second).await;
+    f.wait_hosts("prefetch", "prod", 3, "serving v2", serving(&d2)).await;
+    let all = wait_stats(&f, "v2 fetched", |s| s["swarm_downloads"].as_u64() >= Some(2)).await;
+    let prefetched: u64 = all.iter().map(|s| s["prefetches"].as_u64().unwrap_or(0)).sum();
+    assert!(prefetched >= 2, "the two waiting hosts prefetched: {all:#?}");
+    for (a, s) in f.agents.iter().zip(&all) {
+        assert_eq!(s["fallbacks"], 0, "{}: {s}", a.spec.hostname);
+        let staged = std::fs::read(a.target("prefetch").join("data.bin")).unwrap();
+        assert!(staged == data, "{}: the staged build differs", a.spec.hostname);
+    }
+
+    // Off for the stage: the next deploy is fetched in DOWNLOADING only.
+    f.client
+        .put("/v1/envs/prefetch/prod/agent_configs", &json!({"tt.prefetch": "false"}))
+        .await
+        .unwrap();
+    let (third, _) = blob_build(&f, "prefetch v3", 1, "sleep 1").await;
+    let d3 = f.deploy("prefetch", "prod", &third).await;
+    f.wait_hosts("prefetch", "prod", 3, "serving v3", serving(&d3)).await;
+    let after = wait_stats(&f, "v3 fetched", |s| s["swarm_downloads"].as_u64() >= Some(3)).await;
+    let prefetched_after: u64 = after.iter().map(|s| s["prefetches"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(prefetched_after, prefetched, "no prefetch with tt.prefetch=false: {after:#?}");
 }

@@ -29,6 +29,42 @@ pub enum AgentRequest {
     /// A host with a `tt-blob/1` endpoint tells the tracker (the leader) that it fetches or
     /// holds a blob, and asks whom to fetch it from. Followers redirect to the leader.
     Swarm { token: Option<String>, announce: SwarmAnnounce },
+    /// A [`AgentRequest::Ping`] from a host that runs a `tt-blob/1` node. The answer is an
+    /// [`AgentReply::GoalSwarm`]: a DOWNLOADING goal for a cluster build (`tt://blob/`) carries
+    /// the peers to fetch it from, and a host kept waiting for a parallelism slot is told to
+    /// prefetch the build it will deploy (answered at once, not held, unless `hello` says the
+    /// host already has or fetches it).
+    PingSwarm { token: Option<String>, wait_ms: u32, request: PingRequestBean, hello: SwarmHello },
+}
+
+/// Most blobs a [`SwarmHello`] lists; a host lists the newest it holds or fetches.
+pub const MAX_HELLO_BLOBS: usize = 64;
+
+/// What a host running a `tt-blob/1` node says with each ping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmHello {
+    /// The host's `tt-blob/1` endpoint (`ip:port`).
+    pub blob_addr: String,
+    /// The host's availability zone, if known.
+    pub zone: Option<String>,
+    /// BLAKE3 hashes (hex) of the blobs the host holds, fetches, or gave up on: no prefetch
+    /// hint names them. At most [`MAX_HELLO_BLOBS`].
+    pub holding: Vec<String>,
+}
+
+/// The swarm part of an [`AgentReply::GoalSwarm`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmHint {
+    /// The build's BLAKE3 hash (hex).
+    pub blake3: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The peers to fetch it from, seeders first, the origin last (the host has been recorded
+    /// in the tracker as fetching it).
+    pub peers: Vec<SwarmPeer>,
+    /// `true`: the host is waiting for a slot; fetch this build now so that DOWNLOADING takes
+    /// no time once admitted. `false`: the goal is DOWNLOADING this build.
+    pub prefetch: bool,
 }
 
 /// What a host tells the swarm's tracker about one blob.
@@ -78,6 +114,12 @@ pub enum AgentReply {
         size: u64,
         peers: Vec<SwarmPeer>,
     },
+    /// The answer to [`AgentRequest::PingSwarm`]: the goal, and the build to fetch with its
+    /// peers when there is one.
+    GoalSwarm {
+        goal: PingResponseBean,
+        swarm: Option<SwarmHint>,
+    },
 }
 
 #[cfg(test)]
@@ -107,6 +149,19 @@ mod tests {
         assert_eq!(postcard::from_bytes::<AgentRequest>(&bytes).unwrap(), announce);
         // Appended variants keep the old ones' tags: a Ping still starts with tag 0.
         assert_eq!(postcard::to_stdvec(&req).unwrap()[0], 0);
+        let ping_swarm = AgentRequest::PingSwarm {
+            token: None,
+            wait_ms: 30_000,
+            request: PingRequestBean::new(HostId::new("h")),
+            hello: SwarmHello {
+                blob_addr: "10.0.0.1:7420".into(),
+                zone: None,
+                holding: vec!["cd".repeat(32)],
+            },
+        };
+        let bytes = postcard::to_stdvec(&ping_swarm).unwrap();
+        assert_eq!(bytes[0], 3, "PingSwarm is the fourth request variant");
+        assert_eq!(postcard::from_bytes::<AgentRequest>(&bytes).unwrap(), ping_swarm);
         for reply in [
             AgentReply::Goal(PingResponseBean::default()),
             AgentReply::Redirect { leader: Some("127.0.0.1:7410".into()) },
@@ -115,6 +170,15 @@ mod tests {
             AgentReply::Peers {
                 size: 7,
                 peers: vec![SwarmPeer { addr: "127.0.0.1:7420".into(), origin: true }],
+            },
+            AgentReply::GoalSwarm {
+                goal: PingResponseBean::default(),
+                swarm: Some(SwarmHint {
+                    blake3: "ef".repeat(32),
+                    size: 9,
+                    peers: vec![SwarmPeer { addr: "127.0.0.1:7421".into(), origin: false }],
+                    prefetch: true,
+                }),
             },
         ] {
             let bytes = postcard::to_stdvec(&reply).unwrap();

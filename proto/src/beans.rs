@@ -284,6 +284,10 @@ impl EnvironBean {
     }
 }
 
+/// How a build's `artifactUrl` names an artifact stored in the cluster: the prefix, then the
+/// artifact's BLAKE3 hash (hex).
+pub const BLOB_URL_PREFIX: &str = "tt://blob/";
+
 /// A published build (`builds`). Immutable once published.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

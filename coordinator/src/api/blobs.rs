@@ -29,7 +29,7 @@ pub fn routes() -> axum::Router<App> {
 
 /// The URL a build's `artifactUrl` carries for a blob in the cluster.
 pub fn blob_url(hash: &str) -> String {
-    format!("tt://blob/{hash}")
+    format!("{}{hash}", proto::beans::BLOB_URL_PREFIX)
 }
 
 #[derive(Debug, Serialize)]

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::teletraan::{ANONYMOUS, JsonBody};
 use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
+use crate::state::prefetch::PrefetchBlob;
 
 /// How often the leader checks whether a deploy's state should move with time (stuck timer).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
@@ -111,6 +112,19 @@ pub async fn ping_core(
     req: PingRequestBean,
     wait: Duration,
 ) -> Result<PingResponseBean, ApiError> {
+    ping_core_with_prefetch(app, req, wait, None).await.map(|(response, _)| response)
+}
+
+/// [`ping_core`] for a host that runs a blob node and holds (or fetches) the blobs in
+/// `holding`: when the answer is NOOP because the host waits for a parallelism slot, and its
+/// stage prefetches a cluster build not in `holding`, the ping is answered at once (not held)
+/// with that build, so the host fetches it before it is admitted.
+pub async fn ping_core_with_prefetch(
+    app: &AppState,
+    req: PingRequestBean,
+    wait: Duration,
+    holding: Option<&[String]>,
+) -> Result<(PingResponseBean, Option<PrefetchBlob>), ApiError> {
     if req.host_id.as_str().is_empty() {
         return Err(ApiError::bad_request("hostId is required"));
     }
@@ -121,9 +135,14 @@ pub async fn ping_core(
         let now = crate::node::now_ms();
         // Plan, subscribe and (if it must wait for a slot) queue under one read lock: no apply
         // runs in between, and a change applied after it is announced to this ping.
-        let (plan, subscription) = {
+        let (plan, subscription, prefetch) = {
             let applied = app.applied.read().expect("applied lock poisoned");
             let plan = applied.state.plan_ping(now, &req);
+            let prefetch = holding.filter(|_| plan.is_read_only()).and_then(|held| {
+                let blob = applied.state.prefetch_blob(plan.waiting_for_slot.as_ref()?)?;
+                let have = held.iter().any(|h| h.eq_ignore_ascii_case(&blob.blake3));
+                (!have).then_some(blob)
+            });
             let mut subscription = app.feed.subscribe(&plan.stages);
             if !wait.is_zero()
                 && plan.is_read_only()
@@ -131,7 +150,7 @@ pub async fn ping_core(
             {
                 app.feed.queue_for_slot(&mut subscription, env);
             }
-            (plan, subscription)
+            (plan, subscription, prefetch)
         };
         let proposed = !plan.is_read_only();
         let response = if plan.is_read_only() {
@@ -142,9 +161,11 @@ pub async fn ping_core(
                 other => unreachable!("ping answered {other:?}"),
             }
         };
-        if response.op_code != proto::enums::OpCode::Noop || tokio::time::Instant::now() >= deadline
+        if response.op_code != proto::enums::OpCode::Noop
+            || tokio::time::Instant::now() >= deadline
+            || prefetch.is_some()
         {
-            return Ok(response);
+            return Ok((response, prefetch));
         }
         if proposed {
             // The state moved under this ping (e.g. another host took the slot it saw free):

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cron;
 pub mod deploy;
 pub mod history;
+pub mod prefetch;
 pub mod promote;
 pub mod retention;
 pub mod tags;
