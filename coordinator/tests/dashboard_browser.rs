@@ -399,6 +399,14 @@ async fn deploy_and_rollback_from_the_browser_with_live_host_grid() {
     let cur = api(&c, M::GET, format!("{lead}/v1/envs/svc/prod/deploys/current"), None).await;
     assert_eq!(cur["id"].as_str(), Some(d3.as_str()), "the refused rollback changed nothing");
 
+    // History: every earlier SUCCEEDED deploy offers "roll back to this"; the current one not.
+    browser.goto(&format!("{fol}/ui/env/svc/prod/history")).await;
+    let rows = browser
+        .js("return [...document.querySelectorAll('#history tbody tr')].map(r => \
+             [r.dataset.deployId, r.querySelector('button[data-action]') !== null])")
+        .await;
+    assert_eq!(rows, json!([[d3, false], [d2, true], [d1, true]]), "newest first");
+
     let _ = browser.cmd(M::DELETE, "", None).await;
     fleet.stop().await;
 }
