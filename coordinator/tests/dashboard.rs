@@ -130,6 +130,14 @@ async fn dashboard_pages_logins_roles_and_escaping() {
     let ping = json!({"hostId": "i-evil", "hostName": HOSTILE, "groups": ["fleet"]});
     let (s, r) = api(&c, M::POST, format!("{lead}/v1/system/ping"), Some(ping)).await;
     assert_eq!(s, 200, "{r}");
+    // It fails its first step fatally, with hostile error output: the deploy turns FAILING.
+    let (_, env) = api(&c, M::GET, format!("{lead}/v1/envs/svc/prod"), None).await;
+    let report = json!({"deployId": deploy_id, "envId": env["id"], "deployStage": "PRE_DOWNLOAD",
+        "agentStatus": "TOO_MANY_RETRY", "errorCode": 1, "errorMessage": "<b>boom</b>"});
+    let ping =
+        json!({"hostId": "i-evil", "hostName": HOSTILE, "groups": ["fleet"], "reports": [report]});
+    let (s, r) = api(&c, M::POST, format!("{lead}/v1/system/ping"), Some(ping)).await;
+    assert_eq!(s, 200, "{r}");
     let (s, t) = api(
         &c,
         M::POST,
@@ -183,6 +191,9 @@ async fn dashboard_pages_logins_roles_and_escaping() {
         let (s, _, body) = page(&c, format!("{base}/ui/envs"), Some(ADMIN)).await;
         assert_eq!(s, 200, "{body}");
         assert!(body.contains("href=\"/ui/env/svc/prod\""), "{body}");
+        let attention = body.split("id=\"attention-table\"").nth(1).expect("needs attention");
+        let attention = attention.split("</table>").next().unwrap();
+        assert!(attention.contains("svc/prod") && !attention.contains("svc/canary"), "{body}");
         assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "branch escaped: {body}");
         assert!(!body.contains(HOSTILE), "{body}");
         let (s, h, body) = page(&c, format!("{base}/ui/env/svc/prod"), Some(ADMIN)).await;
@@ -191,7 +202,10 @@ async fn dashboard_pages_logins_roles_and_escaping() {
         assert!(!body.contains(HOSTILE), "{body}");
         assert!(body.contains("data-host=\"&lt;script&gt;alert(1)&lt;/script&gt;\""), "{body}");
         assert!(body.contains(&format!("data-deploy-id=\"{deploy_id}\"")), "{body}");
-        assert!(body.contains("data-state=\"deploying\""), "the host is at PRE_DOWNLOAD: {body}");
+        assert!(body.contains("data-state=\"failed\""), "the host failed: {body}");
+        assert!(body.contains("data-count-for=\"failed\" data-count=\"1\""), "{body}");
+        assert!(body.contains("data-deploy-state=\"FAILING\""), "{body}");
+        assert!(body.contains("class=\"bar bad\""), "a FAILING deploy's bar is red: {body}");
         assert!(body.contains("id=\"btn-rollback\""), "{body}");
         assert!(body.contains("id=\"btn-promote\""), "another stage exists: {body}");
         assert!(body.contains("<p class=\"description\">&lt;script&gt;"), "{body}");
@@ -204,6 +218,7 @@ async fn dashboard_pages_logins_roles_and_escaping() {
                 .await;
         assert_eq!(s, 200, "{body}");
         assert!(body.contains("Host &lt;script&gt;"), "{body}");
+        assert!(body.contains("<pre class=\"error\">&lt;b&gt;boom&lt;/b&gt;</pre>"), "{body}");
         assert!(!body.contains(HOSTILE), "{body}");
         let (s, _, body) = page(&c, format!("{base}/ui/cluster"), Some(ADMIN)).await;
         assert_eq!(s, 200);

@@ -358,6 +358,13 @@ async fn deploy_and_rollback_from_the_browser_with_live_host_grid() {
         "cells carry the host's deploy stage: {v}"
     );
     assert_eq!(fleet.serving(&d2), HOSTS);
+    // "failed only" hides every cell that is not failed (none is), and shows them again.
+    let visible = "return [...document.querySelectorAll('#grid .cell')]\
+                   .filter(c => c.offsetParent !== null).length";
+    browser.click("#failed-only").await;
+    assert_eq!(browser.js(visible).await, 0);
+    browser.click("#failed-only").await;
+    assert_eq!(browser.js(visible).await, HOSTS);
     let cur = api(&c, M::GET, format!("{lead}/v1/envs/svc/prod/deploys/current"), None).await;
     assert_eq!(
         (cur["id"].as_str(), cur["buildId"].as_str()),

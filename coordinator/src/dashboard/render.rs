@@ -228,7 +228,7 @@ fn state_badge(state: Option<DeployState>) -> String {
 }
 
 fn progress_bar(state: Option<DeployState>, succeeded: u32, total: u32) -> String {
-    let pct = if total == 0 { 0 } else { succeeded * 100 / total };
+    let pct = (succeeded * 100).checked_div(total).unwrap_or(0);
     let bad = matches!(state, Some(DeployState::Failing | DeployState::Aborted));
     format!(
         "<span class=\"bar{}\" title=\"{succeeded} of {total} hosts\"><span style=\"width:{pct}%\">\
