@@ -326,8 +326,20 @@ async fn deploy_and_rollback_from_the_browser_with_live_host_grid() {
         tokio::time::sleep(POLL).await;
     }
 
-    // The admin, on a follower: log in, open the stage, mark the window.
+    // The admin, on a follower: log in, filter the environments, open the stage, mark the
+    // window.
     browser.login(&fol, ADMIN).await;
+    browser.goto(&format!("{fol}/ui/envs")).await;
+    let shown = "return [...document.querySelectorAll('tr[data-name]')]\
+                 .filter(r => !r.hidden).map(r => r.dataset.name)";
+    assert_eq!(browser.js(shown).await, json!(["svc/prod"]));
+    browser.type_into("#env-filter", "nothing-matches").await;
+    assert_eq!(browser.js(shown).await, json!([]), "the filter hides rows without a reload");
+    browser.goto(&format!("{fol}/ui/envs")).await;
+    browser.click("a[href='/ui/env/svc/prod']").await;
+    browser
+        .wait_for("the stage page", "return location.pathname", |v| v == "/ui/env/svc/prod")
+        .await;
     browser.js("window.ttMarker = 'kept'; return true").await;
     let v = browser
         .wait_for("the first deploy done", PROBE, |v| v["deploy"] == d1.as_str() && all_done(v))
