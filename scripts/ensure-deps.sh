@@ -28,6 +28,6 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
   fi
 fi
-echo "installing ${missing[*]} (needed to build RocksDB) ..." >&2
+echo "installing ${missing[*]} (needed to build RocksDB and to run the tests) ..." >&2
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

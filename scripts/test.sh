@@ -4,7 +4,8 @@
 #   RUN_SLOW_TESTS=1 scripts/test.sh   also runs the slow suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps.sh
+# chromium + chromium-driver: the dashboard's browser test (coordinator/tests/dashboard_browser.rs).
+scripts/ensure-deps.sh chromium chromium-driver
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tt-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 cargo build --locked --workspace --bins

@@ -162,6 +162,13 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("GET", "/v1/cluster/read-index", Public),
     // Who leads and how far each node got, like `/readyz` (load balancers, `tt cluster`).
     ("GET", "/v1/cluster", Public),
+    // The dashboard's entry, login form and assets; its pages are reads like any other.
+    ("GET", "/", Public),
+    ("GET", "/ui", Public),
+    ("GET", "/ui/assets/{file}", Public),
+    ("GET", "/ui/login", Public),
+    ("POST", "/ui/login", Public),
+    ("POST", "/ui/logout", Public),
     ("POST", "/v1/cluster/nodes", on(Role::Admin, Target::System)),
     ("DELETE", "/v1/cluster/nodes/{id}", on(Role::Admin, Target::System)),
     ("POST", "/v1/system/ping", on(Role::Pinger, Target::System)),
@@ -285,7 +292,7 @@ fn bearer(req: &Request) -> Option<&str> {
 }
 
 /// Who presents `token`, in `tokens` mode.
-fn identify(app: &App, token: &str, now_ms: i64) -> Option<Principal> {
+pub fn identify(app: &App, token: &str, now_ms: i64) -> Option<Principal> {
     let hash = blake3::hash(token.as_bytes());
     let system = |name: &str, kind, role| Principal {
         name: name.into(),

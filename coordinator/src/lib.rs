@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod dashboard;
 pub mod failpoints;
 pub mod feed;
 pub mod ids;

@@ -53,7 +53,7 @@ pub struct Member {
     pub matched_index: Option<u64>,
 }
 
-async fn status(State(app): State<App>) -> Json<ClusterStatus> {
+pub async fn status(State(app): State<App>) -> Json<ClusterStatus> {
     let m = app.raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();

@@ -98,6 +98,9 @@ pub fn router(app: App) -> Router {
                 .layer(middleware::from_fn_with_state(app.clone(), crate::auth::authorize))
                 .layer(DefaultBodyLimit::disable()),
         )
+        // The dashboard (HTML under /ui); its login cookie stands in for a token everywhere.
+        .merge(crate::dashboard::routes(app.clone()))
+        .layer(middleware::from_fn(crate::dashboard::cookie_token))
         .with_state(app)
 }
 
