@@ -1,5 +1,5 @@
-//! A rolling deploy on a real three-node cluster: 200 simulated agents over the JSON ping,
-//! `maxParallel` 10, the leader killed mid-deploy. An observer records every host's interval of
+//! A rolling deploy on a real three-node cluster: 200 simulated agents (half over the JSON
+//! ping, half over the native QUIC long-poll), `maxParallel` 10, the leader killed mid-deploy. An observer records every host's interval of
 //! deploy steps and never sees more than 10 at once; every host ends on the new build.
 
 mod common;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{LEADER_WAIT, get_json, http, post_json, spec};
 use ops::devcluster::DevCluster;
-use ops::simfleet::{Fleet, FleetSpec, max_overlap};
+use ops::simfleet::{Fleet, FleetSpec, LongPoll, max_overlap};
 use serde_json::{Value, json};
 
 const HOSTS: usize = 200;
@@ -50,7 +50,31 @@ async fn start_deploy(c: &reqwest::Client, base: &str, build: &str) -> String {
     d["id"].as_str().unwrap().to_string()
 }
 
-async fn wait_serving(fleet: &Fleet, deploy: &str, cluster: &DevCluster, limit: Duration) {
+/// The leader-kill rollout's hosts: half ping over Teletraan's JSON ping (polling), half over
+/// the native QUIC protocol (long-poll), in one stage.
+struct Fleets([Fleet; 2]);
+
+impl Fleets {
+    fn serving(&self, deploy: &str) -> usize {
+        self.0.iter().map(|f| f.serving(deploy)).sum()
+    }
+
+    fn intervals(&self) -> Vec<ops::simfleet::StepInterval> {
+        self.0.iter().flat_map(|f| f.intervals()).collect()
+    }
+
+    fn ping_errors(&self) -> u64 {
+        self.0.iter().map(|f| f.ping_errors()).sum()
+    }
+
+    async fn stop(self) {
+        for f in self.0 {
+            f.stop().await;
+        }
+    }
+}
+
+async fn wait_serving(fleet: &Fleets, deploy: &str, cluster: &DevCluster, limit: Duration) {
     let deadline = Instant::now() + limit;
     while fleet.serving(deploy) < HOSTS {
         assert!(
@@ -72,15 +96,32 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
     let c = http();
     let base = cluster.base_url(leader);
     let builds = stage_with_two_builds(&c, &base, MAX_PARALLEL).await;
-    let fleet = Fleet::start(FleetSpec {
-        hosts: HOSTS,
-        prefix: "host-".into(),
-        groups: vec!["fleet".into()],
-        coordinators: ids.iter().map(|i| cluster.base_url(*i)).collect(),
-        hook: Duration::from_millis(10),
-        idle_ping: Duration::from_millis(200),
-        long_poll: None,
-    });
+    let coordinators: Vec<String> = ids.iter().map(|i| cluster.base_url(*i)).collect();
+    let ca = agent::ca_cert(&cluster.dir().join("ca")).unwrap();
+    let half = |prefix: &str, long_poll: Option<LongPoll>| {
+        Fleet::start(FleetSpec {
+            hosts: HOSTS / 2,
+            prefix: prefix.into(),
+            groups: vec!["fleet".into()],
+            coordinators: coordinators.clone(),
+            hook: Duration::from_millis(10),
+            idle_ping: Duration::from_millis(200),
+            long_poll,
+        })
+    };
+    let fleet = Fleets([
+        half("json-host-", None),
+        half(
+            "quic-host-",
+            Some(LongPoll {
+                ca,
+                agent_addrs: cluster.agent_addrs(),
+                token: None,
+                wait: Duration::from_secs(5),
+                endpoint: None,
+            }),
+        ),
+    ]);
     // First deploy: new hosts bypass the limit.
     let d1 = start_deploy(&c, &base, &builds[0]).await;
     wait_serving(&fleet, &d1, &cluster, Duration::from_secs(120)).await;
