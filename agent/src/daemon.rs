@@ -222,7 +222,8 @@ impl Daemon {
                     self.persist();
                 }
                 Action::Run(step) => {
-                    if !crate::machine::lease_allows(received, self.now_ms(), self.cfg.lease_ms) {
+                    let lease_ms = crate::machine::effective_lease_ms(self.cfg.lease_ms, &resp);
+                    if !crate::machine::lease_allows(received, self.now_ms(), lease_ms) {
                         warn!(env = step.env, "the goal is older than the lease; asking again");
                         continue;
                     }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use proto::agent::{STAGE_LEASE_SHARE_PERCENT, STAGE_LEASE_TTL_CONFIG_KEY};
 use proto::enums::{AgentStatus, DeployStage, EnvType, OpCode};
 use proto::ping::{PingRequestBean, PingResponseBean};
 
@@ -103,6 +104,23 @@ pub fn plan_changed(old: &PingResponseBean, new: &PingResponseBean) -> bool {
 /// honours its parallelism lease and never acts on a goal older than the lease.
 pub fn lease_allows(received_ms: u64, now_ms: u64, lease_ms: u64) -> bool {
     now_ms.saturating_sub(received_ms) < lease_ms
+}
+
+/// The lease the agent counts on for a goal: its own `lease_ms`, or less when the goal's
+/// stage sets a shorter lease TTL on the coordinators ([`STAGE_LEASE_TTL_CONFIG_KEY`]): then
+/// [`STAGE_LEASE_SHARE_PERCENT`] of that TTL, so the agent stops starting steps before the
+/// coordinators give its slot away.
+pub fn effective_lease_ms(lease_ms: u64, goal: &PingResponseBean) -> u64 {
+    let stage_ttl = goal
+        .deploy_goal
+        .as_ref()
+        .and_then(|g| g.agent_configs.as_ref())
+        .and_then(|c| c.get(STAGE_LEASE_TTL_CONFIG_KEY))
+        .and_then(|v| proto::agent::parse_stage_lease_ttl_ms(v));
+    match stage_ttl {
+        Some(ttl) => lease_ms.min(ttl * STAGE_LEASE_SHARE_PERCENT / 100),
+        None => lease_ms,
+    }
 }
 
 /// Teletraan's `DEPLOY_TYPE` for an op code (HOTFIX shows as REGULAR, as in Teletraan).
@@ -440,5 +458,20 @@ mod tests {
         assert!(plan_changed(&a, &PingResponseBean::default()), "a pause aborts the step");
         assert!(lease_allows(1_000, 2_000, 5_000));
         assert!(!lease_allows(1_000, 6_000, 5_000));
+        // A stage with a shorter lease TTL on the coordinators: 80% of it; a longer one or a
+        // malformed value changes nothing.
+        let with = |v: &str| PingResponseBean {
+            deploy_goal: Some(proto::ping::DeployGoalBean {
+                agent_configs: Some(
+                    [(STAGE_LEASE_TTL_CONFIG_KEY.to_string(), v.to_string())].into(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(effective_lease_ms(240_000, &with("10000")), 8_000);
+        assert_eq!(effective_lease_ms(240_000, &with("600000")), 240_000);
+        assert_eq!(effective_lease_ms(240_000, &with("soon")), 240_000);
+        assert_eq!(effective_lease_ms(240_000, &PingResponseBean::default()), 240_000);
     }
 }

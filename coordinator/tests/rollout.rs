@@ -178,20 +178,25 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
     cluster.stop_all();
 }
 
-/// Hosts cut off mid-deploy lose their slots after the lease TTL, others take them, and the cut
-/// hosts start no new step until they are admitted again.
+/// Hosts cut off mid-deploy lose their slots after the stage's lease TTL (set in its agent
+/// configs, far below the cluster's default), others take them, and the cut hosts start no
+/// new step until they are admitted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
     const N: usize = 40;
     const LIMIT: usize = 4;
     let dir = tempfile::tempdir().unwrap();
-    let cluster =
-        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_LEASE_TTL_MS", "1500")])).unwrap();
+    let cluster = DevCluster::start(spec(dir.path().into(), 3, vec![])).unwrap();
     let ids = cluster.ids();
     let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
     let c = http();
     let base = cluster.base_url(leader);
     let builds = stage_with_two_builds(&c, &base, LIMIT).await;
+    let configs = format!("{base}/v1/envs/svc/prod/agent_configs");
+    let r = c.put(&configs).json(&json!({"tt.lease_ttl_ms": "500"})).send().await.unwrap();
+    assert_eq!(r.status(), 400, "a lease TTL under the minimum is refused");
+    let r = c.put(&configs).json(&json!({"tt.lease_ttl_ms": "2000"})).send().await.unwrap();
+    assert_eq!(r.status(), 204);
     let fleet = Fleet::start(FleetSpec {
         hosts: N,
         prefix: "host-".into(),

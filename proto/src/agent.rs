@@ -37,6 +37,29 @@ pub enum AgentRequest {
     PingSwarm { token: Option<String>, wait_ms: u32, request: PingRequestBean, hello: SwarmHello },
 }
 
+/// The stage agent-config key that sets a stage's parallelism lease TTL, in milliseconds
+/// (the coordinators' `lease_ttl_ms` otherwise). Agents see it in their goals and count on at
+/// most [`STAGE_LEASE_SHARE_PERCENT`] of it.
+pub const STAGE_LEASE_TTL_CONFIG_KEY: &str = "tt.lease_ttl_ms";
+/// Shortest stage lease TTL accepted, in milliseconds: a lease must outlive a leader election
+/// and a few pings.
+pub const MIN_STAGE_LEASE_TTL_MS: u64 = 2_000;
+/// Longest stage lease TTL accepted, in milliseconds (a day).
+pub const MAX_STAGE_LEASE_TTL_MS: u64 = 86_400_000;
+/// Share of a stage's lease TTL an agent counts on; the rest covers clock-rate differences and
+/// the answer's time in flight.
+pub const STAGE_LEASE_SHARE_PERCENT: u64 = 80;
+
+/// A stage lease TTL from agent configs: `Some` if the value is a number of milliseconds within
+/// [`MIN_STAGE_LEASE_TTL_MS`]..=[`MAX_STAGE_LEASE_TTL_MS`].
+pub fn parse_stage_lease_ttl_ms(value: &str) -> Option<u64> {
+    value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|ms| (MIN_STAGE_LEASE_TTL_MS..=MAX_STAGE_LEASE_TTL_MS).contains(ms))
+}
+
 /// Most blobs a [`SwarmHello`] lists; a host lists the newest it holds or fetches.
 pub const MAX_HELLO_BLOBS: usize = 64;
 

@@ -630,12 +630,12 @@ impl Liveness {
             .insert(name.to_string(), (now, crate::node::now_ms()));
     }
 
-    /// Whether `host`'s lease has expired, counting from its last ping or from the start of
-    /// this leadership, whichever is later.
-    fn expired(&self, host: &HostId, leader_since: std::time::Instant) -> bool {
+    /// Whether `host`'s lease of `ttl` has expired, counting from its last ping or from the
+    /// start of this leadership, whichever is later.
+    fn expired(&self, host: &HostId, leader_since: std::time::Instant, ttl: Duration) -> bool {
         let last = self.seen.lock().expect("liveness lock").get(host).copied();
         let from = last.map_or(leader_since, |l| l.max(leader_since));
-        from.elapsed() > self.lease_ttl
+        from.elapsed() > ttl
     }
 }
 
@@ -663,10 +663,15 @@ pub async fn lease_loop(app: App) {
         };
         let keys: Vec<(EnvId, HostId)> = {
             let applied = app.applied.read().expect("applied lock poisoned");
-            applied
-                .state
+            let state = &applied.state;
+            state
                 .slot_holders()
-                .filter(|((_, host), _)| app.liveness.expired(host, since))
+                .filter(|((env, host), _)| {
+                    let ttl = state
+                        .stage_lease_ttl_ms(env)
+                        .map_or(app.liveness.lease_ttl, Duration::from_millis);
+                    app.liveness.expired(host, since, ttl)
+                })
                 .map(|(k, _)| k.clone())
                 .collect()
         };
@@ -767,6 +772,17 @@ async fn put_config(
     if let Some(k) = values.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
         return Err(ApiError::bad_request(format!(
             "config key {k:?} is empty or contains '=' or NUL"
+        )));
+    }
+    if kind == EnvConfigKind::Agent
+        && let Some(v) = values.get(proto::agent::STAGE_LEASE_TTL_CONFIG_KEY)
+        && proto::agent::parse_stage_lease_ttl_ms(v).is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "{} must be a number of milliseconds from {} to {}, not {v:?}",
+            proto::agent::STAGE_LEASE_TTL_CONFIG_KEY,
+            proto::agent::MIN_STAGE_LEASE_TTL_MS,
+            proto::agent::MAX_STAGE_LEASE_TTL_MS
         )));
     }
     let e = env_of(app, env, stage)?;

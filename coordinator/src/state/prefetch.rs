@@ -6,6 +6,9 @@
 //! `off`, `0`, `no`). Only builds stored in the cluster (`tt://blob/<hash>` with a recorded
 //! BLAKE3 hash and size) are prefetched: they come through the swarm, whose bytes are verified
 //! chunk by chunk; a URL build is left to its DOWNLOADING step.
+//!
+//! Also here, the other stage setting carried in agent configs: the stage's lease TTL
+//! ([`proto::agent::STAGE_LEASE_TTL_CONFIG_KEY`]).
 
 use proto::beans::BLOB_URL_PREFIX;
 use proto::command::EnvConfigKind;
@@ -46,5 +49,15 @@ impl State {
             return None;
         }
         Some(PrefetchBlob { blake3: blake3.to_ascii_lowercase(), size: build.artifact_size? })
+    }
+}
+
+impl State {
+    /// `env`'s parallelism lease TTL in milliseconds, if its agent configs set a valid one.
+    pub fn stage_lease_ttl_ms(&self, env: &EnvId) -> Option<u64> {
+        self.configs
+            .get(&(env.clone(), EnvConfigKind::Agent))
+            .and_then(|c| c.get(proto::agent::STAGE_LEASE_TTL_CONFIG_KEY))
+            .and_then(|v| proto::agent::parse_stage_lease_ttl_ms(v))
     }
 }
