@@ -690,8 +690,17 @@ mod property {
                         let before = agents[host].clone();
                         let key = HostId::new(format!("h{host}"));
                         let row_before = s.agent(&env_id(), &key).cloned();
-                        let admits = s.schedule_admits(&env_id())
-                            && s.constraint_admits(&env_id(), &key);
+                        // The schedule's rule, recounted naively (the per-az cap is checked
+                        // on the whole state below).
+                        use proto::enums::ScheduleState;
+                        let admits = match s.schedule(&env_id()).and_then(|b| b.state) {
+                            Some(ScheduleState::CoolingDown) => false,
+                            Some(ScheduleState::Running) => {
+                                s.recount_progress(&env_id()).on_deploy
+                                    < s.session_cap(&env_id()).unwrap()
+                            }
+                            _ => true,
+                        };
                         agents[host].step(&mut s, now, &format!("h{host}"), status);
                         let current = s.env_by_id(&env_id()).unwrap().deploy_id.clone();
                         let row_after = s.agent(&env_id(), &key).cloned();
