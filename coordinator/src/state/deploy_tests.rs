@@ -1345,3 +1345,54 @@ mod waves {
         assert!(s.env_by_id(&env_id()).unwrap().deploy_constraint_id.is_none());
     }
 }
+
+#[test]
+fn schedules_constraints_and_host_tags_reload_from_their_records() {
+    let mut s = stage(3, 3);
+    let mut agents = vec![Agent::default(); 3];
+    for (i, a) in agents.iter_mut().enumerate() {
+        a.az = Some(["a", "b"][i % 2].to_string());
+    }
+    let constraint = Op::SetConstraint {
+        env_id: env_id(),
+        constraint: Some(proto::beans::DeployConstraintBean {
+            id: Some(proto::ids::ConstraintId::new("c1")),
+            constraint_key: Some("az".into()),
+            max_parallel: Some(1),
+            ..Default::default()
+        }),
+    };
+    s.apply(0, constraint).unwrap();
+    let schedule = Op::SetSchedule {
+        env_id: env_id(),
+        schedule: Some(proto::beans::ScheduleBean {
+            id: Some(proto::ids::ScheduleId::new("s1")),
+            total_sessions: Some(1),
+            host_numbers: Some("1".into()),
+            cooldown_times: Some("-1".into()),
+            ..Default::default()
+        }),
+    };
+    s.apply(0, schedule).unwrap();
+    deploy(&mut s, 1, "d0", "b1").unwrap();
+    for round in 0..3 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    assert!(!s.tag_counts(&env_id()).is_empty());
+    assert!(s.schedule(&env_id()).is_some());
+    let mut disk = std::collections::BTreeMap::new();
+    for (k, v) in s.take_dirty() {
+        if let Some(v) = v {
+            disk.insert(k, v);
+        }
+    }
+    s.take_changes();
+    let mut reloaded = State::default();
+    for (k, v) in &disk {
+        reloaded.load_record(k, v).unwrap();
+    }
+    reloaded.finish_load();
+    assert_eq!(reloaded, s);
+}

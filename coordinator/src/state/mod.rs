@@ -589,6 +589,8 @@ impl State {
             total.existing += c.existing;
             total.active += c.active;
         }
+        // Like `put_agent`: no all-zero entries (a stage whose rows are all first deploys).
+        self.counters.retain(|_, c| *c != StageCounters::default());
         self.progress = self
             .envs
             .keys()
