@@ -182,6 +182,12 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("PUT", "/v1/envs/{env}/{stage}/script_configs", on(Role::Write, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/agent_configs", on(Role::Write, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/promotes", on(Role::Write, PathEnv)),
+    // Schedules: EXECUTE (Teletraan also wants DEPLOY_SCHEDULE, not ported); constraints:
+    // WRITE/DELETE, as in Teletraan.
+    ("PUT", "/v1/schedules/{env}/{stage}/schedules", on(Role::Execute, PathEnv)),
+    ("PUT", "/v1/schedules/{env}/{stage}/override", on(Role::Execute, PathEnv)),
+    ("POST", "/v1/envs/{env}/{stage}/deploy_constraint", on(Role::Write, PathEnv)),
+    ("DELETE", "/v1/envs/{env}/{stage}/deploy_constraint", on(Role::Delete, PathEnv)),
     ("POST", "/v1/envs/{env}/{stage}/deploys", on(Role::Execute, PathEnv)),
     ("POST", "/v1/envs/{env}/{stage}/deploys/current/actions", on(Role::Execute, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/deploys/hostactions", on(Role::Execute, PathEnv)),

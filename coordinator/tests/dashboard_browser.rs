@@ -312,6 +312,7 @@ async fn deploy_and_rollback_from_the_browser_with_live_host_grid() {
             wait: Duration::from_secs(5),
             endpoint: None,
         }),
+        zones: vec![],
     });
     // A first deploy through the API, so that a later rollback has a target.
     let d1 =

@@ -209,6 +209,7 @@ async fn canary_success_is_promoted_to_prod_without_an_operator() {
             hook: Duration::from_millis(10),
             idle_ping: Duration::from_millis(100),
             long_poll: None,
+            zones: vec![],
         })
     };
     let canary = fleet("g-canary", "canary-");

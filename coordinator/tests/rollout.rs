@@ -107,6 +107,7 @@ async fn rolling_deploy_respects_max_parallel_across_a_leader_kill() {
             hook: Duration::from_millis(10),
             idle_ping: Duration::from_millis(200),
             long_poll,
+            zones: vec![],
         })
     };
     let fleet = Fleets([
@@ -205,6 +206,7 @@ async fn silent_hosts_lose_their_slots_after_the_lease_ttl() {
         hook: Duration::from_millis(100),
         idle_ping: Duration::from_millis(100),
         long_poll: None,
+        zones: vec![],
     });
     let d1 = start_deploy(&c, &base, &builds[0]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -286,6 +288,7 @@ async fn silent_serving_hosts_turn_unreachable_and_recover() {
         hook: Duration::from_millis(10),
         idle_ping: Duration::from_millis(100),
         long_poll: None,
+        zones: vec![],
     });
     let d1 = start_deploy(&c, &base, &builds[0]).await;
     let deadline = Instant::now() + Duration::from_secs(60);

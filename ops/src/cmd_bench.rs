@@ -547,6 +547,7 @@ async fn rollout(
         hook: Duration::from_millis(hook_ms),
         idle_ping: Duration::from_secs(poll_secs),
         long_poll,
+        zones: vec![],
     });
     let wait_all = |deploy: String| {
         let fleet = &fleet;

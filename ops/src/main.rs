@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 mod cmd_bench;
 mod cmd_deploy;
 mod cmd_promote;
+mod cmd_schedule;
 mod cmd_token;
 
 #[derive(Parser)]
@@ -71,6 +72,12 @@ enum Cmd {
     /// Show or change a stage's auto-promotion: from which stage (or BUILD), delay, queue,
     /// schedule, fail and disable policies.
     PromoteConfig(cmd_promote::PromoteConfigArgs),
+    /// Show or set a stage's waves: `tt schedule ENV/STAGE`, `tt schedule set ENV/STAGE --hosts
+    /// 10%,50% --cooldown 5,-1`, `tt schedule override ENV/STAGE SESSION`.
+    Schedule(cmd_schedule::ScheduleArgs),
+    /// Show or set a stage's deploy constraint: `tt constraint ENV/STAGE [set --key az
+    /// --max-parallel 1 --type GROUP_BY_GROUP | delete]`.
+    Constraint(cmd_schedule::ConstraintArgs),
     /// The stage's current deploy; with -w, follow it: exit 0 on success, 1 on FAILING or
     /// ABORTED, 3 on timeout.
     Status {
@@ -329,6 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd_deploy::deploy(&client, out, &stage, &build, description, force).await?
         }
         Cmd::PromoteConfig(a) => cmd_promote::promote_config(&client, out, a).await?,
+        Cmd::Schedule(a) => cmd_schedule::schedule(&client, out, a).await?,
+        Cmd::Constraint(a) => cmd_schedule::constraint(&client, out, a).await?,
         Cmd::Status { stage, watch, timeout } => {
             return cmd_deploy::status(&client, out, &stage, watch, Duration::from_secs(timeout))
                 .await;

@@ -26,6 +26,15 @@ pub struct FleetSpec {
     pub idle_ping: Duration,
     /// Ping over the native protocol instead, held by the leader up to `wait` when idle.
     pub long_poll: Option<LongPoll>,
+    /// If set, host `i` reports `ec2Tags` `{"az": zones[i % len]}` (deploy constraints).
+    pub zones: Vec<String>,
+}
+
+impl FleetSpec {
+    /// The zone host `i` reports, if any.
+    pub fn zone(&self, i: usize) -> Option<&str> {
+        (!self.zones.is_empty()).then(|| self.zones[i % self.zones.len()].as_str())
+    }
 }
 
 /// Native-protocol settings of a simulated fleet.
@@ -193,6 +202,7 @@ async fn agent(
         req.host_ip = Some("127.0.0.1".into());
         req.groups = spec.groups.iter().cloned().collect();
         req.agent_version = Some("simfleet".into());
+        req.ec2_tags = spec.zone(index).map(|z| serde_json::json!({ "az": z }).to_string());
         req.reports = report.iter().cloned().collect();
         let resp: Option<PingResponseBean> = match (&quic, &spec.long_poll) {
             (Some(q), Some(lp)) => q.ping(&req, lp.wait).await.ok(),

@@ -77,6 +77,54 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, out, _) = tt(&addr, &["env", "get", "svc/canary"]);
     assert_eq!(code, 0);
     assert!(out.contains("svc/canary") && out.contains("MAX PARALLEL"), "{out}");
+    // Schedules and deploy constraints.
+    let (code, out, err) =
+        tt(&addr, &["schedule", "set", "svc/canary", "--hosts", "10%,50%", "--cooldown", "-1,5"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("NOT_STARTED") && out.contains("1 of 2"), "{out}");
+    let (code, out, _) = tt(&addr, &["schedule", "svc/canary", "-o", "json"]);
+    assert_eq!(code, 0);
+    let sched: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (sched["hostNumbers"].as_str(), sched["cooldownTimes"].as_str()),
+        (Some("10%,50%"), Some("-1,5"))
+    );
+    let (code, _, err) =
+        tt(&addr, &["schedule", "set", "svc/canary", "--hosts", "10%,x", "--cooldown", "1,1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("hostNumbers"), "{err}");
+    let (code, _, err) = tt(&addr, &["schedule", "override", "svc/canary", "1"]);
+    assert_ne!(code, 0, "a schedule that has not started cannot be overridden");
+    assert!(err.contains("NOT_STARTED"), "{err}");
+    let (code, out, err) = tt(
+        &addr,
+        &[
+            "constraint",
+            "svc/canary",
+            "set",
+            "--key",
+            "az",
+            "--max-parallel",
+            "1",
+            "--type",
+            "GROUP_BY_GROUP",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let con: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (con["constraintKey"].as_str(), con["constraintType"].as_str()),
+        (Some("az"), Some("GROUP_BY_GROUP"))
+    );
+    let (code, out, _) = tt(&addr, &["constraint", "svc/canary"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("GROUP_BY_GROUP") && out.contains("FINISHED"), "{out}");
+    assert_eq!(tt(&addr, &["constraint", "svc/canary", "delete"]).0, 0);
+    assert_ne!(tt(&addr, &["constraint", "svc/canary"]).0, 0, "deleted");
+    assert_eq!(tt(&addr, &["schedule", "delete", "svc/canary"]).0, 0);
+    assert_ne!(tt(&addr, &["schedule", "svc/canary"]).0, 0, "deleted");
     let (code, _, err) = tt(&addr, &["env", "get", "svc/nope"]);
     assert_eq!(code, 4, "not found exits 4: {err}");
     assert!(err.contains("not found"), "{err}");

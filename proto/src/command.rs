@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{ResourceType, Role, TokenRecord};
-use crate::beans::{BuildBean, DeployBean, EnvironBean, PromoteBean, TagBean};
+use crate::beans::{
+    BuildBean, DeployBean, DeployConstraintBean, EnvironBean, PromoteBean, ScheduleBean, TagBean,
+};
 use crate::enums::{AcceptanceStatus, AgentState};
 use crate::ids::{BuildId, DeployId, EnvId, HostId, TagId};
 use crate::ping::{PingRequestBean, PingResponseBean};
@@ -115,6 +117,16 @@ pub enum Op {
     /// each host, on every stage, turns STOP; pings then drive STOPPING → STOPPED. Each host
     /// must have a row on `env_id` (the stage the operator names).
     StopHosts { env_id: EnvId, hosts: Vec<HostId> },
+    // ----- schedules (waves) and deploy constraints -----
+    /// Create, replace (`Some`, keeping the state and session of an existing schedule) or
+    /// delete (`None`) a stage's schedule. A new schedule carries the leader-generated id.
+    SetSchedule { env_id: EnvId, schedule: Option<ScheduleBean> },
+    /// Manual override of the schedule's session `session` (it must be the current one): the
+    /// next session starts at once (or FINAL after the last).
+    OverrideSchedule { env_id: EnvId, session: i32 },
+    /// Create, replace (`Some`) or delete (`None`) a stage's deploy constraint. A new
+    /// constraint carries the leader-generated id.
+    SetConstraint { env_id: EnvId, constraint: Option<DeployConstraintBean> },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -158,6 +170,9 @@ impl Op {
             Op::DeleteUserRole { .. } => "delete_user_role",
             Op::CreateEnvOwned { .. } => "create_env_owned",
             Op::StopHosts { .. } => "stop_hosts",
+            Op::SetSchedule { .. } => "set_schedule",
+            Op::OverrideSchedule { .. } => "override_schedule",
+            Op::SetConstraint { .. } => "set_constraint",
         }
     }
 }
@@ -183,6 +198,8 @@ pub enum OpOutput {
     Tag(TagBean),
     /// How many records a retention operation deleted.
     Purged(u32),
+    Schedule(ScheduleBean),
+    Constraint(DeployConstraintBean),
 }
 
 /// Why an operation was refused. Refusals change nothing.

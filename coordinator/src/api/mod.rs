@@ -13,6 +13,7 @@ pub mod deploys;
 pub mod error;
 pub mod promotes;
 pub mod roles;
+pub mod schedules;
 pub mod teletraan;
 
 use std::sync::Arc;
@@ -85,6 +86,7 @@ pub fn router(app: App) -> Router {
         .merge(teletraan::routes())
         .merge(deploys::routes())
         .merge(promotes::routes())
+        .merge(schedules::routes())
         .merge(roles::routes())
         // Inside write forwarding: a forwarded write is authorized by the leader.
         .layer(middleware::from_fn_with_state(app.clone(), crate::auth::authorize))

@@ -68,6 +68,11 @@ pub struct Progress {
     pub succeeded: u32,
     /// Rows of the current deploy that failed fatally (PAUSED_BY_SYSTEM).
     pub stuck: u32,
+    /// Rows on the current deploy (admitted to it): what a schedule's session caps.
+    pub on_deploy: u32,
+    /// Rows finished for the current deploy ([`super::schedule::finished_on`]): what ends a
+    /// schedule's session.
+    pub finished: u32,
 }
 
 /// This row's contribution to its stage's [`Progress`] for the stage's current deploy.
@@ -80,6 +85,8 @@ pub fn progress_contribution(a: &AgentBean, current: Option<&DeployId>) -> Progr
         total: 1,
         succeeded: u32::from(mine && done),
         stuck: u32::from(mine && state == AgentState::PausedBySystem),
+        on_deploy: u32::from(mine),
+        finished: u32::from(super::schedule::finished_on(a, current)),
     }
 }
 
@@ -144,12 +151,14 @@ pub struct PingPlan {
     /// Every install candidate's answer, in candidate order, each with its build (only when
     /// planned by [`State::deploy_candidates`]).
     pub candidates: Vec<PingResponseBean>,
+    /// The ping changes a host tag (a constraint's key); `apply` writes it before planning.
+    pub tags: bool,
 }
 
 impl PingPlan {
     /// Whether this ping changes nothing (and so needs no Raft entry).
     pub fn is_read_only(&self) -> bool {
-        self.host.is_none() && self.agents.is_empty() && self.errors.is_empty()
+        self.host.is_none() && self.agents.is_empty() && self.errors.is_empty() && !self.tags
     }
 }
 
@@ -376,6 +385,8 @@ impl State {
                 total: acc.total + p.total,
                 succeeded: acc.succeeded + p.succeeded,
                 stuck: acc.stuck + p.stuck,
+                on_deploy: acc.on_deploy + p.on_deploy,
+                finished: acc.finished + p.finished,
             },
         )
     }
@@ -385,6 +396,30 @@ impl State {
         self.agents_of(env).map(contribution).fold(StageCounters::default(), |acc, c| {
             StageCounters { existing: acc.existing + c.existing, active: acc.active + c.active }
         })
+    }
+
+    /// Every stage a ping concerns: by capacity, by agent row and by report.
+    fn ping_stages(&self, req: &PingRequestBean) -> BTreeSet<EnvId> {
+        let host = req
+            .host_name
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| req.host_id.to_string());
+        let mut groups = req.groups.clone();
+        if groups.is_empty() {
+            groups.insert(NULL_GROUP.to_string());
+        }
+        let mut ids: BTreeSet<EnvId> = self.stages_for_host(&host, &groups).into_keys().collect();
+        ids.extend(
+            self.agents_by_host
+                .get(&host)
+                .into_iter()
+                .flatten()
+                .filter(|(_, h)| *h == req.host_id)
+                .map(|k| k.0.clone()),
+        );
+        ids.extend(req.reports.iter().filter_map(|r| r.env_id.clone()));
+        ids
     }
 
     /// Stages whose capacity includes `host` by name or one of `groups` (Teletraan's tiers:
@@ -422,12 +457,16 @@ impl State {
             p.total -= o.total;
             p.succeeded -= o.succeeded;
             p.stuck -= o.stuck;
+            p.on_deploy -= o.on_deploy;
+            p.finished -= o.finished;
         }
         if let Some(new) = &row {
             let n = progress_contribution(new, current.as_ref());
             p.total += n.total;
             p.succeeded += n.succeeded;
             p.stuck += n.stuck;
+            p.on_deploy += n.on_deploy;
+            p.finished += n.finished;
         }
         let c = self.counters.entry(key.0.clone()).or_default();
         if let Some(old) = &old {
@@ -465,6 +504,12 @@ impl State {
             && let Some(name) = &new.host_name
         {
             self.agents_by_host.entry(name.clone()).or_default().insert(key.clone());
+        }
+        if let Some(old) = &old {
+            self.count_tag(&key, old, false);
+        }
+        if let Some(new) = &row {
+            self.count_tag(&key, new, true);
         }
         self.dirty.insert(Key::Agent(key.0, key.1));
     }
@@ -611,6 +656,9 @@ impl State {
         } else {
             self.progress.insert(env_id.clone(), fresh);
         }
+        self.reset_tag_counts(env_id);
+        // Quirk fixed: every new deploy (also promote and rollback) starts the waves again.
+        self.reset_schedule(now, env_id);
         self.transition(now, env_id);
         // A deploy by anyone but the auto-promoter may turn auto-promotion off (disable policy).
         self.disable_auto_promote(now, env_id, &operator, false);
@@ -635,6 +683,7 @@ impl State {
             .get(env_id)
             .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
         let mut resumed = StageCounters::default();
+        let mut resumed_hosts = Vec::new();
         let mut seen = BTreeSet::new();
         for h in hosts {
             if !seen.insert(h) {
@@ -644,11 +693,18 @@ impl State {
                 let mut after = row.clone();
                 after.state = Some(state);
                 let held = if is_stop_work(row) { 0 } else { contribution(row).active };
-                resumed.active += contribution(&after).active.saturating_sub(held);
+                let takes = contribution(&after).active.saturating_sub(held);
+                resumed.active += takes;
+                resumed_hosts.push((h.clone(), takes));
             }
         }
         let c = self.counters(env_id);
         let limit = max_parallel(env, c.existing);
+        if !self.constraint_allows_resume(env_id, &resumed_hosts) {
+            return Err(OpError::Conflict {
+                reason: "resuming these hosts mid-deploy would exceed the deploy constraint's maxParallel for their tag value; retry when hosts finish".into(),
+            });
+        }
         if resumed.active > 0 && c.active + resumed.active > limit {
             return Err(OpError::Conflict {
                 reason: format!(
@@ -825,7 +881,12 @@ impl State {
     // ----- the ping ----------------------------------------------------------------------------
 
     /// Applies a ping: plans it on the current state and performs the plan's writes.
+    /// Host tags are written first, so admission sees the value this ping reports.
     pub(super) fn apply_ping(&mut self, now: i64, req: &PingRequestBean) -> OpResult {
+        let stages = self.ping_stages(req);
+        for (key, tag) in self.plan_host_tags(now, req, stages.into_iter()) {
+            self.put_host_tag(key, tag);
+        }
         let plan = self.plan_ping(now, req);
         if let Some((name, record)) = plan.host.clone() {
             self.hosts.insert(name.clone(), record);
@@ -912,6 +973,7 @@ impl State {
         ids.extend(agents.keys().cloned());
         ids.extend(reports.keys().cloned());
         plan.stages = ids.clone();
+        plan.tags = !self.plan_host_tags(now, req, ids.iter().cloned()).is_empty();
 
         let mut updates: BTreeMap<EnvId, AgentBean> = BTreeMap::new();
         let mut installs: Vec<Candidate> = Vec::new();
@@ -1205,9 +1267,13 @@ impl State {
 
     /// `canDeploy` for a host that is not on its first deploy: a slot is free under the stage's
     /// limit. Atomic because `apply` runs it on the state it is about to change.
+    /// The stage's schedule and deploy constraint must admit it too (`schedule.rs`).
     fn can_admit(&self, env: &EnvironBean, c: &Candidate) -> bool {
         let counters = self.counters(&c.env_id);
+        let host = c.bean.host_id.as_ref().expect("candidates have a host");
         counters.active < max_parallel(env, counters.existing)
+            && self.schedule_admits(&c.env_id)
+            && self.constraint_admits(&c.env_id, host)
     }
 
     /// `generateInstallResponse`; the build goes with DOWNLOADING goals, or with every goal
@@ -1299,7 +1365,9 @@ impl State {
     // ----- deploy state ------------------------------------------------------------------------
 
     /// `transitionDeployState` (§4.3) for the stage's current deploy; writes only on change.
+    /// The schedule moves first (§4.3 step 4).
     pub(super) fn transition(&mut self, now: i64, env_id: &EnvId) {
+        self.transition_schedule(now, env_id);
         if let Some((id, next)) = self.plan_transition(now, env_id) {
             self.deploys.insert(id.clone(), next);
             self.dirty.insert(Key::Deploy(id));
@@ -1317,7 +1385,9 @@ impl State {
 
     /// Whether a tick at `now` would change any deploy (the leader proposes one only then).
     pub fn tick_needed(&self, now: i64) -> bool {
-        self.envs.keys().any(|id| self.plan_transition(now, id).is_some())
+        self.envs.keys().any(|id| {
+            self.plan_schedule(now, id).is_some() || self.plan_transition(now, id).is_some()
+        })
     }
 
     /// The next state of the stage's current deploy, if it changes.
@@ -1353,6 +1423,11 @@ impl State {
         } else if succeeded <= old_succeeded && now - last >= stuck_ms {
             if state == DeployState::Succeeding {
                 DeployState::Running
+            } else if self.schedule(env_id).and_then(|s| s.state)
+                == Some(proto::enums::ScheduleState::CoolingDown)
+            {
+                // A wave cooling down makes no progress on purpose: not stuck.
+                state
             } else {
                 keep_last_update = true;
                 DeployState::Failing

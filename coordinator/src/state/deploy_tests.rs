@@ -81,6 +81,8 @@ fn goal_stage(r: &PingResponseBean) -> Option<DeployStage> {
 #[derive(Clone, Debug, Default)]
 struct Agent {
     report: Option<PingReportBean>,
+    /// Sent as `ec2Tags` `{"az": ...}` when set.
+    az: Option<String>,
 }
 
 impl Agent {
@@ -91,7 +93,14 @@ impl Agent {
         host: &str,
         outcome: AgentStatus,
     ) -> PingResponseBean {
-        let resp = ping(s, now, host, self.report.clone().into_iter().collect());
+        let mut req = PingRequestBean::new(HostId::new(host));
+        req.host_name = Some(host.into());
+        req.reports = self.report.clone().into_iter().collect();
+        req.ec2_tags = self.az.as_ref().map(|z| format!(r#"{{"az":"{z}"}}"#));
+        let resp = match s.apply(now, Op::Ping { request: req }).unwrap() {
+            OpOutput::Ping(r) => r,
+            other => panic!("{other:?}"),
+        };
         if let Some(g) = &resp.deploy_goal
             && resp.op_code != OpCode::Noop
             && resp.op_code != OpCode::Delete
@@ -590,6 +599,7 @@ mod property {
         Expire { host: usize },
         Stop { host: usize },
         Tick,
+        Override { session: i32 },
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -602,6 +612,7 @@ mod property {
             1 => (0..8usize).prop_map(|host| Event::Expire { host }),
             1 => Just(Event::Tick),
             1 => (0..8usize).prop_map(|host| Event::Stop { host }),
+            1 => (1..4i32).prop_map(|session| Event::Override { session }),
         ]
     }
 
@@ -610,12 +621,49 @@ mod property {
         /// Over random pings, failures, host actions and deploys, the stage never has more hosts
         /// deploying than its limit (once first deploys are done), and the incremental counters
         /// always equal a recount. Replaying the same events on a replica gives the same state.
+        /// With a deploy constraint (tag `az`, maxParallel 1) and a schedule (2 then 3 hosts,
+        /// cooldowns 1 min and until override): no tag value has more than one host deploying,
+        /// and a host leaves steady state for the current deploy only when the schedule and the
+        /// constraint admitted it at that moment.
         #[test]
-        fn limit_holds_and_counters_match(events in proptest::collection::vec(event(), 1..300)) {
+        fn limit_holds_and_counters_match(
+            events in proptest::collection::vec(event(), 1..300),
+            group_by_group in any::<bool>(),
+        ) {
             let limit = 2;
             let mut s = stage(8, limit);
+            let ty = if group_by_group {
+                proto::enums::DeployConstraintType::GroupByGroup
+            } else {
+                proto::enums::DeployConstraintType::AllGroupsInParallel
+            };
+            let constraint = Op::SetConstraint {
+                env_id: env_id(),
+                constraint: Some(proto::beans::DeployConstraintBean {
+                    id: Some(proto::ids::ConstraintId::new("c1")),
+                    constraint_key: Some("az".into()),
+                    max_parallel: Some(1),
+                    constraint_type: Some(ty),
+                    ..Default::default()
+                }),
+            };
+            s.apply(0, constraint).unwrap();
+            let schedule = Op::SetSchedule {
+                env_id: env_id(),
+                schedule: Some(proto::beans::ScheduleBean {
+                    id: Some(proto::ids::ScheduleId::new("s1")),
+                    total_sessions: Some(2),
+                    host_numbers: Some("2,3".into()),
+                    cooldown_times: Some("1,-1".into()),
+                    ..Default::default()
+                }),
+            };
+            s.apply(0, schedule).unwrap();
             let mut replica = s.clone();
             let mut agents = vec![Agent::default(); 8];
+            for (i, a) in agents.iter_mut().enumerate() {
+                a.az = Some(["a", "b", "c"][i % 3].to_string());
+            }
             let mut n = 0;
             deploy(&mut s, 0, "d0", "b1").unwrap();
             deploy(&mut replica, 0, "d0", "b1").unwrap();
@@ -640,7 +688,30 @@ mod property {
                             _ => AgentStatus::Succeeded,
                         };
                         let before = agents[host].clone();
+                        let key = HostId::new(format!("h{host}"));
+                        let row_before = s.agent(&env_id(), &key).cloned();
+                        // The schedule's rule, recounted naively (the per-az cap is checked
+                        // on the whole state below).
+                        use proto::enums::ScheduleState;
+                        let admits = match s.schedule(&env_id()).and_then(|b| b.state) {
+                            Some(ScheduleState::CoolingDown) => false,
+                            Some(ScheduleState::Running) => {
+                                s.recount_progress(&env_id()).on_deploy
+                                    < s.session_cap(&env_id()).unwrap()
+                            }
+                            _ => true,
+                        };
                         agents[host].step(&mut s, now, &format!("h{host}"), status);
+                        let current = s.env_by_id(&env_id()).unwrap().deploy_id.clone();
+                        let row_after = s.agent(&env_id(), &key).cloned();
+                        let left_steady = row_before.as_ref().is_some_and(|r| {
+                            r.deploy_stage == Some(DeployStage::ServingBuild)
+                                && r.first_deploy != Some(true)
+                        }) && row_after.as_ref().is_some_and(|r| {
+                            r.deploy_id == current
+                                && r.deploy_stage == Some(DeployStage::PreDownload)
+                        });
+                        prop_assert!(!left_steady || admits, "h{} admitted past the schedule or constraint", host);
                         let mut shadow = before;
                         shadow.step(&mut replica, now, &format!("h{host}"), status);
                     }
@@ -671,6 +742,12 @@ mod property {
                         s.apply(now, Op::Tick).unwrap();
                         replica.apply(now, Op::Tick).unwrap();
                     }
+                    Event::Override { session } => {
+                        let op = Op::OverrideSchedule { env_id: env_id(), session };
+                        let a = s.apply(now, op.clone());
+                        let b = replica.apply(now, op);
+                        prop_assert_eq!(a, b);
+                    }
                     Event::Expire { host } => {
                         let op = Op::ExpireLeases { keys: vec![(env_id(), HostId::new(format!("h{host}")))] };
                         s.apply(now, op.clone()).unwrap();
@@ -688,6 +765,18 @@ mod property {
                     .filter(|a| !crate::state::deploy::is_stop_work(a))
                     .count() as u32;
                 prop_assert!(deploying <= limit as u32, "{} deploying, limit {}", deploying, limit);
+                prop_assert_eq!(s.tag_counts(&env_id()), s.recount_tags(&env_id()));
+                let mut per_az = std::collections::BTreeMap::new();
+                for a in s.agents_of(&env_id()) {
+                    if crate::state::deploy::contribution(a).active == 1
+                        && !crate::state::deploy::is_stop_work(a)
+                    {
+                        let h = a.host_id.clone().unwrap();
+                        let az = s.host_tag(&env_id(), &h).unwrap().tag_value.clone().unwrap();
+                        *per_az.entry(az).or_insert(0u32) += 1;
+                    }
+                }
+                prop_assert!(per_az.values().all(|n| *n <= 1), "per az: {:?}", per_az);
                 prop_assert_eq!(s.take_dirty(), replica.take_dirty());
             }
             prop_assert_eq!(s, replica);
@@ -925,4 +1014,385 @@ fn all_deploy_candidates_lists_every_install_candidate_with_its_build_and_writes
     let mut idle = PingRequestBean::new(HostId::new("zz"));
     idle.host_name = Some("zz".into());
     assert!(s.deploy_candidates(7, &idle).is_empty());
+}
+
+// ----- schedules (waves) and deploy constraints ------------------------------------------------
+
+mod waves {
+    use proto::beans::{DeployConstraintBean, ScheduleBean};
+    use proto::enums::{DeployConstraintType, ScheduleState, TagSyncState};
+    use proto::ids::{ConstraintId, ScheduleId};
+
+    use super::*;
+
+    const MINUTE_MS: i64 = 60_000;
+
+    /// A ping carrying `ec2Tags` (when `az` is set) and the agent's last report.
+    fn step_tagged(
+        s: &mut State,
+        a: &mut Agent,
+        now: i64,
+        host: &str,
+        az: Option<&str>,
+    ) -> PingResponseBean {
+        let mut req = PingRequestBean::new(HostId::new(host));
+        req.host_name = Some(host.into());
+        req.ec2_tags = az.map(|z| format!(r#"{{"az":"{z}","Name":"{host}"}}"#));
+        req.reports = a.report.clone().into_iter().collect();
+        let resp = match s.apply(now, Op::Ping { request: req }).unwrap() {
+            OpOutput::Ping(r) => r,
+            other => panic!("{other:?}"),
+        };
+        if let Some(g) = &resp.deploy_goal
+            && resp.op_code != OpCode::Noop
+        {
+            let mut r = report(
+                g.deploy_id.as_ref().unwrap().as_str(),
+                g.deploy_stage.unwrap(),
+                AgentStatus::Succeeded,
+            );
+            r.env_id = g.env_id.clone();
+            a.report = Some(r);
+        }
+        resp
+    }
+
+    /// Every host pings until it is NOOP (first deploys of `d0`), so later deploys need
+    /// admission.
+    fn settle(s: &mut State, agents: &mut [Agent], now: i64, azs: &[Option<&str>]) {
+        for _ in 0..12 {
+            for (i, a) in agents.iter_mut().enumerate() {
+                step_tagged(s, a, now, &format!("h{i}"), azs[i]);
+            }
+        }
+    }
+
+    fn schedule(hosts: &str, cooldowns: &str) -> Op {
+        let n = hosts.split(',').count() as i32;
+        Op::SetSchedule {
+            env_id: env_id(),
+            schedule: Some(ScheduleBean {
+                id: Some(ScheduleId::new("s1")),
+                total_sessions: Some(n),
+                host_numbers: Some(hosts.into()),
+                cooldown_times: Some(cooldowns.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn sched(s: &State) -> (ScheduleState, i32) {
+        let b = s.schedule(&env_id()).unwrap();
+        (b.state.unwrap(), b.current_session.unwrap())
+    }
+
+    /// Hosts that got a deploy step of `deploy` in one round of pings.
+    fn admitted_round(
+        s: &mut State,
+        agents: &mut [Agent],
+        now: i64,
+        azs: &[Option<&str>],
+        deploy: &str,
+    ) -> Vec<usize> {
+        let mut got = Vec::new();
+        for (i, a) in agents.iter_mut().enumerate() {
+            let r = step_tagged(s, a, now, &format!("h{i}"), azs[i]);
+            if r.op_code != OpCode::Noop
+                && r.deploy_goal.as_ref().and_then(|g| g.deploy_id.as_ref()).map(|d| d.as_str())
+                    == Some(deploy)
+            {
+                got.push(i);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn schedule_sessions_validate_and_count() {
+        use super::super::schedule::Sessions;
+        let b = |h: &str, c: &str, n: i32| ScheduleBean {
+            total_sessions: Some(n),
+            host_numbers: Some(h.into()),
+            cooldown_times: Some(c.into()),
+            ..Default::default()
+        };
+        let abs = Sessions::parse(&b("5,10,20", "1,2,-1", 3)).unwrap();
+        assert_eq!(abs.cumulative, vec![5, 15, 35], "absolute entries are increments");
+        assert_eq!(abs.hosts_in_session(2, 1000), 15);
+        let pct = Sessions::parse(&b("10%,50%", "0,-1", 2)).unwrap();
+        assert_eq!(pct.hosts_in_session(1, 11), 2, "percentages round up");
+        assert_eq!(pct.hosts_in_session(2, 11), 6);
+        for (h, c, n) in [
+            ("5,10", "1", 2),
+            ("5", "1,2", 2),
+            ("10%,5", "1,1", 2),
+            ("50%,10%", "1,1", 2),
+            ("0", "1", 1),
+            ("x", "1", 1),
+            ("5", "1", 0),
+        ] {
+            assert!(Sessions::parse(&b(h, c, n)).is_err(), "{h} / {c} / {n} must be refused");
+        }
+        // Refused in apply too, changing nothing.
+        let mut s = stage(2, 2);
+        let before = s.clone();
+        assert!(matches!(s.apply(1, schedule("5%,x", "1,1")), Err(OpError::Invalid { .. })));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn schedule_waves_cool_down_advance_wait_for_override_and_finish() {
+        let n = 4;
+        let azs = vec![None; n];
+        let mut s = stage(n, 4);
+        let mut agents = vec![Agent::default(); n];
+        deploy(&mut s, 0, "d0", "b1").unwrap();
+        settle(&mut s, &mut agents, 0, &azs);
+        s.apply(1, schedule("25%,50%", "1,-1")).unwrap();
+        assert_eq!(sched(&s), (ScheduleState::NotStarted, 1));
+        assert_eq!(
+            s.env_by_id(&env_id()).unwrap().schedule_id.as_ref().map(|i| i.as_str()),
+            Some("s1")
+        );
+        // A deploy starts session 1: one host of four (25%).
+        deploy(&mut s, 10, "d1", "b2").unwrap();
+        assert_eq!(sched(&s), (ScheduleState::Running, 1));
+        assert_eq!(admitted_round(&mut s, &mut agents, 11, &azs, "d1"), vec![0]);
+        // It finishes: the wave cools down, stamped with apply's time; nobody is admitted.
+        let mut now = 12;
+        while s.progress(&env_id()).finished < 1 {
+            now += 1;
+            step_tagged(&mut s, &mut agents[0], now, "h0", None);
+        }
+        let cooled_at = s.schedule(&env_id()).unwrap().state_start_time.unwrap();
+        assert_eq!((sched(&s), cooled_at), ((ScheduleState::CoolingDown, 1), now));
+        assert!(admitted_round(&mut s, &mut agents, now + 1, &azs, "d1").is_empty());
+        // Override only for the current session.
+        let wrong = Op::OverrideSchedule { env_id: env_id(), session: 2 };
+        assert!(matches!(s.apply(now + 2, wrong), Err(OpError::Conflict { .. })));
+        // The cooldown (1 min) must have passed strictly.
+        assert!(!s.tick_needed(cooled_at + MINUTE_MS));
+        s.apply(cooled_at + MINUTE_MS, Op::Tick).unwrap();
+        assert_eq!(sched(&s), (ScheduleState::CoolingDown, 1));
+        assert!(s.tick_needed(cooled_at + MINUTE_MS + 1));
+        s.apply(cooled_at + MINUTE_MS + 1, Op::Tick).unwrap();
+        assert_eq!(sched(&s), (ScheduleState::Running, 2));
+        // Session 2: two hosts in all (50%), so one more.
+        now = cooled_at + MINUTE_MS + 2;
+        assert_eq!(admitted_round(&mut s, &mut agents, now, &azs, "d1"), vec![1]);
+        while s.progress(&env_id()).finished < 2 {
+            now += 1;
+            step_tagged(&mut s, &mut agents[1], now, "h1", None);
+        }
+        assert_eq!(sched(&s), (ScheduleState::CoolingDown, 2));
+        // A negative cooldown waits for an override however long, and stuck detection does not
+        // mark the deploy FAILING meanwhile.
+        let later = now + 1_000 * MINUTE_MS;
+        assert!(!s.tick_needed(later));
+        s.apply(later, Op::Tick).unwrap();
+        assert_eq!(sched(&s), (ScheduleState::CoolingDown, 2));
+        assert_eq!(s.deploy(&DeployId::new("d1")).unwrap().state, Some(DeployState::Running));
+        assert!(admitted_round(&mut s, &mut agents, later, &azs, "d1").is_empty());
+        s.apply(later, Op::OverrideSchedule { env_id: env_id(), session: 2 }).unwrap();
+        assert_eq!(sched(&s), (ScheduleState::Final, 2));
+        // FINAL: no schedule limit (max_parallel 4 admits both).
+        assert_eq!(admitted_round(&mut s, &mut agents, later + 1, &azs, "d1"), vec![2, 3]);
+        let done = Op::OverrideSchedule { env_id: env_id(), session: 2 };
+        assert!(matches!(s.apply(later + 2, done), Err(OpError::Conflict { .. })));
+        // A new deploy (here a restart-like redeploy) resets the waves to session 1.
+        deploy(&mut s, later + 3, "d2", "b1").unwrap();
+        assert_eq!(sched(&s), (ScheduleState::Running, 1));
+        // totalSessions <= 0 (None) deletes it and the stage's pointer.
+        s.apply(later + 4, Op::SetSchedule { env_id: env_id(), schedule: None }).unwrap();
+        assert!(s.schedule(&env_id()).is_none());
+        assert!(s.env_by_id(&env_id()).unwrap().schedule_id.is_none());
+    }
+
+    #[test]
+    fn schedule_cooling_down_without_a_schedule_the_deploy_turns_failing() {
+        // The control for the suppression above: same stall, no schedule.
+        let n = 2;
+        let azs = vec![None; n];
+        let mut s = stage(n, 1);
+        let mut agents = vec![Agent::default(); n];
+        deploy(&mut s, 0, "d0", "b1").unwrap();
+        settle(&mut s, &mut agents, 0, &azs);
+        deploy(&mut s, 10, "d1", "b2").unwrap();
+        s.apply(10 + 1_000 * MINUTE_MS, Op::Tick).unwrap();
+        assert_eq!(s.deploy(&DeployId::new("d1")).unwrap().state, Some(DeployState::Failing));
+    }
+
+    fn constraint(max: i64, ty: Option<DeployConstraintType>) -> Op {
+        Op::SetConstraint {
+            env_id: env_id(),
+            constraint: Some(DeployConstraintBean {
+                id: Some(ConstraintId::new("c1")),
+                constraint_key: Some("az".into()),
+                max_parallel: Some(max),
+                constraint_type: ty,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn constraint_caps_each_tag_value_and_first_deploys_bypass() {
+        let azs = [Some("a"), Some("a"), Some("a"), Some("b"), Some("b"), Some("c")];
+        let n = azs.len();
+        let mut s = stage(n, 6);
+        s.apply(0, constraint(1, None)).unwrap();
+        let c = s.constraint(&env_id()).unwrap();
+        assert_eq!(c.constraint_type, Some(DeployConstraintType::AllGroupsInParallel));
+        let mut agents = vec![Agent::default(); n];
+        deploy(&mut s, 0, "d0", "b1").unwrap();
+        // First deploys bypass the constraint: every host starts at once.
+        assert_eq!(admitted_round(&mut s, &mut agents, 1, &azs, "d0").len(), n);
+        settle(&mut s, &mut agents, 2, &azs);
+        assert_eq!(s.constraint(&env_id()).unwrap().state, Some(TagSyncState::Finished));
+        assert_eq!(
+            s.host_tag(&env_id(), &HostId::new("h3")).unwrap().tag_value.as_deref(),
+            Some("b")
+        );
+        // An unchanged tag writes nothing: a settled host's ping is read-only.
+        let mut req = PingRequestBean::new(HostId::new("h3"));
+        req.host_name = Some("h3".into());
+        req.ec2_tags = Some(r#"{"az":"b"}"#.into());
+        req.reports = agents[3].report.clone().into_iter().collect();
+        assert!(s.plan_ping(3, &req).is_read_only());
+        deploy(&mut s, 10, "d1", "b2").unwrap();
+        // One host per az deploys.
+        assert_eq!(admitted_round(&mut s, &mut agents, 11, &azs, "d1"), vec![0, 3, 5]);
+        assert_eq!(s.tag_counts(&env_id()), s.recount_tags(&env_id()));
+        assert_eq!(s.tag_counts(&env_id())["a"].deploying, 1);
+        // Resuming a paused mid-deploy host of az a would exceed the cap: refused, unchanged.
+        let pause = |h: &str, st| Op::HostAction {
+            env_id: env_id(),
+            hosts: vec![HostId::new(h)],
+            state: st,
+        };
+        s.apply(12, pause("h0", AgentState::PausedByUser)).unwrap();
+        assert_eq!(admitted_round(&mut s, &mut agents[..2], 13, &azs, "d1"), vec![1]);
+        let before = s.clone();
+        assert!(matches!(
+            s.apply(14, pause("h0", AgentState::Normal)),
+            Err(OpError::Conflict { .. })
+        ));
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn constraint_group_by_group_goes_one_tag_value_at_a_time() {
+        let azs = [Some("b"), Some("a"), Some("a"), Some("b"), Some("c")];
+        let n = azs.len();
+        let mut s = stage(n, 5);
+        let mut agents = vec![Agent::default(); n];
+        deploy(&mut s, 0, "d0", "b1").unwrap();
+        settle(&mut s, &mut agents, 1, &azs);
+        s.apply(2, constraint(2, Some(DeployConstraintType::GroupByGroup))).unwrap();
+        // Tags are recorded by the next pings (the new constraint starts over).
+        assert_eq!(s.constraint(&env_id()).unwrap().state, Some(TagSyncState::Processing));
+        settle(&mut s, &mut agents, 3, &azs);
+        assert_eq!(s.constraint(&env_id()).unwrap().state, Some(TagSyncState::Finished));
+        deploy(&mut s, 10, "d1", "b2").unwrap();
+        // "a" first (string order), both of its hosts (maxParallel 2).
+        assert_eq!(admitted_round(&mut s, &mut agents, 11, &azs, "d1"), vec![1, 2]);
+        assert!(admitted_round(&mut s, &mut agents, 12, &azs, "d1").len() <= 2);
+        let mut now = 13;
+        let mut order = Vec::new();
+        for _ in 0..40 {
+            now += 1;
+            for (i, a) in agents.iter_mut().enumerate() {
+                let was = a.report.as_ref().and_then(|r| r.deploy_id.clone());
+                step_tagged(&mut s, a, now, &format!("h{i}"), azs[i]);
+                let is = a.report.as_ref().and_then(|r| r.deploy_id.clone());
+                if was != is && is.as_ref().map(|d| d.as_str()) == Some("d1") {
+                    order.push(azs[i].unwrap());
+                }
+            }
+            // Never a host of a later value deploying while an earlier one is unfinished.
+            let counts = s.tag_counts(&env_id());
+            let mut earlier_unfinished = false;
+            for t in counts.values() {
+                assert!(!(earlier_unfinished && t.deploying > 0), "{counts:?}");
+                earlier_unfinished |= t.unfinished > 0;
+            }
+        }
+        assert_eq!(order, vec!["b", "b", "c"], "b after a, c after b");
+        assert_eq!(s.progress(&env_id()).finished, n as u32);
+    }
+
+    #[test]
+    fn constraint_waits_for_every_host_to_report_the_key() {
+        let azs = [Some("a"), None];
+        let mut s = stage(2, 2);
+        s.apply(0, constraint(1, None)).unwrap();
+        let mut agents = vec![Agent::default(); 2];
+        deploy(&mut s, 0, "d0", "b1").unwrap();
+        settle(&mut s, &mut agents, 1, &azs);
+        assert_eq!(s.constraint(&env_id()).unwrap().state, Some(TagSyncState::Processing));
+        deploy(&mut s, 10, "d1", "b2").unwrap();
+        assert!(admitted_round(&mut s, &mut agents, 11, &azs, "d1").is_empty());
+        // The missing host reports it: both values proceed.
+        let azs = [Some("a"), Some("b")];
+        assert_eq!(admitted_round(&mut s, &mut agents, 12, &azs, "d1"), vec![1]);
+        // (h1 continues its deploy; h0 is admitted once the constraint is FINISHED.)
+        assert_eq!(admitted_round(&mut s, &mut agents, 13, &azs, "d1"), vec![0, 1]);
+        // Deleting the constraint drops its tags and the pointer.
+        s.apply(14, Op::SetConstraint { env_id: env_id(), constraint: None }).unwrap();
+        assert!(s.constraint(&env_id()).is_none());
+        assert!(s.host_tags_of(&env_id()).next().is_none());
+        assert!(s.tag_counts(&env_id()).is_empty());
+        assert!(s.env_by_id(&env_id()).unwrap().deploy_constraint_id.is_none());
+    }
+}
+
+#[test]
+fn schedules_constraints_and_host_tags_reload_from_their_records() {
+    let mut s = stage(3, 3);
+    let mut agents = vec![Agent::default(); 3];
+    for (i, a) in agents.iter_mut().enumerate() {
+        a.az = Some(["a", "b"][i % 2].to_string());
+    }
+    let constraint = Op::SetConstraint {
+        env_id: env_id(),
+        constraint: Some(proto::beans::DeployConstraintBean {
+            id: Some(proto::ids::ConstraintId::new("c1")),
+            constraint_key: Some("az".into()),
+            max_parallel: Some(1),
+            ..Default::default()
+        }),
+    };
+    s.apply(0, constraint).unwrap();
+    let schedule = Op::SetSchedule {
+        env_id: env_id(),
+        schedule: Some(proto::beans::ScheduleBean {
+            id: Some(proto::ids::ScheduleId::new("s1")),
+            total_sessions: Some(1),
+            host_numbers: Some("1".into()),
+            cooldown_times: Some("-1".into()),
+            ..Default::default()
+        }),
+    };
+    s.apply(0, schedule).unwrap();
+    deploy(&mut s, 1, "d0", "b1").unwrap();
+    for round in 0..3 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    assert!(!s.tag_counts(&env_id()).is_empty());
+    assert!(s.schedule(&env_id()).is_some());
+    let mut disk = std::collections::BTreeMap::new();
+    for (k, v) in s.take_dirty() {
+        if let Some(v) = v {
+            disk.insert(k, v);
+        }
+    }
+    s.take_changes();
+    let mut reloaded = State::default();
+    for (k, v) in &disk {
+        reloaded.load_record(k, v).unwrap();
+    }
+    reloaded.finish_load();
+    assert_eq!(reloaded, s);
 }

@@ -17,11 +17,15 @@ pub mod history;
 pub mod prefetch;
 pub mod promote;
 pub mod retention;
+pub mod schedule;
 pub mod tags;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proto::beans::{AgentBean, BuildBean, DeployBean, EnvironBean, PromoteBean, TagBean};
+use proto::beans::{
+    AgentBean, BuildBean, DeployBean, DeployConstraintBean, EnvironBean, HostTagBean, PromoteBean,
+    ScheduleBean, TagBean,
+};
 use proto::command::{EnvConfigKind, Op, OpError, OpOutput, OpResult};
 use proto::ids::{BuildId, DeployId, EnvId, HostId, TagId};
 
@@ -47,6 +51,12 @@ enum Key {
     Token(String),
     /// A user's role binding.
     UserRole(auth::BindingKey),
+    /// A stage's schedule (waves).
+    Schedule(EnvId),
+    /// A stage's deploy constraint.
+    Constraint(EnvId),
+    /// A host's value for its stage's constraint key (Teletraan's `host_tags`).
+    HostTag(EnvId, HostId),
 }
 
 impl Key {
@@ -69,6 +79,9 @@ impl Key {
             Key::Tag(id) => format!("t/{id}").into_bytes(),
             Key::Token(hash) => format!("k/{hash}").into_bytes(),
             Key::UserRole(key) => auth::binding_key(key),
+            Key::Schedule(id) => format!("w/{id}").into_bytes(),
+            Key::Constraint(id) => format!("q/{id}").into_bytes(),
+            Key::HostTag(env, host) => format!("v/{env}/{host}").into_bytes(),
         }
     }
 }
@@ -121,6 +134,13 @@ pub struct State {
     dirty: BTreeSet<Key>,
     /// Tokens and role bindings.
     auth: auth::AuthState,
+    // ----- schedules and deploy constraints (`schedule.rs`) -----
+    schedules: BTreeMap<EnvId, ScheduleBean>,
+    constraints: BTreeMap<EnvId, DeployConstraintBean>,
+    /// (stage, host) -> the host's value for the stage's constraint key.
+    host_tags: BTreeMap<(EnvId, HostId), HostTagBean>,
+    /// (stage, tag value) -> counts over agent rows (derived, not persisted).
+    tag_counts: BTreeMap<(EnvId, String), schedule::TagCounts>,
 }
 
 fn invalid(reason: impl Into<String>) -> OpError {
@@ -192,6 +212,13 @@ impl State {
                 self.delete_user_role((resource_type, resource_id, user))
             }
             Op::CreateEnvOwned { env, creator } => self.create_env_owned(now_ms, env, creator),
+            Op::SetSchedule { env_id, schedule } => self.set_schedule(now_ms, &env_id, schedule),
+            Op::OverrideSchedule { env_id, session } => {
+                self.override_schedule(now_ms, &env_id, session)
+            }
+            Op::SetConstraint { env_id, constraint } => {
+                self.set_constraint(now_ms, &env_id, constraint)
+            }
         }
     }
 
@@ -275,6 +302,21 @@ impl State {
         if self.promotes.remove(&id).is_some() {
             self.dirty.insert(Key::Promote(id.clone()));
         }
+        if self.schedules.remove(&id).is_some() {
+            self.dirty.insert(Key::Schedule(id.clone()));
+        }
+        if self.constraints.remove(&id).is_some() {
+            self.dirty.insert(Key::Constraint(id.clone()));
+        }
+        let tags: Vec<(EnvId, HostId)> = self
+            .host_tags_of(&id)
+            .filter_map(|t| Some((t.env_id.clone()?, t.host_id.clone()?)))
+            .collect();
+        for k in tags {
+            self.host_tags.remove(&k);
+            self.dirty.insert(Key::HostTag(k.0, k.1));
+        }
+        self.reset_tag_counts(&id);
         self.dirty.insert(Key::Env(id));
         Ok(OpOutput::Done)
     }
@@ -409,6 +451,9 @@ impl State {
                     Key::Tag(id) => self.tags.get(id).map(encode),
                     Key::Token(hash) => self.auth.tokens.get(hash).map(encode),
                     Key::UserRole(key) => self.auth.bindings.get(key).map(encode),
+                    Key::Schedule(id) => self.schedules.get(id).map(encode),
+                    Key::Constraint(id) => self.constraints.get(id).map(encode),
+                    Key::HostTag(e, h) => self.host_tags.get(&(e.clone(), h.clone())).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -485,6 +530,21 @@ impl State {
                 let key = auth::parse_binding_key(id)?;
                 self.auth.bindings.insert(key, postcard::from_bytes(value).map_err(bad)?);
             }
+            Some(b"w/") => {
+                self.schedules.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"q/") => {
+                self.constraints.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"v/") => {
+                let (env, host) = id
+                    .split_once('/')
+                    .ok_or_else(|| format!("host tag key {id:?} lacks a host"))?;
+                self.host_tags.insert(
+                    (EnvId::new(env), HostId::new(host)),
+                    postcard::from_bytes(value).map_err(bad)?,
+                );
+            }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
         Ok(())
@@ -530,12 +590,19 @@ impl State {
             total.existing += c.existing;
             total.active += c.active;
         }
+        // Like `put_agent`: no all-zero entries (a stage whose rows are all first deploys).
+        self.counters.retain(|_, c| *c != StageCounters::default());
         self.progress = self
             .envs
             .keys()
             .map(|id| (id.clone(), self.recount_progress(id)))
             .filter(|(_, p)| *p != Progress::default())
             .collect();
+        self.tag_counts.clear();
+        let staged: Vec<EnvId> = self.constraints.keys().cloned().collect();
+        for id in staged {
+            self.reset_tag_counts(&id);
+        }
         self.capacity_by_host.clear();
         self.capacity_by_group.clear();
         for (id, cap) in &self.capacity {
