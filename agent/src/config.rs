@@ -78,6 +78,9 @@ pub struct AgentConfig {
     pub availability_zone: Option<String>,
     /// Extra variables for every hook (e.g. a port per host when several agents share a box).
     pub hook_env: BTreeMap<String, String>,
+    /// The host's tags, reported to the coordinators as `ec2Tags` (e.g. `az = "us-east-1a"`):
+    /// a stage's deploy constraint groups hosts by one of them.
+    pub tags: BTreeMap<String, String>,
     /// This host's `tt-blob/1` endpoint (UDP): the address its peers dial, so a concrete IP
     /// (port 0 picks a free port). Set with `swarm_tls_dir` to fetch `tt://blob/` builds
     /// through the swarm and serve them to peers; unset, they come from the coordinators.
@@ -133,6 +136,7 @@ impl Default for AgentConfig {
             groups: Vec::new(),
             availability_zone: None,
             hook_env: BTreeMap::new(),
+            tags: BTreeMap::new(),
             swarm_listen: None,
             swarm_tls_dir: None,
             swarm_dir: None,

@@ -3,7 +3,7 @@
 //! a `-g` string into characters: quirk 2); the availability zone is optional (Teletraan refused
 //! to ping without one: quirk 1).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use proto::ids::HostId;
@@ -20,6 +20,9 @@ pub struct HostInfo {
     pub groups: BTreeSet<String>,
     pub availability_zone: Option<String>,
     pub autoscaling_group: Option<String>,
+    /// The host's tags (Teletraan's agents report their EC2 tags), sent as `ec2Tags`: deploy
+    /// constraints group hosts by one of them.
+    pub tags: BTreeMap<String, String>,
 }
 
 /// What the operator set explicitly (flags or config); unset fields fall back.
@@ -30,6 +33,7 @@ pub struct Overrides {
     pub ip: Option<String>,
     pub groups: Vec<String>,
     pub availability_zone: Option<String>,
+    pub tags: BTreeMap<String, String>,
 }
 
 fn strip(s: &str) -> &str {
@@ -92,6 +96,7 @@ impl HostInfo {
             groups,
             availability_zone: o.availability_zone.clone().or_else(|| get("availability-zone")),
             autoscaling_group: get("autoscaling-group"),
+            tags: o.tags.clone(),
         }
     }
 
@@ -103,6 +108,10 @@ impl HostInfo {
         req.groups = self.groups.clone();
         req.availability_zone = self.availability_zone.clone();
         req.autoscaling_group = self.autoscaling_group.clone();
+        if !self.tags.is_empty() {
+            req.ec2_tags =
+                Some(serde_json::to_string(&self.tags).expect("a string map serializes"));
+        }
         req.agent_version = Some(env!("CARGO_PKG_VERSION").to_string());
         req
     }
@@ -151,6 +160,7 @@ mod tests {
             ..Default::default()
         };
         let h = HostInfo::resolve(dir.path(), &o);
+        assert_eq!(h.ping_request().ec2_tags, None, "no tags, no ec2Tags");
         assert_eq!(h.hostname, "web-2");
         assert_eq!(h.host_id, "i-0abc", "id still from the file");
         assert_eq!(h.groups.len(), 3, "groups are names, not characters: {:?}", h.groups);
@@ -161,5 +171,19 @@ mod tests {
         assert_eq!(h.host_id, h.hostname, "id defaults to the hostname");
         let req = h.ping_request();
         assert_eq!(req.host_id.as_str(), h.host_id);
+    }
+
+    #[test]
+    fn tags_are_reported_as_ec2_tags_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Overrides {
+            hostname: Some("web-3".into()),
+            tags: [("az".to_string(), "us-east-1a".to_string())].into(),
+            ..Default::default()
+        };
+        let req = HostInfo::resolve(dir.path(), &o).ping_request();
+        let tags: BTreeMap<String, String> =
+            serde_json::from_str(req.ec2_tags.as_deref().unwrap()).unwrap();
+        assert_eq!(tags["az"], "us-east-1a");
     }
 }

@@ -166,6 +166,7 @@ fn run_daemon(mut cfg: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
         ip: args.ip.or(cfg.ip.clone()),
         groups: if args.groups.is_empty() { cfg.groups.clone() } else { args.groups },
         availability_zone: args.availability_zone.or(cfg.availability_zone.clone()),
+        tags: cfg.tags.clone(),
     };
     let once = args.once;
     let rt = tokio::runtime::Builder::new_multi_thread()
