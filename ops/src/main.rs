@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 mod cmd_bench;
 mod cmd_deploy;
+mod cmd_env_config;
 mod cmd_promote;
 mod cmd_token;
 
@@ -222,6 +223,9 @@ enum EnvCmd {
     },
     /// Delete a stage.
     Delete { stage: String },
+    /// A stage's whole config (settings, capacity, script and agent configs, promote config);
+    /// `--set FIELD=VALUE` changes settings, `--history` shows the config history.
+    Config(cmd_env_config::EnvConfigArgs),
 }
 
 #[derive(Subcommand)]
@@ -566,6 +570,7 @@ async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
             client.put(&format!("/v1/envs/{e}/{st}"), &Value::Object(body)).await?;
             println!("updated {stage}");
         }
+        EnvCmd::Config(a) => cmd_env_config::env_config(client, out, a).await?,
         EnvCmd::Delete { stage } => {
             let (e, st) = split_stage(&stage)?;
             client.delete(&format!("/v1/envs/{e}/{st}")).await?;
