@@ -17,5 +17,6 @@ pub mod raft;
 pub mod state;
 pub mod store;
 pub mod swarm;
+pub mod webhooks;
 
 pub use p2p_transfer::{rpc, tls};

@@ -1,7 +1,8 @@
 //! `auth = "tokens"` on a real three-node cluster: 401 without a valid token, 403 without the
 //! role (nothing changes), an env's creator becomes its ADMIN and may deploy there but not
 //! elsewhere, tokens are shown once and stop working when deleted, and a write forwarded by a
-//! follower is checked by the leader.
+//! follower is checked by the leader; deploys, promotions and builds record the authenticated
+//! principal as their operator.
 
 use std::time::Duration;
 
@@ -103,7 +104,10 @@ async fn tokens_mode_end_to_end() {
     assert_eq!(s, 201, "{e}");
     // A second stage of web by someone else does not change its admins.
     let (s, _) = admin
-        .post(format!("{lead}/v1/envs"), json!({"envName": "web", "stageName": "canary"}))
+        .post(
+            format!("{lead}/v1/envs"),
+            json!({"envName": "web", "stageName": "canary", "buildName": "svc"}),
+        )
         .await;
     assert_eq!(s, 201);
     let (_, roles) = admin.get(format!("{lead}/v1/envs/web/user_roles")).await;
@@ -117,6 +121,40 @@ async fn tokens_mode_end_to_end() {
     let (s, d) =
         alice.post(format!("{fol}/v1/envs/web/prod/deploys?buildId={build_id}"), json!(null)).await;
     assert_eq!(s, 201, "{d}");
+    assert_eq!(d["operator"], "alice", "the operator is the authenticated principal: {d}");
+    assert_eq!(b["publisher"], "alice", "{b}");
+
+    tracing::info!("a promotion and a restart record who asked, never a client-supplied name");
+    let (s, d) = admin
+        .post(
+            format!(
+                "{lead}/v1/envs/web/canary/deploys/current/actions?actionType=PROMOTE&fromDeployId={}&operator=mallory",
+                d["id"].as_str().unwrap()
+            ),
+            json!({"operator": "mallory"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["operator"], "admin", "{d}");
+    assert!(d["fromDeployId"].is_string(), "{d}");
+    let (s, d) = alice
+        .post(
+            format!("{fol}/v1/envs/web/canary/deploys/current/actions?actionType=RESTART"),
+            json!(null),
+        )
+        .await;
+    assert_eq!(s, 201, "{d}");
+    assert_eq!(d["operator"], "alice", "{d}");
+    let (s, _) = alice
+        .send(
+            reqwest::Method::PUT,
+            format!("{fol}/v1/envs/web/canary/promotes"),
+            Some(json!({"delay": 3})),
+        )
+        .await;
+    assert_eq!(s, 204);
+    let (_, p) = admin.get(format!("{lead}/v1/envs/web/canary/promotes")).await;
+    assert_eq!(p["lastOperator"], "alice", "{p}");
     for base in [&lead, &fol] {
         let (s, e) = alice
             .post(format!("{base}/v1/envs/api/prod/deploys?buildId={build_id}"), json!(null))

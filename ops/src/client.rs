@@ -5,6 +5,27 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Exit code: the resource was not found (404).
+pub const EXIT_NOT_FOUND: i32 = 4;
+/// Exit code: no leader, or no coordinator reachable (503, connection errors).
+pub const EXIT_UNAVAILABLE: i32 = 5;
+/// Exit code: not authenticated (401: no token, an unknown or an expired one).
+pub const EXIT_NOT_AUTHENTICATED: i32 = 6;
+/// Exit code: authenticated but lacking the role (403).
+pub const EXIT_FORBIDDEN: i32 = 7;
+
+/// `tt --help`'s list of exit codes.
+pub const EXIT_CODES_HELP: &str = "Exit codes:
+  0  success
+  1  error (the server refused the request, or it failed)
+  2  usage error
+  3  `tt status -w`: --timeout passed before the deploy finished
+  4  not found (404)
+  5  service unavailable: no leader, or no coordinator reachable
+  6  not authenticated (401): set TT_TOKEN to a valid token
+  7  forbidden (403): the token lacks the role the message names
+`tt status -w` also exits 1 when the deploy is FAILING or ABORTED.";
+
 /// Timeout of one API call.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -19,12 +40,29 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The exit code `tt` uses for this error: 4 not found, 5 unavailable, 1 otherwise.
+    /// The exit code `tt` uses for this error (see [`EXIT_CODES_HELP`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ClientError::Api { status: 404, .. } => 4,
-            ClientError::Api { status: 503, .. } | ClientError::Unreachable { .. } => 5,
+            ClientError::Api { status: 401, .. } => EXIT_NOT_AUTHENTICATED,
+            ClientError::Api { status: 403, .. } => EXIT_FORBIDDEN,
+            ClientError::Api { status: 404, .. } => EXIT_NOT_FOUND,
+            ClientError::Api { status: 503, .. } | ClientError::Unreachable { .. } => {
+                EXIT_UNAVAILABLE
+            }
             _ => 1,
+        }
+    }
+
+    /// What the operator can do about an authentication or authorization refusal.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ClientError::Api { status: 401, .. } => Some(
+                "set TT_TOKEN (or --token) to a valid token; an admin creates one with `tt token create`",
+            ),
+            ClientError::Api { status: 403, .. } => Some(
+                "the token lacks the role named above on that env; ask an ADMIN of the env (or of the system) for it, or use a token that holds it",
+            ),
+            _ => None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `tt`: the operator CLI for the tt deploy service.
 //!
-//! Exit codes: 0 success, 1 error, 2 usage, 4 not found, 5 service unavailable (no leader or
-//! unreachable).
+//! Exit codes (`ops::client::EXIT_CODES_HELP`, shown by `tt --help`): 0 success, 1 error,
+//! 2 usage, 3 `status -w` timeout, 4 not found, 5 service unavailable (no leader or
+//! unreachable), 6 not authenticated (401), 7 forbidden (403).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,12 +16,17 @@ use serde_json::{Value, json};
 
 mod cmd_bench;
 mod cmd_deploy;
+mod cmd_env_config;
 mod cmd_promote;
 mod cmd_schedule;
 mod cmd_token;
 
 #[derive(Parser)]
-#[command(version, about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)")]
+#[command(
+    version,
+    about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)",
+    after_help = ops::client::EXIT_CODES_HELP
+)]
 struct Cli {
     /// Coordinator HTTP address (any node).
     #[arg(long, global = true, env = "TT_ADDR", default_value = "http://127.0.0.1:8080")]
@@ -224,6 +230,9 @@ enum EnvCmd {
     },
     /// Delete a stage.
     Delete { stage: String },
+    /// A stage's whole config (settings, capacity, script and agent configs, promote config);
+    /// `--set FIELD=VALUE` changes settings, `--history` shows the config history.
+    Config(cmd_env_config::EnvConfigArgs),
 }
 
 #[derive(Subcommand)]
@@ -300,7 +309,11 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            e.downcast_ref::<ClientError>().map_or(1, ClientError::exit_code)
+            let client_error = e.downcast_ref::<ClientError>();
+            if let Some(hint) = client_error.and_then(ClientError::hint) {
+                eprintln!("hint: {hint}");
+            }
+            client_error.map_or(1, ClientError::exit_code)
         }
     };
     std::process::exit(code);
@@ -566,6 +579,7 @@ async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
             client.put(&format!("/v1/envs/{e}/{st}"), &Value::Object(body)).await?;
             println!("updated {stage}");
         }
+        EnvCmd::Config(a) => cmd_env_config::env_config(client, out, a).await?,
         EnvCmd::Delete { stage } => {
             let (e, st) = split_stage(&stage)?;
             client.delete(&format!("/v1/envs/{e}/{st}")).await?;

@@ -1,5 +1,6 @@
 //! `tt token create|list|delete` against a one-node cluster in `auth = "tokens"` mode: a token
-//! is printed once, listed without its value, works until it is deleted.
+//! is printed once, listed without its value, works until it is deleted; 401 and 403 exit with
+//! their own codes and say what to do.
 
 use std::process::Command;
 use std::time::Duration;
@@ -60,12 +61,20 @@ async fn token_verbs_create_list_delete() {
     let (code, _, err) = tt(&addr, &token, &["env", "list"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tt(&addr, &token, &["token", "list", "--system"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, ops::client::EXIT_FORBIDDEN, "{err}");
     assert!(err.contains("MANAGE_SCRIPT_TOKEN"), "{err}");
+    assert!(err.contains("ask an ADMIN"), "{err}");
+    // No token at all: 401, its own exit code, and what to do.
+    let (code, _, err) = tt(&addr, "", &["env", "list"]);
+    assert_eq!(code, ops::client::EXIT_NOT_AUTHENTICATED, "{err}");
+    assert!(err.contains("set TT_TOKEN"), "{err}");
+    let (code, out, _) = tt(&addr, "", &["--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("6  not authenticated") && out.contains("7  forbidden"), "{out}");
 
     let (code, _, err) = tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tt(&addr, &token, &["env", "list"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, ops::client::EXIT_NOT_AUTHENTICATED, "{err}");
     assert!(err.contains("401"), "{err}");
 }

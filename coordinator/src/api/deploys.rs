@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::teletraan::{ANONYMOUS, JsonBody};
 use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
 use crate::state::prefetch::PrefetchBlob;
+use crate::auth::Principal;
 
 /// How often the leader checks whether a deploy's state should move with time (stuck timer).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
@@ -288,8 +289,10 @@ struct DeployQuery {
 
 /// Proposes a new deploy of `build_id` on the stage, expecting its current deploy to be
 /// `env.deploy_id` (refused with 409 if another deploy got there first).
+#[allow(clippy::too_many_arguments, reason = "one parameter per DeployBean field set here")]
 async fn start_deploy(
     app: &AppState,
+    operator: &Principal,
     env: &EnvironBean,
     build_id: BuildId,
     deploy_type: DeployType,
@@ -303,7 +306,7 @@ async fn start_deploy(
         deploy_type: Some(deploy_type),
         alias,
         from_deploy_id: from,
-        operator: Some(ANONYMOUS.to_string()),
+        operator: Some(operator.name.clone()),
         description,
         ..Default::default()
     };
@@ -324,9 +327,11 @@ async fn start_deploy(
 
 async fn create_deploy(
     State(app): State<App>,
+    principal: Option<axum::Extension<Principal>>,
     Path((env, stage)): Path<(String, String)>,
     Query(q): Query<DeployQuery>,
 ) -> Result<Response, ApiError> {
+    let principal = principal.map_or_else(Principal::anonymous, |p| p.0);
     let build_id = q
         .build_id
         .filter(|b| !b.is_empty())
@@ -334,7 +339,8 @@ async fn create_deploy(
     let e = env_of(&app, &env, &stage)?;
     let build_id = BuildId::new(build_id);
     super::promotes::refuse_bad_build(&app, &build_id, q.force)?;
-    start_deploy(&app, &e, build_id, DeployType::Regular, None, None, q.description).await
+    start_deploy(&app, &principal, &e, build_id, DeployType::Regular, None, None, q.description)
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -351,9 +357,11 @@ struct ActionQuery {
 
 async fn deploy_action(
     State(app): State<App>,
+    principal: Option<axum::Extension<Principal>>,
     Path((env, stage)): Path<(String, String)>,
     Query(q): Query<ActionQuery>,
 ) -> Result<Response, ApiError> {
+    let principal = principal.map_or_else(Principal::anonymous, |p| p.0);
     let action: DeployActionType =
         q.action_type.parse().map_err(|e| ApiError::bad_request(format!("actionType: {e}")))?;
     let e = env_of(&app, &env, &stage)?;
@@ -372,7 +380,7 @@ async fn deploy_action(
                     env_name: env,
                     stage_name: stage,
                     patch,
-                    operator: ANONYMOUS.into(),
+                    operator: principal.name.clone(),
                 },
             )
             .await?;
@@ -383,7 +391,17 @@ async fn deploy_action(
                 ApiError::not_found(format!("stage {env}/{stage} has no current deploy"))
             })?;
             let build = cur.build_id.clone().expect("deploys have builds");
-            start_deploy(&app, &e, build, DeployType::Restart, None, None, q.description).await
+            start_deploy(
+                &app,
+                &principal,
+                &e,
+                build,
+                DeployType::Restart,
+                None,
+                None,
+                q.description,
+            )
+            .await
         }
         DeployActionType::Rollback => {
             let applied_target = {
@@ -400,6 +418,7 @@ async fn deploy_action(
             let build = target.build_id.clone().expect("deploys have builds");
             start_deploy(
                 &app,
+                &principal,
                 &e,
                 build,
                 DeployType::Rollback,
@@ -420,7 +439,17 @@ async fn deploy_action(
             .ok_or_else(|| ApiError::not_found(format!("deploy {from} not found")))?;
             let build = source.build_id.clone().expect("deploys have builds");
             super::promotes::refuse_bad_build(&app, &build, q.force)?;
-            start_deploy(&app, &e, build, DeployType::Regular, None, source.id, q.description).await
+            start_deploy(
+                &app,
+                &principal,
+                &e,
+                build,
+                DeployType::Regular,
+                None,
+                source.id,
+                q.description,
+            )
+            .await
         }
     }
 }
@@ -761,6 +790,7 @@ async fn get_config(
 
 async fn put_config(
     app: &AppState,
+    operator: String,
     env: &str,
     stage: &str,
     values: BTreeMap<String, String>,
@@ -786,12 +816,7 @@ async fn put_config(
         )));
     }
     let e = env_of(app, env, stage)?;
-    let op = Op::SetEnvConfig {
-        env_id: e.id.expect("stages have ids"),
-        kind,
-        values,
-        operator: ANONYMOUS.into(),
-    };
+    let op = Op::SetEnvConfig { env_id: e.id.expect("stages have ids"), kind, values, operator };
     propose(app, op).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -807,9 +832,11 @@ fn config_route(kind: EnvConfigKind) -> axum::routing::MethodRouter<App> {
     )
     .put(
         move |State(app): State<App>,
+              principal: Option<axum::Extension<Principal>>,
               Path((env, stage)): Path<(String, String)>,
               JsonBody(values): JsonBody<BTreeMap<String, String>>| async move {
-            put_config(&app, &env, &stage, values, kind).await
+            let operator = principal.map_or_else(|| ANONYMOUS.to_string(), |p| p.0.name);
+            put_config(&app, operator, &env, &stage, values, kind).await
         },
     )
 }

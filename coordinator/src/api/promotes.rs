@@ -64,6 +64,7 @@ async fn get_promote(
 /// `lastOperator` and `lastUpdate` are the server's.
 async fn put_promote(
     State(app): State<App>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     Path((env, stage)): Path<(String, String)>,
     JsonBody(mut patch): JsonBody<PromoteBean>,
 ) -> Result<Response, ApiError> {
@@ -72,7 +73,8 @@ async fn put_promote(
     patch.last_operator = None;
     patch.last_update = None;
     let env_id = env_id_of(&app, &env, &stage)?;
-    propose(&app, Op::UpdatePromote { env_id, patch, operator: ANONYMOUS.into() }).await?;
+    let operator = principal.map_or_else(|| ANONYMOUS.to_string(), |p| p.0.name);
+    propose(&app, Op::UpdatePromote { env_id, patch, operator }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -97,6 +99,7 @@ pub fn refuse_bad_build(app: &AppState, build: &BuildId, force: bool) -> Result<
 /// name, Teletraan's rewrite).
 async fn create_tag(
     State(app): State<App>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     JsonBody(mut tag): JsonBody<TagBean>,
 ) -> Result<Response, ApiError> {
     if tag.value.is_none() {
@@ -109,7 +112,7 @@ async fn create_tag(
         return Err(ApiError::bad_request("targetId is required (for BUILD tags: the build id)"));
     }
     tag.id = Some(TagId::new(app.ids.next()));
-    tag.operator = Some(ANONYMOUS.to_string());
+    tag.operator = Some(principal.map_or_else(|| ANONYMOUS.to_string(), |p| p.0.name));
     tag.created_date = None;
     tag.meta_info = None;
     tag.target_type.get_or_insert(TagTargetType::Build);

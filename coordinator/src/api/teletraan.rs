@@ -22,7 +22,7 @@ use proto::auth::Role;
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// Longest env, stage or build name (Teletraan's VARCHAR(64)).
 pub const MAX_NAME_LEN: usize = 64;
-/// Operator recorded for changes until authentication lands.
+/// Operator recorded for changes in `auth = "anonymous"` mode (the principal's name).
 pub const ANONYMOUS: &str = "anonymous";
 
 pub fn routes() -> Router<App> {
@@ -270,6 +270,7 @@ async fn current_deploy(
 
 async fn publish_build(
     State(app): State<App>,
+    principal: Option<axum::Extension<Principal>>,
     JsonBody(mut b): JsonBody<BuildBean>,
 ) -> Result<Response, ApiError> {
     let required = |v: &Option<String>, field: &str| match v.as_deref() {
@@ -294,7 +295,7 @@ async fn publish_build(
     let short =
         b.commit_short.get_or_insert_with(|| BuildBean::short_commit(&commit).to_string()).clone();
     b.publish_info.get_or_insert_with(|| "UNKNOWN".to_string());
-    b.publisher = Some(ANONYMOUS.to_string());
+    b.publisher = Some(principal.map_or_else(|| ANONYMOUS.to_string(), |p| p.0.name));
     b.id = Some(BuildId::from_uuid_bytes(app.ids.uuid_bytes(), &short));
     match propose(&app, Op::PublishBuild { build: b }).await? {
         OpOutput::Build(b) => {

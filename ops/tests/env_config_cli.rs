@@ -1,0 +1,89 @@
+//! `tt env config` against a one-node cluster: the whole config in sections and as JSON,
+//! `--set` through `PUT /v1/envs/{e}/{s}` (unknown fields refused, nothing changed), and
+//! `--history`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use serde_json::Value;
+
+fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_config_shows_sets_and_lists_history() {
+    ops::ensure_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = DevCluster::start(Spec {
+        nodes: 1,
+        dir: dir.path().into(),
+        base_http_port: None,
+        base_raft_port: None,
+        coordinator_bin: find_coordinator_bin().unwrap(),
+        env: vec![],
+        advertise: None,
+    })
+    .unwrap();
+    cluster.wait_leader(&[1], Duration::from_secs(30)).await.unwrap();
+    let addr = cluster.base_url(1);
+    let ok = |args: &[&str]| {
+        let (code, out, err) = tt(&addr, args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        out
+    };
+    ok(&["env", "create", "svc/prod", "--max-parallel", "2"]);
+    ok(&["capacity", "svc/prod", "--group", "g-prod", "--host", "h1"]);
+
+    let out = ok(&["env", "config", "svc/prod"]);
+    for want in ["SETTINGS", "maxParallel", "successThreshold", "CAPACITY", "g-prod", "PROMOTE"] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+
+    let out = ok(&[
+        "env",
+        "config",
+        "svc/prod",
+        "--set",
+        "maxParallel=4",
+        "--set",
+        "acceptanceType=MANUAL",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["env"]["maxParallel"], 4, "{v}");
+    assert_eq!(v["env"]["maxParallelPct"], 0, "one parallelism mode at a time: {v}");
+    assert_eq!(v["env"]["acceptanceType"], "MANUAL", "{v}");
+    assert_eq!(v["capacity"]["groups"][0], "g-prod", "{v}");
+    assert_eq!(v["capacity"]["hosts"][0], "h1", "{v}");
+    assert_eq!(v["promote"]["type"], "MANUAL", "{v}");
+    assert!(v["scriptConfigs"].is_object(), "{v}");
+
+    // An unknown field, or a bad value the server refuses: an error, nothing changes.
+    let (code, _, err) = tt(&addr, &["env", "config", "svc/prod", "--set", "maxParalel=9"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown field \"maxParalel\"") && err.contains("maxParallel"), "{err}");
+    let (code, _, err) =
+        tt(&addr, &["env", "config", "svc/prod", "--set", "successThreshold=20000"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("successThreshold"), "{err}");
+    let v: Value = serde_json::from_str(&ok(&["env", "config", "svc/prod", "-o", "json"])).unwrap();
+    assert_eq!(v["env"]["maxParallel"], 4);
+    assert_eq!(v["env"]["successThreshold"], 10000);
+
+    let h: Value =
+        serde_json::from_str(&ok(&["env", "config", "svc/prod", "--history", "-o", "json"]))
+            .unwrap();
+    assert_eq!(h[0]["type"], "Env General Config", "{h}");
+    assert!(h[0]["configChange"].as_str().unwrap().contains("\"maxParallel\":4"), "{h}");
+    let out = ok(&["env", "config", "svc/prod", "--history"]);
+    assert!(out.contains("Env General Config") && out.contains("OPERATOR"), "{out}");
+}
