@@ -408,7 +408,16 @@ impl DevCluster {
                 return Ok(*l);
             }
             if Instant::now() > deadline {
-                bail!("no agreed leader among {among:?} within {timeout:?}; saw {seen:?}");
+                // The logs of the nodes that named no leader say why (a port taken, a crash).
+                let logs: String = among
+                    .iter()
+                    .zip(&seen)
+                    .filter(|(_, s)| s.is_none())
+                    .map(|(id, _)| {
+                        format!("\n--- node {id} log tail ---\n{}", self.log_tail(*id, 2000))
+                    })
+                    .collect();
+                bail!("no agreed leader among {among:?} within {timeout:?}; saw {seen:?}{logs}");
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
