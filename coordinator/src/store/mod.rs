@@ -15,7 +15,7 @@ pub mod snapshot;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, DB, Env, Options};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
 
 pub use self::log::LogStore;
 pub use self::sm::StateMachineStore;
@@ -24,8 +24,6 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_SM_META: &str = "sm_meta";
 pub(crate) const CF_SM_DATA: &str = "sm_data";
-/// Memtables a column family may hold (one written, the rest waiting for a flush).
-const MAX_MEMTABLES_PER_CF: i32 = 4;
 
 /// Typed error for opening a node's store.
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +49,9 @@ pub async fn open(dir: &Path) -> Result<(LogStore, StateMachineStore), OpenError
     // 2-core machine.
     opts.set_max_background_jobs(2);
     opts.set_keep_log_file_num(4);
-    // Compactions run below the node's own threads: on a small machine (or three nodes on
-    // one), rewriting old files must not take the CPU from a commit in flight. Flushes keep
-    // normal priority, so memtables drain and writes never stall behind them.
-    let mut env =
-        Env::new().map_err(|source| OpenError::Rocks { path: db_path.clone(), source })?;
-    env.lower_thread_pool_cpu_priority();
-    opts.set_env(&env);
-    let cfs = [CF_LOG, CF_META, CF_SM_META, CF_SM_DATA].into_iter().map(|name| {
-        let mut cf_opts = Options::default();
-        // Room for memtables to wait for a flush without stalling writes.
-        cf_opts.set_max_write_buffer_number(MAX_MEMTABLES_PER_CF);
-        ColumnFamilyDescriptor::new(name, cf_opts)
-    });
+    let cfs = [CF_LOG, CF_META, CF_SM_META, CF_SM_DATA]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, &db_path, cfs)
         .map_err(|source| OpenError::Rocks { path: db_path.clone(), source })?;
     let db = Arc::new(db);
