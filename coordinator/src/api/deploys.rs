@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::teletraan::{ANONYMOUS, JsonBody};
 use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
-use crate::state::prefetch::PrefetchBlob;
 use crate::auth::Principal;
+use crate::state::prefetch::PrefetchBlob;
 
 /// How often the leader checks whether a deploy's state should move with time (stuck timer).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);

@@ -279,3 +279,17 @@ pub async fn propose(app: &AppState, op: Op) -> Result<OpOutput, ApiError> {
         ))),
     }
 }
+
+/// The id of stage `env`/`stage`, or 404.
+pub(crate) fn env_id_of(
+    app: &AppState,
+    env: &str,
+    stage: &str,
+) -> Result<proto::ids::EnvId, ApiError> {
+    let applied = app.applied.read().expect("applied lock poisoned");
+    applied
+        .state
+        .env_id(env, stage)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
+}

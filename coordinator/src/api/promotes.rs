@@ -19,7 +19,7 @@ use proto::ids::{BuildId, DeployId, TagId};
 use serde::Serialize;
 
 use super::teletraan::{ANONYMOUS, JsonBody};
-use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
+use super::{ApiError, App, AppState, ReadMode, env_id_of, propose, read_barrier};
 use crate::state::promote::check_promote_fields;
 use crate::state::retention::BuildRetention;
 
@@ -37,15 +37,6 @@ pub fn routes() -> Router<App> {
         .route("/v1/tags/targets/{id}/latest", get(latest_tag_of_target))
         .route("/v1/tags/values/{value}", get(tags_with_value))
         .route("/v1/builds/{id}/tags", get(build_tags))
-}
-
-fn env_id_of(app: &AppState, env: &str, stage: &str) -> Result<proto::ids::EnvId, ApiError> {
-    let applied = app.applied.read().expect("applied lock poisoned");
-    applied
-        .state
-        .env_id(env, stage)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
 }
 
 /// The stage's promote config, or Teletraan's default one if it never had one.

@@ -9,11 +9,11 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use proto::beans::{DeployConstraintBean, HostTagBean, ScheduleBean};
 use proto::command::{Op, OpOutput};
-use proto::ids::{ConstraintId, EnvId, ScheduleId};
+use proto::ids::{ConstraintId, ScheduleId};
 use serde::Deserialize;
 
 use super::teletraan::JsonBody;
-use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
+use super::{ApiError, App, ReadMode, env_id_of, propose, read_barrier};
 use crate::state::schedule::{Sessions, validate_constraint};
 
 pub fn routes() -> Router<App> {
@@ -27,15 +27,6 @@ pub fn routes() -> Router<App> {
             get(get_constraint).post(post_constraint).delete(delete_constraint),
         )
         .route("/v1/envs/{env}/{stage}/host_tags", get(host_tags))
-}
-
-fn env_id_of(app: &AppState, env: &str, stage: &str) -> Result<EnvId, ApiError> {
-    let applied = app.applied.read().expect("applied lock poisoned");
-    applied
-        .state
-        .env_id(env, stage)
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
 }
 
 /// The stage's schedule (a convenience beside Teletraan's by-id read).
