@@ -25,7 +25,7 @@ use crate::enums::{
     DeployPriority, DeployStage, DeployState, DeployType, EnvState, EnvType, EnvironState,
     HostState, HotfixState, KnoxStatus, NormandieStatus, OverridePolicy, PromoteDisablePolicy,
     PromoteFailPolicy, PromoteType, ResourceType, ScheduleState, TagSyncState, TagTargetType,
-    TagValue, TeletraanPrincipalRole,
+    TagValue, TeletraanPrincipalRole, WebhookDeliveryState, WebhookPhase,
 };
 use crate::ids::{
     BuildId, ChangeId, ConstraintId, DataId, DeployId, EnvId, HostId, HotfixId, ScheduleId, TagId,
@@ -620,6 +620,30 @@ pub struct EnvWebHookBean {
     /// Fired when a deploy first reaches SUCCEEDING.
     #[serde(deserialize_with = "null_as_default")]
     pub post_deploy_hooks: Vec<WebHookBean>,
+}
+
+/// One webhook call a deploy owes, and how it went (`GET /v1/deploys/{id}/webhooks`; ours).
+///
+/// The leader records it in the replicated state when the hook falls due (deploy creation for
+/// pre-deploy hooks, the first SUCCEEDING for post-deploy hooks), with the hook as configured
+/// at that moment and the deploy's state then; a later config change does not alter it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WebhookDeliveryBean {
+    pub deploy_id: Option<DeployId>,
+    pub phase: Option<WebhookPhase>,
+    /// Position of the hook in its list.
+    pub index: u32,
+    pub hook: WebHookBean,
+    /// The deploy's state substituted as `$TELETRAAN_NUMERIC_DEPLOY_STATE`.
+    pub deploy_state: Option<DeployState>,
+    pub state: Option<WebhookDeliveryState>,
+    /// HTTP attempts made (0 when the hook could not be rendered).
+    pub attempts: u32,
+    /// The last answer (`HTTP 503`) or error.
+    pub detail: Option<String>,
+    pub due_date: Option<i64>,
+    pub completed_date: Option<i64>,
 }
 
 /// Answer of `PUT /v1/envs/{e}/{s}/deploys/current/progress`.

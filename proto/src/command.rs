@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{ResourceType, Role, TokenRecord};
 use crate::beans::{
-    BuildBean, DeployBean, DeployConstraintBean, EnvironBean, PromoteBean, ScheduleBean, TagBean,
+    BuildBean, DeployBean, DeployConstraintBean, EnvWebHookBean, EnvironBean, PromoteBean,
+    ScheduleBean, TagBean,
 };
-use crate::enums::{AcceptanceStatus, AgentState};
+use crate::enums::{AcceptanceStatus, AgentState, WebhookPhase};
 use crate::ids::{BuildId, DeployId, EnvId, HostId, TagId};
 use crate::ping::{PingRequestBean, PingResponseBean};
 
@@ -127,6 +128,19 @@ pub enum Op {
     /// Create, replace (`Some`) or delete (`None`) a stage's deploy constraint. A new
     /// constraint carries the leader-generated id.
     SetConstraint { env_id: EnvId, constraint: Option<DeployConstraintBean> },
+    // ----- webhooks -----
+    /// Replace a stage's webhooks (`PUT .../web_hooks`).
+    SetWebHooks { env_id: EnvId, hooks: EnvWebHookBean, operator: String },
+    /// The leader's final word on one delivery: it succeeded or failed after `attempts`.
+    /// Ignored (not an error) when the delivery is no longer pending or no longer exists.
+    RecordWebhookOutcome {
+        deploy_id: DeployId,
+        phase: WebhookPhase,
+        index: u32,
+        succeeded: bool,
+        attempts: u32,
+        detail: String,
+    },
 }
 
 /// Which per-stage map [`Op::SetEnvConfig`] replaces. Append-only.
@@ -173,6 +187,8 @@ impl Op {
             Op::SetSchedule { .. } => "set_schedule",
             Op::OverrideSchedule { .. } => "override_schedule",
             Op::SetConstraint { .. } => "set_constraint",
+            Op::SetWebHooks { .. } => "set_web_hooks",
+            Op::RecordWebhookOutcome { .. } => "record_webhook_outcome",
         }
     }
 }
@@ -200,6 +216,7 @@ pub enum OpOutput {
     Purged(u32),
     Schedule(ScheduleBean),
     Constraint(DeployConstraintBean),
+    WebHooks(EnvWebHookBean),
 }
 
 /// Why an operation was refused. Refusals change nothing.

@@ -627,6 +627,28 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// When a stage's webhook fires (ours; Teletraan has the two lists but no name for them).
+    pub enum WebhookPhase {
+        /// On deploy creation.
+        Pre = "PRE",
+        /// On the deploy's first SUCCEEDING.
+        Post = "POST",
+    }
+}
+
+wire_enum! {
+    /// Where one webhook delivery stands (ours: Teletraan fires and forgets).
+    pub enum WebhookDeliveryState {
+        /// Due or being attempted by the leader.
+        Pending = "PENDING",
+        /// A 2xx answer was received.
+        Succeeded = "SUCCEEDED",
+        /// The attempts ran out, the receiver refused the request, or the hook is invalid.
+        Failed = "FAILED",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -744,6 +766,8 @@ mod tests {
         check_enum::<ScheduleState>(&["NOT_STARTED", "RUNNING", "COOLING_DOWN", "FINAL"]);
         check_enum::<DeployConstraintType>(&["GROUP_BY_GROUP", "ALL_GROUPS_IN_PARALLEL"]);
         check_enum::<TagSyncState>(&["INIT", "PROCESSING", "ERROR", "FINISHED"]);
+        check_enum::<WebhookPhase>(&["PRE", "POST"]);
+        check_enum::<WebhookDeliveryState>(&["PENDING", "SUCCEEDED", "FAILED"]);
     }
 
     #[test]
