@@ -182,6 +182,11 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("PUT", "/v1/envs/{env}/{stage}/script_configs", on(Role::Write, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/agent_configs", on(Role::Write, PathEnv)),
     ("PUT", "/v1/envs/{env}/{stage}/promotes", on(Role::Write, PathEnv)),
+    // Teletraan: READ. Hook headers and bodies carry receivers' credentials, so reading
+    // them (or a deploy's deliveries, which copy them) needs WRITE on the stage.
+    ("GET", "/v1/envs/{env}/{stage}/web_hooks", on(Role::Write, PathEnv)),
+    ("PUT", "/v1/envs/{env}/{stage}/web_hooks", on(Role::Write, PathEnv)),
+    ("GET", "/v1/deploys/{id}/webhooks", on(Role::Write, DeployEnv)),
     // Schedules: EXECUTE (Teletraan also wants DEPLOY_SCHEDULE, not ported); constraints:
     // WRITE/DELETE, as in Teletraan.
     ("PUT", "/v1/schedules/{env}/{stage}/schedules", on(Role::Execute, PathEnv)),

@@ -184,6 +184,7 @@ pub async fn run(
     });
     tokio::spawn(crate::api::deploys::tick_loop(app.clone()));
     tokio::spawn(crate::api::deploys::lease_loop(app.clone()));
+    tokio::spawn(crate::api::webhooks::webhook_loop(app.clone()));
     let every = |ms| std::time::Duration::from_millis(ms);
     tokio::spawn(crate::api::promotes::promote_loop(app.clone(), every(cfg.promote_interval_ms)));
     tokio::spawn(crate::api::promotes::janitor_loop(app.clone(), every(cfg.janitor_interval_ms)));

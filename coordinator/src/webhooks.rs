@@ -1,7 +1,7 @@
 //! The deterministic core of webhook delivery (Teletraan §4.5, done with retries): which
 //! substitutions a hook gets, the request it becomes, whether an attempt's result is final, and
-//! how long to wait before the next one. No IO and no clock: the leader's delivery loop (not yet
-//! wired) feeds it results and sleeps what it says.
+//! how long to wait before the next one. No IO and no clock: the leader's delivery loop
+//! (`api/webhooks.rs`) feeds it results and sleeps what it says.
 //!
 //! Quirk fixed: Teletraan parses the *unsubstituted* header string into headers, so a variable in
 //! a header was sent literally; here the substituted string is parsed.

@@ -15,6 +15,7 @@ pub mod promotes;
 pub mod roles;
 pub mod schedules;
 pub mod teletraan;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +89,7 @@ pub fn router(app: App) -> Router {
         .merge(promotes::routes())
         .merge(schedules::routes())
         .merge(roles::routes())
+        .merge(webhooks::routes())
         // Inside write forwarding: a forwarded write is authorized by the leader.
         .layer(middleware::from_fn_with_state(app.clone(), crate::auth::authorize))
         .layer(middleware::from_fn_with_state(app.clone(), route_writes))

@@ -14,7 +14,7 @@ use proto::beans::{AgentBean, DeployBean, EnvironBean, SYSTEM_OPERATOR};
 use proto::command::{OpError, OpOutput, OpResult};
 use proto::enums::{
     AcceptanceStatus, AcceptanceType, AgentState, AgentStatus, DeployPriority, DeployStage,
-    DeployState, DeployType, EnvState, OpCode,
+    DeployState, DeployType, EnvState, OpCode, WebhookPhase,
 };
 use proto::ids::{DeployId, EnvId, HostId};
 use proto::ping::{DeployGoalBean, PingReportBean, PingRequestBean, PingResponseBean};
@@ -647,7 +647,7 @@ impl State {
         self.deploys_by_build.entry(build_id).or_default().insert(id.clone());
         self.deploys_by_env.entry(env_id.clone()).or_default().insert((now, id.clone()));
         self.deploys.insert(id.clone(), deploy.clone());
-        self.dirty.insert(Key::Deploy(id));
+        self.dirty.insert(Key::Deploy(id.clone()));
         // The current deploy changed: its progress is counted afresh (once per deploy).
         self.changed.insert(env_id.clone());
         let fresh = self.recount_progress(env_id);
@@ -659,6 +659,7 @@ impl State {
         self.reset_tag_counts(env_id);
         // Quirk fixed: every new deploy (also promote and rollback) starts the waves again.
         self.reset_schedule(now, env_id);
+        self.webhooks_due(now, env_id, &id, WebhookPhase::Pre, DeployState::Running);
         self.transition(now, env_id);
         // A deploy by anyone but the auto-promoter may turn auto-promotion off (disable policy).
         self.disable_auto_promote(now, env_id, &operator, false);
@@ -1369,8 +1370,14 @@ impl State {
     pub(super) fn transition(&mut self, now: i64, env_id: &EnvId) {
         self.transition_schedule(now, env_id);
         if let Some((id, next)) = self.plan_transition(now, env_id) {
+            let first_success = next.success_date.is_some()
+                && self.deploys.get(&id).is_some_and(|d| d.success_date.is_none());
+            let state = next.state.unwrap_or(DeployState::Running);
             self.deploys.insert(id.clone(), next);
-            self.dirty.insert(Key::Deploy(id));
+            self.dirty.insert(Key::Deploy(id.clone()));
+            if first_success {
+                self.webhooks_due(now, env_id, &id, WebhookPhase::Post, state);
+            }
         }
     }
 

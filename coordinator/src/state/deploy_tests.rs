@@ -1346,6 +1346,23 @@ mod waves {
     }
 }
 
+/// A state loaded from the records `s` wrote (as a restarted node or a snapshot would).
+fn reload(s: &mut State) -> State {
+    let mut disk = std::collections::BTreeMap::new();
+    for (k, v) in s.take_dirty() {
+        if let Some(v) = v {
+            disk.insert(k, v);
+        }
+    }
+    s.take_changes();
+    let mut reloaded = State::default();
+    for (k, v) in &disk {
+        reloaded.load_record(k, v).unwrap();
+    }
+    reloaded.finish_load();
+    reloaded
+}
+
 #[test]
 fn schedules_constraints_and_host_tags_reload_from_their_records() {
     let mut s = stage(3, 3);
@@ -1382,17 +1399,98 @@ fn schedules_constraints_and_host_tags_reload_from_their_records() {
     }
     assert!(!s.tag_counts(&env_id()).is_empty());
     assert!(s.schedule(&env_id()).is_some());
-    let mut disk = std::collections::BTreeMap::new();
-    for (k, v) in s.take_dirty() {
-        if let Some(v) = v {
-            disk.insert(k, v);
-        }
-    }
-    s.take_changes();
-    let mut reloaded = State::default();
-    for (k, v) in &disk {
-        reloaded.load_record(k, v).unwrap();
-    }
-    reloaded.finish_load();
+    let reloaded = reload(&mut s);
     assert_eq!(reloaded, s);
+}
+
+#[test]
+fn webhooks_fall_due_at_creation_and_first_success_and_record_one_outcome() {
+    use proto::beans::{EnvWebHookBean, WebHookBean};
+    use proto::enums::{WebhookDeliveryState, WebhookPhase};
+
+    let hook = |url: &str| WebHookBean {
+        url: Some(url.into()),
+        body: Some("$TELETRAAN_DEPLOY_ID $TELETRAAN_NUMERIC_DEPLOY_STATE".into()),
+        ..Default::default()
+    };
+    let hooks = EnvWebHookBean {
+        pre_deploy_hooks: vec![hook("http://r/pre")],
+        post_deploy_hooks: vec![hook("http://r/post1"), hook("http://r/post2")],
+    };
+    let mut s = stage(1, 1);
+    // A first deploy (before any hooks) gives the host its agent row.
+    deploy(&mut s, 1, "d0", "b1").unwrap();
+    let mut a = Agent::default();
+    for _ in 0..8 {
+        a.step(&mut s, 2, "h0", AgentStatus::Succeeded);
+    }
+    assert!(s.webhook_deliveries(&DeployId::new("d0")).is_empty());
+    let set = |hooks| Op::SetWebHooks { env_id: env_id(), hooks, operator: "ann".into() };
+    // Invalid hooks are refused whole, naming the hook.
+    let bad = EnvWebHookBean { pre_deploy_hooks: vec![hook("ftp://r")], ..hooks.clone() };
+    let err = s.apply(0, set(bad)).unwrap_err();
+    assert!(err.to_string().contains("preDeployHooks[0]"), "{err}");
+    assert_eq!(s.web_hooks(&env_id()), EnvWebHookBean::default());
+    s.apply(0, set(hooks.clone())).unwrap();
+    assert_eq!(s.web_hooks(&env_id()), hooks);
+
+    // Creation: the pre hook is due, rendered with RUNNING (0).
+    deploy(&mut s, 10, "d1", "b2").unwrap();
+    let d1 = DeployId::new("d1");
+    let pending = s.pending_webhooks();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].phase, WebhookPhase::Pre);
+    assert_eq!(pending[0].request.as_ref().unwrap().body.as_deref(), Some("d1 0"));
+    // A config change after the hook fell due does not alter it.
+    s.apply(11, set(EnvWebHookBean::default())).unwrap();
+    assert_eq!(s.pending_webhooks()[0].request.as_ref().unwrap().url, "http://r/pre");
+    s.apply(12, set(hooks.clone())).unwrap();
+
+    // First SUCCEEDING: both post hooks are due, rendered with SUCCEEDING (2); only once.
+    assert_eq!(s.deploy(&d1).unwrap().state, Some(DeployState::Running));
+    for t in 0..8 {
+        a.step(&mut s, 20 + t, "h0", AgentStatus::Succeeded);
+    }
+    assert_eq!(s.deploy(&d1).unwrap().state, Some(DeployState::Succeeding));
+    let pending = s.pending_webhooks();
+    let post: Vec<_> = pending.iter().filter(|p| p.phase == WebhookPhase::Post).collect();
+    assert_eq!(post.len(), 2, "{pending:?}");
+    assert_eq!(post[1].request.as_ref().unwrap().url, "http://r/post2");
+    assert_eq!(post[0].request.as_ref().unwrap().body.as_deref(), Some("d1 2"));
+    s.apply(100, Op::Tick).unwrap();
+    assert_eq!(s.webhook_deliveries(&d1).len(), 3, "the post hooks fall due once");
+
+    // Outcomes: recorded once; a repeat (a second leader finishing the same delivery) and an
+    // unknown delivery change nothing.
+    let outcome = |phase, index, succeeded, attempts| Op::RecordWebhookOutcome {
+        deploy_id: d1.clone(),
+        phase,
+        index,
+        succeeded,
+        attempts,
+        detail: "HTTP 200".into(),
+    };
+    s.apply(200, outcome(WebhookPhase::Pre, 0, true, 3)).unwrap();
+    s.apply(201, outcome(WebhookPhase::Pre, 0, false, 5)).unwrap();
+    s.apply(202, outcome(WebhookPhase::Post, 7, false, 5)).unwrap();
+    let all = s.webhook_deliveries(&d1);
+    assert_eq!(all[0].state, Some(WebhookDeliveryState::Succeeded));
+    assert_eq!((all[0].attempts, all[0].completed_date), (3, Some(200)));
+    assert_eq!(all[1].state, Some(WebhookDeliveryState::Pending));
+    assert_eq!(s.pending_webhooks().len(), 2);
+
+    // Records round-trip, the pending set is rebuilt on load.
+    let reloaded = reload(&mut s);
+    assert_eq!(reloaded, s);
+    assert_eq!(reloaded.pending_webhooks(), s.pending_webhooks());
+
+    // Purging the deploy drops its deliveries.
+    deploy(&mut s, 300, "d2", "b1").unwrap();
+    for t in 0..8 {
+        a.step(&mut s, 301 + t, "h0", AgentStatus::Succeeded);
+    }
+    let purged = s.apply(400, Op::PurgeDeploys { ids: vec![d1.clone()] }).unwrap();
+    assert_eq!(purged, OpOutput::Purged(1));
+    assert!(s.webhook_deliveries(&d1).is_empty());
+    assert!(s.pending_webhooks().iter().all(|p| p.deploy_id != d1));
 }

@@ -19,6 +19,7 @@ pub mod promote;
 pub mod retention;
 pub mod schedule;
 pub mod tags;
+pub mod webhooks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -57,6 +58,10 @@ enum Key {
     Constraint(EnvId),
     /// A host's value for its stage's constraint key (Teletraan's `host_tags`).
     HostTag(EnvId, HostId),
+    /// A stage's webhooks.
+    WebHooks(EnvId),
+    /// One webhook delivery of a deploy.
+    WebhookDelivery(webhooks::DeliveryKey),
 }
 
 impl Key {
@@ -82,6 +87,8 @@ impl Key {
             Key::Schedule(id) => format!("w/{id}").into_bytes(),
             Key::Constraint(id) => format!("q/{id}").into_bytes(),
             Key::HostTag(env, host) => format!("v/{env}/{host}").into_bytes(),
+            Key::WebHooks(id) => format!("n/{id}").into_bytes(),
+            Key::WebhookDelivery(key) => format!("o/{}", webhooks::delivery_key(key)).into_bytes(),
         }
     }
 }
@@ -141,6 +148,11 @@ pub struct State {
     host_tags: BTreeMap<(EnvId, HostId), HostTagBean>,
     /// (stage, tag value) -> counts over agent rows (derived, not persisted).
     tag_counts: BTreeMap<(EnvId, String), schedule::TagCounts>,
+    // ----- webhooks (`webhooks.rs`) -----
+    web_hooks: BTreeMap<EnvId, proto::beans::EnvWebHookBean>,
+    webhook_deliveries: BTreeMap<webhooks::DeliveryKey, proto::beans::WebhookDeliveryBean>,
+    /// Deliveries not yet recorded as done (derived from `webhook_deliveries`).
+    pending_webhooks: BTreeSet<webhooks::DeliveryKey>,
 }
 
 fn invalid(reason: impl Into<String>) -> OpError {
@@ -218,6 +230,13 @@ impl State {
             }
             Op::SetConstraint { env_id, constraint } => {
                 self.set_constraint(now_ms, &env_id, constraint)
+            }
+            Op::SetWebHooks { env_id, hooks, operator } => {
+                self.set_web_hooks(now_ms, &env_id, hooks, operator)
+            }
+            Op::RecordWebhookOutcome { deploy_id, phase, index, succeeded, attempts, detail } => {
+                let key = (deploy_id, phase, index);
+                self.record_webhook_outcome(now_ms, key, succeeded, attempts, detail)
             }
         }
     }
@@ -308,6 +327,9 @@ impl State {
         if self.constraints.remove(&id).is_some() {
             self.dirty.insert(Key::Constraint(id.clone()));
         }
+        if self.web_hooks.remove(&id).is_some() {
+            self.dirty.insert(Key::WebHooks(id.clone()));
+        }
         let tags: Vec<(EnvId, HostId)> = self
             .host_tags_of(&id)
             .filter_map(|t| Some((t.env_id.clone()?, t.host_id.clone()?)))
@@ -358,6 +380,18 @@ impl State {
         Ok(OpOutput::Done)
     }
 
+    /// Stamps a config change on the stage (`lastOperator`, `lastUpdate`), or 404.
+    fn touch_env(&mut self, now_ms: i64, env_id: &EnvId, operator: &str) -> Result<(), OpError> {
+        let env = self
+            .envs
+            .get_mut(env_id)
+            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
+        env.last_operator = Some(operator.to_string());
+        env.last_update = Some(now_ms);
+        self.dirty.insert(Key::Env(env_id.clone()));
+        Ok(())
+    }
+
     fn set_env_config(
         &mut self,
         now_ms: i64,
@@ -366,13 +400,7 @@ impl State {
         values: BTreeMap<String, String>,
         operator: String,
     ) -> OpResult {
-        let env = self
-            .envs
-            .get_mut(env_id)
-            .ok_or_else(|| OpError::NotFound { what: format!("stage {env_id}") })?;
-        env.last_operator = Some(operator.clone());
-        env.last_update = Some(now_ms);
-        self.dirty.insert(Key::Env(env_id.clone()));
+        self.touch_env(now_ms, env_id, &operator)?;
         let change_type = match kind {
             EnvConfigKind::Script => proto::beans::ConfigHistoryBean::TYPE_ENV_SCRIPT,
             EnvConfigKind::Agent => proto::beans::ConfigHistoryBean::TYPE_ENV_ADVANCED,
@@ -454,6 +482,8 @@ impl State {
                     Key::Schedule(id) => self.schedules.get(id).map(encode),
                     Key::Constraint(id) => self.constraints.get(id).map(encode),
                     Key::HostTag(e, h) => self.host_tags.get(&(e.clone(), h.clone())).map(encode),
+                    Key::WebHooks(id) => self.web_hooks.get(id).map(encode),
+                    Key::WebhookDelivery(key) => self.webhook_deliveries.get(key).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -545,6 +575,13 @@ impl State {
                     postcard::from_bytes(value).map_err(bad)?,
                 );
             }
+            Some(b"n/") => {
+                self.web_hooks.insert(EnvId::new(id), postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"o/") => {
+                let key = webhooks::parse_delivery_key(id)?;
+                self.webhook_deliveries.insert(key, postcard::from_bytes(value).map_err(bad)?);
+            }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
         Ok(())
@@ -552,6 +589,12 @@ impl State {
 
     /// Rebuilds the secondary indexes after [`State::load_record`] calls.
     pub fn finish_load(&mut self) {
+        self.pending_webhooks = self
+            .webhook_deliveries
+            .iter()
+            .filter(|(_, d)| d.state == Some(proto::enums::WebhookDeliveryState::Pending))
+            .map(|(k, _)| k.clone())
+            .collect();
         self.env_by_name =
             self.envs.iter().filter_map(|(id, env)| Some((env_key(env)?, id.clone()))).collect();
         self.builds_by_name = self

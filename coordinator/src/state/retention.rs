@@ -138,6 +138,7 @@ impl State {
                 }
             }
             self.dirty.insert(Key::Deploy(id.clone()));
+            self.purge_webhook_deliveries(id);
             purged += 1;
         }
         Ok(OpOutput::Purged(purged))
