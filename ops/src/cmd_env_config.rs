@@ -1,10 +1,10 @@
 //! `tt env config ENV/STAGE [--set field=value ...] [--history]`: a stage's whole config as an
-//! operator wants to see it (settings, capacity, script and agent configs, promote config),
-//! changes to its settings through `PUT /v1/envs/{e}/{s}`, and its config history.
+//! operator wants to see it (settings, capacity, script and agent configs, promote config,
+//! webhooks), changes to its settings through `PUT /v1/envs/{e}/{s}`, and its config history.
 
 use anyhow::{Context, bail};
 use clap::Args;
-use ops::client::{Client, table};
+use ops::client::{Client, ClientError, table};
 use serde_json::{Map, Value, json};
 
 use crate::{Output, print_json, s, split_stage};
@@ -154,6 +154,13 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
     let script: Value = client.get(&format!("{base}/script_configs")).await?;
     let agent: Value = client.get(&format!("{base}/agent_configs")).await?;
     let promote: Value = client.get(&format!("{base}/promotes")).await?;
+    // Reading hooks needs WRITE on the stage (their headers carry credentials); a reader
+    // still sees the rest.
+    let hooks: Option<Value> = match client.get(&format!("{base}/web_hooks")).await {
+        Ok(h) => Some(h),
+        Err(ClientError::Api { status: 403, .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
     if out == Output::Json {
         print_json(&json!({
             "env": env,
@@ -161,6 +168,7 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
             "scriptConfigs": script,
             "agentConfigs": agent,
             "promote": promote,
+            "webHooks": hooks,
         }));
         return Ok(());
     }
@@ -202,6 +210,11 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
             .map(|k| vec![k.to_string(), s(&promote, k)])
             .collect();
     print!("{}", table(&["FIELD", "VALUE"], &rows));
+    section("WEBHOOKS (change with `tt webhooks`)");
+    match hooks {
+        Some(h) => print!("{}", crate::cmd_webhooks::hooks_table(&h)),
+        None => println!("(hidden: reading webhooks needs WRITE on the stage)"),
+    }
     Ok(())
 }
 

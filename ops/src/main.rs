@@ -20,6 +20,7 @@ mod cmd_env_config;
 mod cmd_promote;
 mod cmd_schedule;
 mod cmd_token;
+mod cmd_webhooks;
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +85,9 @@ enum Cmd {
     /// Show or set a stage's deploy constraint: `tt constraint ENV/STAGE [set --key az
     /// --max-parallel 1 --type GROUP_BY_GROUP | delete]`.
     Constraint(cmd_schedule::ConstraintArgs),
+    /// Show or replace a stage's webhooks (`--set FILE`, `--clear`), or what a deploy's
+    /// webhooks did (`--deploy ID|current`: attempts, answer, outcome).
+    Webhooks(cmd_webhooks::WebhooksArgs),
     /// The stage's current deploy; with -w, follow it: exit 0 on success, 1 on FAILING or
     /// ABORTED, 3 on timeout.
     Status {
@@ -351,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::PromoteConfig(a) => cmd_promote::promote_config(&client, out, a).await?,
         Cmd::Schedule(a) => cmd_schedule::schedule(&client, out, a).await?,
         Cmd::Constraint(a) => cmd_schedule::constraint(&client, out, a).await?,
+        Cmd::Webhooks(a) => cmd_webhooks::webhooks(&client, out, a).await?,
         Cmd::Status { stage, watch, timeout } => {
             return cmd_deploy::status(&client, out, &stage, watch, Duration::from_secs(timeout))
                 .await;

@@ -1,6 +1,6 @@
 //! `tt env config` against a one-node cluster: the whole config in sections and as JSON,
 //! `--set` through `PUT /v1/envs/{e}/{s}` (unknown fields refused, nothing changed), and
-//! `--history`.
+//! `--history`; `tt webhooks` setting, refusing and showing hooks and a deploy's deliveries.
 
 use std::process::Command;
 use std::time::Duration;
@@ -86,4 +86,55 @@ async fn env_config_shows_sets_and_lists_history() {
     assert!(h[0]["configChange"].as_str().unwrap().contains("\"maxParallel\":4"), "{h}");
     let out = ok(&["env", "config", "svc/prod", "--history"]);
     assert!(out.contains("Env General Config") && out.contains("OPERATOR"), "{out}");
+
+    // Webhooks: a bad file is refused with the server's reason and changes nothing; a good
+    // one replaces the hooks, shows in `env config`, and a deploy owes them.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"preDeployHooks": [{"url": "ftp://x"}]}"#).unwrap();
+    let (code, _, err) = tt(&addr, &["webhooks", "svc/prod", "--set", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("preDeployHooks[0]") && err.contains("ftp://x"), "{err}");
+    let (code, _, err) = tt(&addr, &["webhooks", "svc/prod", "--set", "/no/such/file"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/no/such/file"), "{err}");
+    let good = dir.path().join("hooks.json");
+    std::fs::write(
+        &good,
+        r#"{"preDeployHooks": [{"url": "http://127.0.0.1:9/pre/$TELETRAAN_DEPLOY_ID", "headers": "Authorization: Bearer s3cret"}],
+            "postDeployHooks": [{"method": "PUT", "url": "http://127.0.0.1:9/post"}]}"#,
+    )
+    .unwrap();
+    let out = ok(&["webhooks", "svc/prod", "--set", good.to_str().unwrap()]);
+    assert!(out.contains("replaced") && out.contains("/pre/$TELETRAAN_DEPLOY_ID"), "{out}");
+    assert!(out.contains("Authorization") && !out.contains("s3cret"), "{out}");
+    let v: Value = serde_json::from_str(&ok(&["env", "config", "svc/prod", "-o", "json"])).unwrap();
+    assert_eq!(v["webHooks"]["postDeployHooks"][0]["method"], "PUT", "{v}");
+    let out = ok(&["env", "config", "svc/prod"]);
+    assert!(out.contains("WEBHOOKS") && out.contains("http://127.0.0.1:9/post"), "{out}");
+
+    // A deploy to a stage without agents succeeds at once: it owes the pre and post hooks.
+    let build: Value = reqwest::Client::new()
+        .post(format!("{addr}/v1/builds"))
+        .json(&serde_json::json!({"name": "svc", "artifactUrl": "file:///svc.tgz",
+            "repo": "r", "branch": "main", "commit": "abc1234"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ok(&["deploy", "svc/prod", "--build", build["id"].as_str().unwrap()]);
+    let d: Value =
+        serde_json::from_str(&ok(&["webhooks", "svc/prod", "--deploy", "current", "-o", "json"]))
+            .unwrap();
+    let phases: Vec<&str> =
+        d.as_array().unwrap().iter().map(|x| x["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["PRE", "POST"], "{d}");
+    let out = ok(&["webhooks", "svc/prod", "--deploy", "current"]);
+    assert!(out.contains("ATTEMPTS") && out.contains("/post"), "{out}");
+    let out = ok(&["webhooks", "svc/prod", "--clear", "-o", "json"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["preDeployHooks"],
+        serde_json::json!([])
+    );
 }
