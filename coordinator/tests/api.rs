@@ -153,6 +153,49 @@ async fn stages_builds_and_bad_input() {
     let (s, d) = body(c.get(format!("{base}/v1/deploys")).send().await.unwrap()).await;
     assert_eq!((s, d["total"].clone()), (200, json!(0)));
 
+    // Stages by capacity group; deploy list filters (repeatable ones, build fields), bad
+    // filters named.
+    let r = c
+        .put(format!("{base}/v1/envs/svc/prod/capacity?capacityType=GROUP"))
+        .json(&json!(["g1"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let get = |path: String| c.get(format!("{base}{path}")).send();
+    let (_, by_group) = body(get("/v1/envs?groupName=g1".into()).await.unwrap()).await;
+    assert_eq!(by_group[0]["stageName"], "prod", "{by_group}");
+    let (_, none) = body(get("/v1/envs?groupName=g2".into()).await.unwrap()).await;
+    assert_eq!(none, json!([]));
+    let mut deploys = Vec::new();
+    for id in &ids[..2] {
+        let (s, d) = body(
+            post(&format!("/v1/envs/svc/prod/deploys?buildId={id}"), json!(null)).await.unwrap(),
+        )
+        .await;
+        assert_eq!(s, 201, "{d}");
+        deploys.push(d["id"].as_str().unwrap().to_string());
+    }
+    for (query, want) in [
+        ("deployState=SUCCEEDED&deployState=ABORTED", vec![deploys[0].as_str()]),
+        ("deployState=SUCCEEDING&deployState=SUCCEEDED", vec![&deploys[1], &deploys[0]]),
+        ("commit=abcdef1&repo=r&branch=main", vec![&deploys[1]]),
+        ("branch=dev", vec![]),
+        ("deployType=REGULAR&oldestFirst=true", vec![&deploys[0], &deploys[1]]),
+    ] {
+        let (s, d) = body(get(format!("/v1/deploys?{query}")).await.unwrap()).await;
+        assert_eq!(s, 200, "{query}: {d}");
+        let got: Vec<&str> =
+            d["deploys"].as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap()).collect();
+        assert_eq!(got, want, "{query}");
+        assert_eq!(d["total"], want.len(), "{query}");
+    }
+    for (query, needle) in [("deployState=DONE", "deployState"), ("envName=svc", "envName")] {
+        let (s, e) = body(get(format!("/v1/deploys?{query}")).await.unwrap()).await;
+        assert_eq!(s, 400, "{query}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(needle), "{query}: {e}");
+    }
+
     // Ping: bad input is a clear 400 and records nothing.
     let bad_pings: Vec<(Value, &str)> = vec![
         (json!({"hostName": "h1"}), "hostId"),

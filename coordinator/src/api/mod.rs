@@ -9,6 +9,7 @@
 
 pub mod blobs;
 pub mod cluster;
+pub mod deploy_query;
 pub mod deploys;
 pub mod error;
 pub mod promotes;

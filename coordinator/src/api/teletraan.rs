@@ -13,6 +13,7 @@ use proto::ids::{BuildId, DeployId, EnvId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::deploy_query::DeployQuery;
 use super::{ApiError, App, ReadMode, propose, read_barrier};
 use crate::auth::{Principal, Scope};
 use crate::state::State as Replicated;
@@ -107,6 +108,8 @@ fn created<T: Serialize>(location: String, body: &T) -> Response {
 struct EnvFilter {
     env_name: Option<String>,
     stage_type: Option<String>,
+    /// Stages whose capacity names this group.
+    group_name: Option<String>,
     #[serde(default)]
     stale: bool,
 }
@@ -123,6 +126,11 @@ async fn list_envs(
                 f.stage_type
                     .as_deref()
                     .is_none_or(|t| e.stage_type.map(|s| s.to_string()).as_deref() == Some(t))
+            })
+            .filter(|e| {
+                f.group_name.as_ref().is_none_or(|g| {
+                    e.id.as_ref().is_some_and(|id| state.capacity(id).groups.contains(g))
+                })
             })
             .cloned()
             .collect();
@@ -398,19 +406,6 @@ async fn delete_build(
 
 // ----- deploys -----------------------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DeployFilter {
-    env_id: Option<String>,
-    operator: Option<String>,
-    page_index: Option<usize>,
-    page_size: Option<usize>,
-    #[serde(default)]
-    oldest_first: bool,
-    #[serde(default)]
-    stale: bool,
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct DeployQueryResult {
@@ -419,18 +414,17 @@ struct DeployQueryResult {
     truncated: bool,
 }
 
+/// `GET /v1/deploys` with Teletraan's filters (`super::deploy_query`), newest first.
 async fn list_deploys(
     State(app): State<App>,
-    Query(f): Query<DeployFilter>,
+    Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<Json<DeployQueryResult>, ApiError> {
+    let f = DeployQuery::parse(&pairs).map_err(ApiError::bad_request)?;
     let (skip, size) = page(f.page_index, f.page_size, 30)?;
     read_state(&app, &ReadMode { stale: f.stale }, |state| {
         let mut matching: Vec<&DeployBean> = state
             .deploys()
-            .filter(|d| {
-                f.env_id.as_deref().is_none_or(|e| d.env_id.as_ref().map(EnvId::as_str) == Some(e))
-            })
-            .filter(|d| f.operator.as_deref().is_none_or(|o| d.operator.as_deref() == Some(o)))
+            .filter(|d| f.matches(d, d.build_id.as_ref().and_then(|b| state.build(b))))
             .collect();
         matching.sort_by_key(|d| d.start_date);
         if !f.oldest_first {
