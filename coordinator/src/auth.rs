@@ -203,6 +203,7 @@ pub const RULES: &[(&str, &str, Need)] = &[
     ("POST", "/v1/builds", on(Role::Publisher, Anywhere)),
     ("DELETE", "/v1/builds/{id}", on(Role::Delete, Anywhere)),
     ("POST", "/v1/blobs", on(Role::Publisher, Anywhere)),
+    ("POST", "/v1/blobs/pull", on(Role::Publisher, Anywhere)),
     ("PUT", "/v1/blobs/{hash}", on(Role::Publisher, Anywhere)),
     // Teletraan: READ only (§6.4's gap). A BAD_BUILD tag stops deploys, so: EXECUTE.
     ("POST", "/v1/tags", on(Role::Execute, Anywhere)),

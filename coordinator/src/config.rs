@@ -85,6 +85,11 @@ pub struct Config {
     /// one. Unset: no swarm; agents fetch builds from the coordinators piece by piece.
     #[serde(default)]
     pub swarm_addr: Option<SocketAddr>,
+    /// Directories whose files `POST /v1/blobs/pull` may read for a `file://` URL (absolute;
+    /// a path that resolves outside them is refused). Empty: `file://` pulls are refused, so a
+    /// publisher cannot read the node's own files (keys, data).
+    #[serde(default)]
+    pub pull_file_roots: Vec<PathBuf>,
 }
 
 /// Default parallelism lease TTL: generous, because legacy agents ping every 30-90 s.
@@ -233,6 +238,9 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     #[arg(long, env = "TT_SWARM_ADDR")]
     pub swarm_addr: Option<SocketAddr>,
+    /// Directories `file://` pulls may read; repeat or separate with ';'.
+    #[arg(long = "pull-file-root", env = "TT_PULL_FILE_ROOTS", value_delimiter = ';')]
+    pub pull_file_roots: Vec<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -261,6 +269,8 @@ struct FileConfig {
     auth: Option<crate::auth::AuthMode>,
     admin_token: Option<String>,
     swarm_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pull_file_roots: Vec<PathBuf>,
 }
 
 impl Config {
@@ -336,6 +346,11 @@ impl Config {
             auth: o.auth.or(file.auth).unwrap_or_default(),
             admin_token: o.admin_token.clone().or(file.admin_token),
             swarm_addr: o.swarm_addr.or(file.swarm_addr),
+            pull_file_roots: if o.pull_file_roots.is_empty() {
+                file.pull_file_roots
+            } else {
+                o.pull_file_roots.clone()
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -385,6 +400,9 @@ impl Config {
             return bad(format!(
                 "admin_token must be at least {MIN_ADMIN_TOKEN_LEN} characters (`coordinator token new` prints one)"
             ));
+        }
+        if let Some(root) = self.pull_file_roots.iter().find(|r| !r.is_absolute()) {
+            return bad(format!("pull_file_roots: {} is not an absolute path", root.display()));
         }
         if let Some(addr) = self.swarm_addr
             && addr.ip().is_unspecified()

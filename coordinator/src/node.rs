@@ -164,6 +164,7 @@ pub async fn run(
             )),
             None => None,
         },
+        pull_file_roots: cfg.pull_file_roots.clone(),
     });
     // Agents: server-authenticated TLS under the cluster CA; identity by token.
     let agent_server_cfg =

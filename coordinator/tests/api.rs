@@ -401,6 +401,85 @@ async fn blobs_are_hashed_copied_to_two_nodes_and_served_to_agents() {
     }
 }
 
+/// Pull-through: a node fetches an `http(s)://` or `file://` URL once into the cluster (two
+/// copies, named by hash), so agents fetch the build from the swarm; bad sources, a wrong
+/// expected hash and files outside the configured roots are refused and leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_pulled_through_from_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("artifacts");
+    std::fs::create_dir(&root).unwrap();
+    let artifact: Vec<u8> = (0..300_000u32).map(|i| (i % 199) as u8).collect();
+    let hash = blake3::hash(&artifact).to_hex().to_string();
+    std::fs::write(root.join("a.tgz"), &artifact).unwrap();
+    std::fs::write(dir.path().join("secret"), b"not for publishers").unwrap();
+    let roots = root.to_str().unwrap().to_string();
+    let cluster =
+        DevCluster::start(spec(dir.path().into(), 3, vec![("TT_PULL_FILE_ROOTS", &roots)]))
+            .unwrap();
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let c = reqwest::Client::new();
+    let pull_url = format!("{}/v1/blobs/pull", cluster.base_url(3));
+    let pull = |body: Value| c.post(&pull_url).json(&body).send();
+
+    // The source: an HTTP server with the artifact and a 404.
+    let served = artifact.clone();
+    let app = axum::Router::new().route(
+        "/a.tgz",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { served }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let (s, up) = body(pull(json!({"url": format!("{source}/a.tgz")})).await.unwrap()).await;
+    assert_eq!(s, 201, "{up}");
+    assert_eq!(up["blake3"], hash.as_str());
+    assert_eq!(up["url"], format!("tt://blob/{hash}"));
+    assert_eq!(up["source"], format!("{source}/a.tgz"));
+    let copies: Vec<u64> = serde_json::from_value(up["copies"].clone()).unwrap();
+    assert_eq!(copies.len(), 2, "{up}");
+    for id in copies {
+        let r = c.get(format!("{}/v1/blobs/{hash}", cluster.base_url(id))).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap().as_ref(), artifact.as_slice(), "node {id}");
+    }
+    // The same bytes from a file under the roots, with the expected hash.
+    let file_url = format!("file://{}/a.tgz", root.display());
+    let (s, up) = body(pull(json!({"url": file_url, "blake3": hash})).await.unwrap()).await;
+    assert_eq!((s, up["blake3"].clone()), (201, json!(hash)), "{up}");
+
+    // Refused, each with its reason.
+    let secret = format!("file://{}/secret", dir.path().display());
+    let traversal = format!("file://{}/../secret", root.display());
+    for (req, status, needle) in [
+        (json!({"url": format!("{source}/a.tgz"), "blake3": "0".repeat(64)}), 400, "hash"),
+        (json!({"url": format!("{source}/missing")}), 400, "404"),
+        (json!({"url": "http://127.0.0.1:9/x"}), 400, "cannot fetch"),
+        (json!({"url": "ftp://h/a.tgz"}), 400, "not https://"),
+        (json!({"url": secret}), 403, "outside"),
+        (json!({"url": traversal}), 403, "outside"),
+        (json!({"url": format!("file://{}/none.tgz", root.display())}), 400, "cannot open"),
+        (json!({"address": "x"}), 400, "address"),
+    ] {
+        let (s, e) = body(pull(req.clone()).await.unwrap()).await;
+        assert_eq!(s, status, "{req}: {e}");
+        assert!(e["message"].as_str().unwrap().contains(needle), "{req}: {e}");
+    }
+    for id in cluster.ids() {
+        let names: Vec<String> = std::fs::read_dir(cluster.node(id).data_dir.join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| *n == hash),
+            "node {id} holds only the pulled blob: {names:?}"
+        );
+    }
+}
+
 /// Stopping hosts over REST: `DELETE /v1/envs/{e}/{s}/hosts` turns the host STOP and its next
 /// ping gets STOP at STOPPING; `alldeploycandidates` lists every candidate with its build and
 /// writes nothing.

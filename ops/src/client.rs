@@ -132,6 +132,16 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.addr)).json(body)).await
     }
 
+    /// POST JSON to a slow operation (e.g. a pull); `timeout` replaces the usual one.
+    pub async fn post_timeout<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: std::time::Duration,
+    ) -> Result<Option<T>, ClientError> {
+        self.send(self.http.post(format!("{}{path}", self.addr)).json(body).timeout(timeout)).await
+    }
+
     /// POST a raw (streamed) body, e.g. an artifact; `timeout` replaces the usual one.
     pub async fn post_body<T: DeserializeOwned>(
         &self,

@@ -242,17 +242,23 @@ enum EnvCmd {
 #[derive(Subcommand)]
 enum BuildCmd {
     /// Publish a build. With `--file`, the artifact is uploaded to the cluster (stored on two
-    /// nodes, BLAKE3-hashed) and agents fetch it from there; with `--artifact-url` too, it is
-    /// only hashed and agents fetch it from that URL. Agents refuse builds without a hash.
+    /// nodes, BLAKE3-hashed) and agents fetch it from there; with `--pull URL`, a coordinator
+    /// fetches it from the URL once into the cluster the same way; with `--artifact-url` and
+    /// `--file`, it is only hashed and agents fetch it from that URL. Agents refuse builds
+    /// without a hash.
     Publish {
         #[arg(long)]
         name: String,
         /// Where agents fetch the artifact (`https://`, `file://`) instead of the cluster.
-        #[arg(long, required_unless_present = "file")]
+        #[arg(long, required_unless_present_any = ["file", "pull"], conflicts_with = "pull")]
         artifact_url: Option<String>,
         /// The artifact itself.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "pull")]
         file: Option<std::path::PathBuf>,
+        /// An `https://` or `file://` URL (a `file://` path on the coordinator, inside its
+        /// `pull_file_roots`) the cluster pulls the artifact from once.
+        #[arg(long, value_name = "URL")]
+        pull: Option<String>,
         #[arg(long)]
         commit: String,
         #[arg(long, default_value = "main")]
@@ -614,9 +620,33 @@ const BUILD_HEADERS: &[&str] = &["ID", "NAME", "BRANCH", "COMMIT", "PUBLISHED (m
 
 async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()> {
     match cmd {
-        BuildCmd::Publish { name, artifact_url, file, commit, branch, repo } => {
+        BuildCmd::Publish { name, artifact_url, file, pull, commit, branch, repo } => {
             let mut body = json!({"name": name, "commit": commit, "branch": branch, "repo": repo});
+            if let Some(url) = &pull {
+                if out == Output::Table {
+                    eprintln!("the cluster is pulling {url} ...");
+                }
+                let up: Option<ops::publish::Uploaded> = client
+                    .post_timeout(
+                        "/v1/blobs/pull",
+                        &json!({"url": url}),
+                        ops::publish::UPLOAD_TIMEOUT,
+                    )
+                    .await
+                    .with_context(|| format!("pulling {url}"))?;
+                let up = up.context("the cluster answered the pull with no body")?;
+                if out == Output::Table {
+                    println!(
+                        "pulled {url} ({} bytes, blake3 {}) to nodes {:?}",
+                        up.size, up.blake3, up.copies
+                    );
+                }
+                body["artifactUrl"] = json!(up.url);
+                body["artifactBlake3"] = json!(up.blake3);
+                body["artifactSize"] = json!(up.size);
+            }
             match (&artifact_url, &file) {
+                _ if pull.is_some() => {}
                 (Some(url), Some(f)) => {
                     let digest = ops::publish::digest_file(f)?;
                     body["artifactUrl"] = json!(url);
@@ -640,7 +670,7 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
                     body["artifactBlake3"] = json!(up.blake3);
                     body["artifactSize"] = json!(up.size);
                 }
-                (None, None) => unreachable!("clap requires --artifact-url or --file"),
+                (None, None) => unreachable!("clap requires --artifact-url, --file or --pull"),
             }
             let v: Option<Value> = client.post("/v1/builds", &body).await?;
             match (out, v) {

@@ -22,13 +22,15 @@ fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
 async fn env_config_shows_sets_and_lists_history() {
     ops::ensure_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir(&artifacts).unwrap();
     let cluster = DevCluster::start(Spec {
         nodes: 1,
         dir: dir.path().into(),
         base_http_port: None,
         base_raft_port: None,
         coordinator_bin: find_coordinator_bin().unwrap(),
-        env: vec![],
+        env: vec![("TT_PULL_FILE_ROOTS".into(), artifacts.to_str().unwrap().into())],
         advertise: None,
     })
     .unwrap();
@@ -113,16 +115,31 @@ async fn env_config_shows_sets_and_lists_history() {
     assert!(out.contains("WEBHOOKS") && out.contains("http://127.0.0.1:9/post"), "{out}");
 
     // A deploy to a stage without agents succeeds at once: it owes the pre and post hooks.
-    let build: Value = reqwest::Client::new()
-        .post(format!("{addr}/v1/builds"))
-        .json(&serde_json::json!({"name": "svc", "artifactUrl": "file:///svc.tgz",
-            "repo": "r", "branch": "main", "commit": "abc1234"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The build is pulled through from a file:// URL inside the node's pull roots; one
+    // outside them is refused (403 → exit 7) and publishes nothing.
+    std::fs::write(artifacts.join("svc.tgz"), b"a build").unwrap();
+    std::fs::write(dir.path().join("other.tgz"), b"not pullable").unwrap();
+    let pull = |path: &std::path::Path| {
+        let url = format!("file://{}", path.display());
+        tt(
+            &addr,
+            &[
+                "build", "publish", "--name", "svc", "--commit", "abc1234", "--pull", &url, "-o",
+                "json",
+            ],
+        )
+    };
+    let (code, _, err) = pull(&dir.path().join("other.tgz"));
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("outside"), "{err}");
+    let (code, out, err) = pull(&artifacts.join("svc.tgz"));
+    assert_eq!(code, 0, "{err}");
+    let build: Value = serde_json::from_str(&out).unwrap();
+    let hash = blake3::hash(b"a build").to_hex().to_string();
+    assert_eq!(build["artifactUrl"], format!("tt://blob/{hash}"), "{build}");
+    assert_eq!(build["artifactBlake3"], hash.as_str(), "{build}");
+    let builds: Value = serde_json::from_str(&ok(&["build", "list", "-o", "json"])).unwrap();
+    assert_eq!(builds.as_array().unwrap().len(), 1, "the refused pull published nothing");
     ok(&["deploy", "svc/prod", "--build", build["id"].as_str().unwrap()]);
     let d: Value =
         serde_json::from_str(&ok(&["webhooks", "svc/prod", "--deploy", "current", "-o", "json"]))

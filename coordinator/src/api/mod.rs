@@ -73,6 +73,8 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// This node's blob origin (and, on the leader, the swarm tracker), if configured.
     pub swarm: Option<Arc<crate::swarm::Swarm>>,
+    /// Directories `file://` blob pulls may read (`Config::pull_file_roots`).
+    pub pull_file_roots: Vec<std::path::PathBuf>,
 }
 
 pub type App = Arc<AppState>;
