@@ -28,6 +28,13 @@
 //! - **Endgame:** once every missing piece is requested, idle peers duplicate the oldest
 //!   in-flight pieces (at most [`SchedulerConfig::endgame_duplicates`] requests per piece);
 //!   the first copy to arrive cancels the others.
+//! - **Late requests:** a request to a peer older than [`SchedulerConfig::late_factor`] times
+//!   the time the peer's measured rate predicts for the piece (at least
+//!   [`SchedulerConfig::late_floor`]; [`SchedulerConfig::late_unmeasured`] for a peer with no
+//!   rate yet) stops counting against the download's pipeline, and its piece may be asked of
+//!   another peer at once (first, before new pieces), up to the duplicate limit. A crawling or
+//!   silently dead peer (a killed process sends no close) therefore costs a few piece-times,
+//!   not the [`SchedulerConfig::request_timeout`], which still cancels the request itself.
 //! - **Bans:** one response that fails verification bans the peer for this blob for
 //!   [`SchedulerConfig::ban_duration`]; its other requests are cancelled and go elsewhere. A
 //!   peer that refuses [`SchedulerConfig::max_refusals`] pieces it advertised (a lying
@@ -71,6 +78,12 @@ pub const MAX_REFUSALS: u32 = 3;
 /// the piece's receiver (a partition) gets it from the origin after this (once the origin's
 /// repeat window has passed).
 pub const SEEDED_RETRY: Duration = Duration::from_secs(1);
+/// A request is late once older than this many times its expected duration.
+pub const LATE_FACTOR: f64 = 4.0;
+/// Shortest age at which a request may be late (covers scheduling noise on small pieces).
+pub const LATE_FLOOR: Duration = Duration::from_millis(500);
+/// Age at which a request to a peer with no measured rate yet is late.
+pub const LATE_UNMEASURED: Duration = Duration::from_secs(2);
 /// Round-trip time assumed until the transport reports one.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
 /// Weight of a new throughput sample in the moving average.
@@ -116,6 +129,9 @@ pub struct SchedulerConfig {
     pub random_first_pieces: u32,
     pub max_refusals: u32,
     pub seeded_retry: Duration,
+    pub late_factor: f64,
+    pub late_floor: Duration,
+    pub late_unmeasured: Duration,
     /// Seed of the tie-breaking randomness; the shell draws it from the OS.
     pub seed: u64,
 }
@@ -136,6 +152,9 @@ impl SchedulerConfig {
             random_first_pieces: RANDOM_FIRST_PIECES,
             max_refusals: MAX_REFUSALS,
             seeded_retry: SEEDED_RETRY,
+            late_factor: LATE_FACTOR,
+            late_floor: LATE_FLOOR,
+            late_unmeasured: LATE_UNMEASURED,
             seed,
         }
     }
@@ -481,10 +500,50 @@ impl Scheduler {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let requests =
             self.inflight.values().flatten().map(|r| r.since + self.config.request_timeout);
+        let late = self.inflight.iter().flat_map(|(&piece, list)| {
+            list.iter().filter_map(move |r| Some(r.since + self.late_after(r, piece)?))
+        });
         let bans = self.bans.values().copied();
         let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
         let seeded = self.seeded.values().copied();
-        requests.chain(bans).chain(backoffs).chain(seeded).min()
+        requests.chain(late).chain(bans).chain(backoffs).chain(seeded).min()
+    }
+
+    /// How old `r` (for `piece`) may get before it is late; `None` for origin requests, which
+    /// are never duplicated on lateness (origin protection).
+    fn late_after(&self, r: &Inflight, piece: u32) -> Option<Duration> {
+        if r.to_origin {
+            return None;
+        }
+        let rate = self.peers.get(&r.peer).and_then(|p| p.rate);
+        Some(match rate {
+            None => self.config.late_unmeasured,
+            Some(rate) => {
+                let expected = self.geometry.piece_len(piece) as f64 / rate.max(1.0);
+                Duration::from_secs_f64((expected * self.config.late_factor).min(3600.0))
+                    .max(self.config.late_floor)
+            }
+        })
+    }
+
+    fn is_late(&self, r: &Inflight, piece: u32, now: Instant) -> bool {
+        self.late_after(r, piece).is_some_and(|after| r.since + after <= now)
+    }
+
+    /// Missing pieces whose every request is late and that may take one more request, oldest
+    /// request first; and how many peer requests are late.
+    fn late_pieces(&self, now: Instant) -> (Vec<u32>, u32) {
+        let mut late_requests = 0;
+        let mut pieces: Vec<(Instant, u32)> = Vec::new();
+        for (&piece, list) in &self.inflight {
+            let late = list.iter().filter(|r| self.is_late(r, piece, now)).count();
+            late_requests += late as u32;
+            if late == list.len() && list.len() < self.config.endgame_duplicates as usize {
+                pieces.push((list.iter().map(|r| r.since).min().expect("non-empty"), piece));
+            }
+        }
+        pieces.sort();
+        (pieces.into_iter().map(|(_, p)| p).collect(), late_requests)
     }
 
     /// The next thing to do, or `None` until an event changes something.
@@ -502,7 +561,9 @@ impl Scheduler {
         }
         let (origins, peers): (Vec<PeerId>, Vec<PeerId>) =
             order.iter().partition(|p| self.peers[p].role == PeerRole::Origin);
-        let peers_full = self.n_inflight - self.n_origin_inflight >= self.config.max_inflight;
+        let (late, late_requests) = self.late_pieces(now);
+        let live = self.n_inflight - self.n_origin_inflight - late_requests;
+        let peers_full = live >= self.config.max_inflight;
         if origins.is_empty() && peers_full {
             return None;
         }
@@ -517,6 +578,16 @@ impl Scheduler {
         }
         if peers_full {
             return None;
+        }
+        // Rescue late pieces first: they are what the download waits on.
+        for &piece in &late {
+            let asked = &self.inflight[&piece];
+            let rescuer = peers.iter().copied().find(|p| {
+                self.peers[p].have.get(piece.into()) && asked.iter().all(|r| r.peer != *p)
+            });
+            if let Some(peer) = rescuer {
+                return Some(self.request(peer, piece, now));
+            }
         }
         for peer in peers {
             if let Some(piece) = self.pick_new(peer, &wanted, now) {

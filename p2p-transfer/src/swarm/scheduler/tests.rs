@@ -290,6 +290,49 @@ fn peers_that_leave_free_their_requests_and_newcomers_get_work() {
 }
 
 #[test]
+fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
+    let start = Instant::now();
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        max_inflight: 1,
+        pipeline_min: 1,
+        ..SchedulerConfig::recommended(3)
+    };
+    let mut s = scheduler(4, config);
+    let (a, b) = (peer(1), peer(2));
+    join(&mut s, a, PeerRole::Peer, bits(4, 0..4), start);
+    // `a` delivers one piece in 100 ms (2.5 MiB/s), then sits on the next request.
+    let [Action::Request { piece: first, .. }] = drain(&mut s, start)[..] else { panic!() };
+    let t1 = start + Duration::from_millis(100);
+    s.handle_piece_received(a, first, t1);
+    let [Action::Request { peer: to, piece: stuck }] = drain(&mut s, t1)[..] else { panic!() };
+    assert_eq!(to, a);
+    join(&mut s, b, PeerRole::Peer, bits(4, 0..4), t1);
+    assert!(drain(&mut s, t1).is_empty(), "the one-piece pipeline is full");
+    // Expected 100 ms, late after 4 × 100 ms = 400 ms, floored at LATE_FLOOR.
+    let late = t1 + LATE_FLOOR.max(Duration::from_millis(400));
+    assert_eq!(s.poll_timeout(), Some(late), "the scheduler wakes when the request turns late");
+    assert!(drain(&mut s, late - Duration::from_millis(1)).is_empty());
+    s.handle_timeout(late);
+    let actions = drain(&mut s, late);
+    assert_eq!(actions, vec![Action::Request { peer: b, piece: stuck }], "rescued first");
+    // The late request no longer blocks the pipeline: b's copy arrives, a's is cancelled,
+    // and the download goes on.
+    s.handle_piece_received(b, stuck, late);
+    let next = drain(&mut s, late);
+    assert_eq!(next[0], Action::Cancel { peer: a, piece: stuck });
+    assert_eq!(next.len(), 2, "{next:?}");
+    // The origin is never asked to rescue: its requests are not late (origin protection).
+    let mut s =
+        scheduler(2, SchedulerConfig { random_first_pieces: 0, ..SchedulerConfig::recommended(4) });
+    let o = peer(9);
+    join(&mut s, o, PeerRole::Origin, bits(2, 0..2), start);
+    assert_eq!(requests_to(&drain(&mut s, start), o).len(), 2);
+    let much_later = start + Duration::from_secs(10);
+    assert!(s.poll_timeout().unwrap() > much_later, "only the request timeout applies");
+}
+
+#[test]
 fn the_pipeline_covers_bandwidth_times_delay() {
     let start = Instant::now();
     // A long fat link: the download-wide cap must not be what limits the pipeline here.
