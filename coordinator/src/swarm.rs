@@ -139,6 +139,12 @@ impl Swarm {
         self.node.store().get(hash).is_some()
     }
 
+    /// What the tracker knows at `now`: per blob, hosts holding it whole and hosts fetching
+    /// it, most-held first, at most `limit` blobs.
+    pub fn tracked(&self, now: Instant, limit: usize) -> Vec<TrackedBlob> {
+        self.tracker.lock().expect("tracker lock").summary(now, limit)
+    }
+
     /// Records the announce and answers the peers for it: at most [`MAX_PEERS_PER_ANSWER`]
     /// hosts, then this node's origin.
     pub fn announce(&self, announce: &SwarmAnnounce, now: Instant) -> Vec<SwarmPeer> {
@@ -194,6 +200,16 @@ struct Tracker {
     blobs: HashMap<String, HashMap<String, Entry>>,
 }
 
+/// One blob as the tracker sees it (for the dashboard's cluster page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedBlob {
+    pub blake3: String,
+    /// Hosts that announced the whole blob.
+    pub seeders: usize,
+    /// Hosts that announced a partial download.
+    pub fetching: usize,
+}
+
 struct Entry {
     complete: bool,
     zone: Option<String>,
@@ -201,6 +217,27 @@ struct Entry {
 }
 
 impl Tracker {
+    fn summary(&self, now: Instant, limit: usize) -> Vec<TrackedBlob> {
+        let mut out: Vec<TrackedBlob> = self
+            .blobs
+            .iter()
+            .map(|(blake3, hosts)| {
+                let live = hosts
+                    .values()
+                    .filter(|e| now.saturating_duration_since(e.seen) < TRACKER_ENTRY_TTL);
+                let (seeders, fetching) =
+                    live.fold((0, 0), |(s, f), e| if e.complete { (s + 1, f) } else { (s, f + 1) });
+                TrackedBlob { blake3: blake3.clone(), seeders, fetching }
+            })
+            .filter(|b| b.seeders + b.fetching > 0)
+            .collect();
+        out.sort_by(|a, b| {
+            (b.seeders, b.fetching, &a.blake3).cmp(&(a.seeders, a.fetching, &b.blake3))
+        });
+        out.truncate(limit);
+        out
+    }
+
     /// Records `announce` and returns up to [`MAX_PEERS_PER_ANSWER`] other hosts for its blob:
     /// seeders first, then the asker's zone, ties broken by `random` (so that answers spread
     /// the load rather than all naming the first hosts).
@@ -284,5 +321,29 @@ mod tests {
         let later = start + TRACKER_ENTRY_TTL;
         let peers = t.announce(&announce("late:1", false, "z"), later, rand::random);
         assert!(peers.is_empty(), "{peers:?}");
+    }
+
+    #[test]
+    fn the_summary_counts_live_seeders_and_fetchers_most_held_first() {
+        let mut t = Tracker::default();
+        let now = Instant::now();
+        let other = |addr: &str, complete| SwarmAnnounce {
+            blake3: "c".repeat(64),
+            ..announce(addr, complete, "z")
+        };
+        t.announce(&announce("a:1", true, "z"), now, rand::random);
+        t.announce(&announce("b:1", true, "z"), now, rand::random);
+        t.announce(&announce("c:1", false, "z"), now, rand::random);
+        t.announce(&other("a:1", false), now, rand::random);
+        let s = t.summary(now, 10);
+        assert_eq!(
+            s,
+            [
+                TrackedBlob { blake3: "b".repeat(64), seeders: 2, fetching: 1 },
+                TrackedBlob { blake3: "c".repeat(64), seeders: 0, fetching: 1 },
+            ]
+        );
+        assert_eq!(t.summary(now, 1).len(), 1, "bounded");
+        assert!(t.summary(now + TRACKER_ENTRY_TTL, 10).is_empty(), "stale entries do not count");
     }
 }

@@ -220,6 +220,17 @@ async fn dashboard_pages_logins_roles_and_escaping() {
         assert!(body.contains("Host &lt;script&gt;"), "{body}");
         assert!(body.contains("<pre class=\"error\">&lt;b&gt;boom&lt;/b&gt;</pre>"), "{body}");
         assert!(!body.contains(HOSTILE), "{body}");
+        let (s, _, body) = page(&c, format!("{base}/ui/env/svc/prod/config"), Some(ADMIN)).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.contains("id=\"settings\"") && body.contains("id=\"config-history\""));
+        assert!(!body.contains(HOSTILE), "{body}");
+        let (s, _, body) = page(&c, format!("{base}/ui/compare?a=nope&b=nope2"), Some(ADMIN)).await;
+        assert_eq!(s, 404, "{body}");
+        let compare = format!("{base}/ui/compare?a={build_id}&b={build_id}");
+        let (s, _, body) = page(&c, compare, Some(ADMIN)).await;
+        assert_eq!(s, 200, "{body}");
+        assert!(!body.contains("data-differs"), "a build equals itself: {body}");
+        assert!(body.contains(&deploy_id) && !body.contains(HOSTILE), "{body}");
         let (s, _, body) = page(&c, format!("{base}/ui/cluster"), Some(ADMIN)).await;
         assert_eq!(s, 200);
         assert!(body.contains(&format!("data-leader=\"{leader}\"")), "{body}");

@@ -13,6 +13,7 @@
 //! header, which a cross-origin page can only send after a CORS preflight that this server never
 //! grants. A plain cross-site form post therefore reaches the API without credentials (401).
 
+pub mod pages;
 pub mod render;
 
 use std::convert::Infallible;
@@ -63,6 +64,8 @@ pub fn routes(app: App) -> Router<App> {
         .route("/ui/env/{env}/{stage}", get(stage))
         .route("/ui/env/{env}/{stage}/events", get(events))
         .route("/ui/env/{env}/{stage}/history", get(history))
+        .route("/ui/env/{env}/{stage}/config", get(config))
+        .route("/ui/compare", get(compare))
         .route("/ui/host/{host}", get(host))
         .route("/ui/cluster", get(cluster))
         .layer(middleware::from_fn_with_state(app, crate::auth::authorize))
@@ -213,6 +216,75 @@ async fn history(
     }
 }
 
+async fn config(
+    State(app): State<App>,
+    p: MaybePrincipal,
+    Path((env, stage)): Path<(String, String)>,
+) -> Response {
+    let banner = barrier(&app).await;
+    let c = ctx(&app, p.as_deref(), banner);
+    let applied = app.applied.read().expect("applied lock poisoned");
+    match pages::config_page(&c, &applied.state, &env, &stage) {
+        Some(page) => html(StatusCode::OK, page),
+        None => not_found(&c, &format!("stage {env}/{stage} not found")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CompareQuery {
+    a: String,
+    b: String,
+}
+
+async fn compare(
+    State(app): State<App>,
+    p: MaybePrincipal,
+    Query(q): Query<CompareQuery>,
+) -> Response {
+    let banner = barrier(&app).await;
+    let c = ctx(&app, p.as_deref(), banner);
+    let applied = app.applied.read().expect("applied lock poisoned");
+    match pages::compare_page(&c, &applied.state, &q.a, &q.b) {
+        Some(page) => html(StatusCode::OK, page),
+        None => not_found(&c, &format!("build {} or {} not found", q.a, q.b)),
+    }
+}
+
+/// Most tracked blobs listed on the cluster page.
+pub const CLUSTER_PAGE_BLOBS: usize = 20;
+
+/// This node's swarm figures, with the builds that name each tracked blob.
+fn swarm_figures(app: &AppState) -> Option<pages::SwarmFigures> {
+    let swarm = app.swarm.as_ref()?;
+    let origin = swarm.stats();
+    let tracked = swarm.tracked(std::time::Instant::now(), CLUSTER_PAGE_BLOBS);
+    let applied = app.applied.read().expect("applied lock poisoned");
+    let blobs = tracked
+        .into_iter()
+        .map(|t| {
+            let named: Vec<&proto::beans::BuildBean> = applied
+                .state
+                .builds_newest_first(None)
+                .filter(|b| b.artifact_blake3.as_deref() == Some(t.blake3.as_str()))
+                .collect();
+            pages::SwarmBlob {
+                builds: named.iter().filter_map(|b| b.id.as_ref().map(|i| i.to_string())).collect(),
+                size: named.first().and_then(|b| b.artifact_size),
+                blake3: t.blake3,
+                seeders: t.seeders,
+                fetching: t.fetching,
+            }
+        })
+        .collect();
+    Some(pages::SwarmFigures {
+        origin_sent_bytes: origin.uploaded_bytes,
+        pieces_served: origin.pieces_served,
+        declined_as_seeded: origin.repeats_declined,
+        busy_answers: origin.busy_answers,
+        blobs,
+    })
+}
+
 async fn host(State(app): State<App>, p: MaybePrincipal, Path(host): Path<String>) -> Response {
     let banner = barrier(&app).await;
     let c = ctx(&app, p.as_deref(), banner);
@@ -226,7 +298,9 @@ async fn host(State(app): State<App>, p: MaybePrincipal, Path(host): Path<String
 async fn cluster(State(app): State<App>, p: MaybePrincipal) -> Response {
     let status = crate::api::cluster::status(State(app.clone())).await.0;
     let c = ctx(&app, p.as_deref(), None);
-    html(StatusCode::OK, render::cluster_page(&c, &status))
+    let is_leader = status.leader_id == Some(app.node_id);
+    let swarm = swarm_figures(&app).map(|f| pages::swarm_section(&f, is_leader));
+    html(StatusCode::OK, render::cluster_page(&c, &status, swarm.as_deref()))
 }
 
 /// Server-sent events for one stage: an `live` event with the re-rendered summary and host

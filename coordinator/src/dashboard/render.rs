@@ -462,7 +462,8 @@ pub fn stage_page(
     let mut body = String::with_capacity(live.len() + 4096);
     let _ = write!(
         body,
-        "<h1>{}/{} <a class=\"small\" href=\"{}/history\">history</a></h1>",
+        "<h1>{}/{} <a class=\"small\" href=\"{2}/history\">history</a> \
+         <a class=\"small\" href=\"{2}/config\">config</a></h1>",
         esc(env_name),
         esc(stage_name),
         esc(&href)
@@ -624,6 +625,17 @@ pub fn history_page(
             d.success_total.unwrap_or(0),
             d.total.unwrap_or(0),
         );
+        let current_build = env.deploy_id.as_ref().and_then(|c| state.deploy(c)?.build_id.as_ref());
+        if let (Some(this), Some(current)) = (d.build_id.as_ref(), current_build)
+            && this != current
+        {
+            let _ = write!(
+                body,
+                "<a class=\"small\" href=\"/ui/compare?a={}&amp;b={}\">compare with current</a> ",
+                seg(this.as_str()),
+                seg(current.as_str())
+            );
+        }
         if !is_current && d.state == Some(DeployState::Succeeded) {
             action_button(
                 &mut body,
@@ -698,8 +710,9 @@ pub fn host_page(ctx: &Ctx, state: &Replicated, host: &str) -> Option<String> {
     Some(page(ctx, &format!("host {host}"), &body))
 }
 
-/// The cluster page: members with their roles, the leader, the term and this node's indices.
-pub fn cluster_page(ctx: &Ctx, s: &ClusterStatus) -> String {
+/// The cluster page: members with their roles, the leader, the term and this node's indices;
+/// then `swarm`, the swarm section if this node runs an origin.
+pub fn cluster_page(ctx: &Ctx, s: &ClusterStatus, swarm: Option<&str>) -> String {
     let mut body = String::new();
     let _ = write!(
         body,
@@ -735,6 +748,7 @@ pub fn cluster_page(ctx: &Ctx, s: &ClusterStatus) -> String {
         );
     }
     body.push_str("</tbody></table>");
+    body.push_str(swarm.unwrap_or(""));
     page(ctx, "Cluster", &body)
 }
 

@@ -718,6 +718,11 @@ impl State {
         self.deploys.get(id)
     }
 
+    /// Every deploy of `build`, in id order.
+    pub fn deploys_of_build(&self, build: &BuildId) -> impl Iterator<Item = &DeployBean> {
+        self.deploys_by_build.get(build).into_iter().flatten().filter_map(|d| self.deploys.get(d))
+    }
+
     pub fn deploys(&self) -> impl Iterator<Item = &DeployBean> {
         self.deploys.values()
     }
