@@ -121,9 +121,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, out, _) = tt(&addr, &["constraint", "svc/canary"]);
     assert_eq!(code, 0);
     assert!(out.contains("GROUP_BY_GROUP") && out.contains("FINISHED"), "{out}");
-    assert_eq!(tt(&addr, &["constraint", "svc/canary", "delete"]).0, 0);
+    assert_eq!(tt(&addr, &["constraint", "svc/canary", "delete", "--yes"]).0, 0);
     assert_ne!(tt(&addr, &["constraint", "svc/canary"]).0, 0, "deleted");
-    assert_eq!(tt(&addr, &["schedule", "delete", "svc/canary"]).0, 0);
+    assert_eq!(tt(&addr, &["schedule", "delete", "svc/canary", "-y"]).0, 0);
     assert_ne!(tt(&addr, &["schedule", "svc/canary"]).0, 0, "deleted");
     let (code, _, err) = tt(&addr, &["env", "get", "svc/nope"]);
     assert_eq!(code, 4, "not found exits 4: {err}");
@@ -155,7 +155,7 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, _) = tt("http://127.0.0.1:1", &["cluster", "status"]);
     assert_eq!(code, 5, "unreachable exits 5");
 
-    // Deploy verbs and `status -w` exit codes: 3 on timeout, 1 on FAILING.
+    // Deploy verbs and `status -w` exit codes: 3 on timeout, 1 on FAILING (0 on success below).
     let build_id = b["id"].as_str().unwrap().to_string();
     let (code, out, err) = tt(&addr, &["capacity", "svc/canary", "--host", "web-1", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -166,8 +166,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
         serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     ops::ensure_crypto_provider();
-    let ping = |report: Value| {
-        let body = serde_json::json!({"hostId": "i-web-1", "hostName": "web-1", "reports": report});
+    let ping_as = |host: &str, report: Value| {
+        let body =
+            serde_json::json!({"hostId": format!("i-{host}"), "hostName": host, "reports": report});
         rt.block_on(async {
             let r = reqwest::Client::new()
                 .post(format!("{addr}/v1/system/ping"))
@@ -179,6 +180,7 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
             r.json::<Value>().await.unwrap()
         })
     };
+    let ping = |report: Value| ping_as("web-1", report);
     let goal = ping(serde_json::json!([]));
     assert_eq!(goal["deployGoal"]["deployStage"], "PRE_DOWNLOAD", "{goal}");
     let (code, out, _) = tt(&addr, &["status", "svc/canary", "-w", "--timeout", "2"]);
@@ -200,6 +202,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
         deploy_id.as_str()
     );
     let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1"]);
+    assert_eq!(code, 2, "a destructive verb without a terminal needs --yes: {err}");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1", "--yes"]);
     assert_eq!(code, 0, "{err}");
 
     // Promote config (show, set, bad input) and build tags.
@@ -251,8 +256,40 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, err) = tt(&addr, &["deploy", "svc/canary", "--build", &build_id]);
     assert_eq!(code, 1, "a BAD build needs --force");
     assert!(err.contains("BAD_BUILD") && err.contains("force"), "{err}");
-    let (code, _, err) = tt(&addr, &["build", "untag", t["id"].as_str().unwrap()]);
+    let (code, _, err) = tt(&addr, &["build", "untag", t["id"].as_str().unwrap(), "--yes"]);
     assert_eq!(code, 0, "{err}");
+
+    // Unique id prefixes, and `status -w` exiting 0 once a deploy succeeds.
+    let prefix = &build_id[..8];
+    let (code, out, err) = tt(&addr, &["build", "get", prefix, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], build_id.as_str());
+    let (code, _, err) = tt(&addr, &["build", "get", "~~"]);
+    assert_eq!(code, 4, "no id starts with it: {err}");
+    assert!(err.contains("no build id starts with"), "{err}");
+    let (code, out, err) = tt(&addr, &["history", "svc/canary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("STARTED") && out.contains(" ago"), "relative times: {out}");
+    let (code, out, _) = tt(&addr, &["history", "svc/canary", "-o", "wide"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("OPERATOR") && out.contains("Z "), "absolute times in wide: {out}");
+    assert_eq!(tt(&addr, &["env", "create", "svc/stg"]).0, 0);
+    assert_eq!(tt(&addr, &["capacity", "svc/stg", "--host", "web-2"]).0, 0);
+    let (code, _, err) = tt(&addr, &["deploy", "svc/stg", "--build", prefix]);
+    assert_eq!(code, 0, "a build id prefix deploys: {err}");
+    let mut report = serde_json::json!([]);
+    for _ in 0..20 {
+        let goal = ping_as("web-2", report);
+        let g = &goal["deployGoal"];
+        if g.is_null() {
+            break;
+        }
+        report = serde_json::json!([{"deployId": g["deployId"], "envId": g["envId"], "deployStage": g["deployStage"], "agentStatus": "SUCCEEDED"}]);
+    }
+    let (code, out, err) = tt(&addr, &["status", "svc/stg", "-w", "--timeout", "30"]);
+    assert_eq!(code, 0, "a succeeded deploy exits 0: {out}{err}");
+    assert!(out.contains("SUCCEEDED") || out.contains("SUCCEEDING"), "{out}");
+    assert!(!out.contains('\x1b'), "no colour and no redraw off a terminal: {out:?}");
 
     // Ctrl-C stops every node.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();

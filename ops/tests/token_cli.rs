@@ -72,7 +72,8 @@ async fn token_verbs_create_list_delete() {
     assert_eq!(code, 0);
     assert!(out.contains("6  not authenticated") && out.contains("7  forbidden"), "{out}");
 
-    let (code, _, err) = tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci"]);
+    let (code, _, err) =
+        tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci", "--yes"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tt(&addr, &token, &["env", "list"]);
     assert_eq!(code, ops::client::EXIT_NOT_AUTHENTICATED, "{err}");
