@@ -356,24 +356,12 @@ pub fn erase_lines(lines: usize) -> String {
 /// `tt diff A B`: the two builds side by side, a mark on the rows that differ, and the commit
 /// range when both name a commit.
 pub fn build_diff(a: &Value, b: &Value, view: &View) -> String {
-    const ROWS: &[(&str, &str)] = &[
-        ("id", "id"),
-        ("name", "name"),
-        ("branch", "branch"),
-        ("repo", "repo"),
-        ("commit", "commit"),
-        ("commit date", "commitDate"),
-        ("published", "publishDate"),
-        ("publisher", "publisher"),
-        ("artifact", "artifactUrl"),
-        ("size (bytes)", "artifactSize"),
-        ("blake3", "artifactBlake3"),
-    ];
     let cell = |v: &Value, key: &str| {
         if key.ends_with("Date") { time_cell(v, key, view) } else { field(v, key) }
     };
-    let rows: Vec<Vec<String>> = ROWS
+    let rows: Vec<Vec<String>> = [("id", "id")]
         .iter()
+        .chain(DIFF_FIELDS)
         .map(|(label, key)| {
             let (x, y) = (cell(a, key), cell(b, key));
             let mark = if a.get(*key) == b.get(*key) { " " } else { "≠" };
@@ -382,23 +370,42 @@ pub fn build_diff(a: &Value, b: &Value, view: &View) -> String {
         .collect();
     let mut out = table(&["  FIELD", "A", "B"], &rows);
     if let Some(range) = commit_range(a, b) {
-        out.push_str(&format!("\ncommits: {range}\n"));
+        let repo = match (a.get("repo"), b.get("repo")) {
+            (Some(Value::String(r)), Some(Value::String(s))) if r == s => format!(" in {r}"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("\ncommits: {range}{repo}\n"));
     }
     out
 }
 
-/// `A..B` of the two builds' commits, with the repository, when both name one.
+/// Fields `tt diff` compares: (label, API name).
+pub const DIFF_FIELDS: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("branch", "branch"),
+    ("repo", "repo"),
+    ("commit", "commit"),
+    ("commit date", "commitDate"),
+    ("published", "publishDate"),
+    ("publisher", "publisher"),
+    ("artifact", "artifactUrl"),
+    ("size (bytes)", "artifactSize"),
+    ("blake3", "artifactBlake3"),
+];
+
+/// `tt diff A B -o json`: both builds as the API gives them, the fields that differ and the
+/// commit range.
+pub fn build_diff_json(a: &Value, b: &Value) -> Value {
+    let differ: Vec<&str> =
+        DIFF_FIELDS.iter().map(|(_, key)| *key).filter(|k| a.get(*k) != b.get(*k)).collect();
+    serde_json::json!({"a": a, "b": b, "differ": differ, "commitRange": commit_range(a, b)})
+}
+
+/// `A..B` of the two builds' commits (what `git log A..B` takes), `same commit A` when they
+/// share one, `None` unless both name a commit.
 pub fn commit_range(a: &Value, b: &Value) -> Option<String> {
     let (x, y) = (a.get("commit")?.as_str()?, b.get("commit")?.as_str()?);
-    if x == y {
-        return Some(format!("same commit {x}"));
-    }
-    let repo = match (a.get("repo").and_then(Value::as_str), b.get("repo").and_then(Value::as_str))
-    {
-        (Some(r), Some(s)) if r == s => format!(" in {r}"),
-        _ => String::new(),
-    };
-    Some(format!("{x}..{y}{repo} (git log {x}..{y})"))
+    Some(if x == y { format!("same commit {x}") } else { format!("{x}..{y}") })
 }
 
 #[cfg(test)]

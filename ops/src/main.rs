@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ops::client::{Client, ClientError, table};
 use ops::confirm::ConfirmError;
 use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
@@ -18,14 +18,17 @@ use ops::ids::{PrefixError, resolve_build, resolve_deploy};
 use serde_json::{Value, json};
 
 mod cmd_bench;
+mod cmd_browse;
 mod cmd_deploy;
 mod cmd_env_config;
+mod cmd_meta;
 mod cmd_promote;
 mod cmd_schedule;
 mod cmd_token;
 
 #[derive(Parser)]
 #[command(
+    name = "tt",
     version,
     about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)",
     after_help = ops::client::EXIT_CODES_HELP
@@ -158,6 +161,29 @@ enum Cmd {
     /// API tokens: create (shown once), list, delete.
     #[command(subcommand)]
     Token(cmd_token::TokenCmd),
+    /// Two builds side by side (name, branch, commits, artifact URL, size, BLAKE3) and the
+    /// commit range between them; ids or unique prefixes.
+    Diff { build_a: String, build_b: String },
+    /// Print the URL of the stage's dashboard page; open it in a browser with --browser, or
+    /// when stdout is a terminal and a display is available.
+    Open {
+        stage: String,
+        /// Run xdg-open on the URL even off a terminal.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// This client's version and the server's.
+    Version,
+    /// The client's effective settings, or check a coordinator or agent config file.
+    #[command(subcommand)]
+    Config(cmd_meta::ConfigCmd),
+    /// Print a shell completion script: `tt completion bash > /etc/bash_completion.d/tt`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages, one per command and subcommand (tt.1, tt-env-create.1, ...).
+    Man {
+        #[arg(long, value_hint = clap::ValueHint::DirPath)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +339,7 @@ pub(crate) fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
         .with_context(|| format!("{s:?} is not ENV/STAGE (for example: myservice/prod)"))
 }
 
+pub(crate) use cmd_deploy::urlencode;
 pub(crate) use ops::format::field as s;
 
 /// The clock, read once per command: human tables count relative times from it.
@@ -322,15 +349,26 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Writes `bytes` to stdout; a reader that went away (`tt completion bash | head`) is not an
+/// error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
+    }
+}
+
 pub(crate) fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("JSON values serialize"));
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     ops::ensure_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    let code = match rt.block_on(run(cli)) {
+    let code = match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -350,7 +388,7 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     let client = Client::new(&cli.addr, cli.token.clone());
     let color = ops::format::color_enabled(
         cli.color,
@@ -427,6 +465,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd_deploy::capacity(&client, out, &stage, groups, hosts).await?
         }
         Cmd::Token(c) => cmd_token::run(&client, out, c).await?,
+        Cmd::Diff { build_a, build_b } => {
+            cmd_browse::diff(&client, out, &build_a, &build_b).await?
+        }
+        Cmd::Open { stage, browser } => cmd_browse::open(&client, &stage, browser).await?,
+        Cmd::Version => cmd_meta::version(&client, out).await?,
+        Cmd::Config(cmd_meta::ConfigCmd::Print) => {
+            let name = |v: &dyn Fn() -> Option<clap::builder::PossibleValue>| {
+                v().map_or("?".to_string(), |p| p.get_name().to_string())
+            };
+            cmd_meta::print_config(
+                out,
+                &cmd_meta::Effective {
+                    matches,
+                    addr: client.addr(),
+                    token_set: cli.token.is_some(),
+                    output: &name(&|| cli.output.to_possible_value()),
+                    color: &name(&|| cli.color.to_possible_value()),
+                    color_on: color,
+                },
+            )
+        }
+        Cmd::Config(cmd_meta::ConfigCmd::Validate { file, kind }) => {
+            return cmd_meta::validate(&file, kind);
+        }
+        Cmd::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tt", &mut script);
+            write_stdout(&script)?;
+        }
+        Cmd::Man { out_dir } => cmd_meta::man(Cli::command(), &out_dir)?,
     }
     Ok(0)
 }

@@ -18,6 +18,12 @@ fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `tt build publish` of a build of `svc` at `url` and `commit`, with JSON output.
+fn publish(addr: &str, url: &str, commit: &str) -> (i32, String, String) {
+    let args = ["build", "publish", "--name", "svc", "--artifact-url", url, "--commit", commit];
+    tt(addr, &[&args[..], &["-o", "json"]].concat())
+}
+
 fn free_port() -> u16 {
     // HTTP ports p, p+1, p+2 and Raft ports q.. must be free; pick from a high, sparse range.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -131,21 +137,7 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, err) = tt(&addr, &["env", "get", "no-slash"]);
     assert_eq!(code, 1);
     assert!(err.contains("ENV/STAGE"), "{err}");
-    let (code, out, err) = tt(
-        &addr,
-        &[
-            "build",
-            "publish",
-            "--name",
-            "svc",
-            "--artifact-url",
-            "file:///tmp/svc.tgz",
-            "--commit",
-            "0123456789abcdef",
-            "-o",
-            "json",
-        ],
-    );
+    let (code, out, err) = publish(&addr, "file:///tmp/svc.tgz", "0123456789abcdef");
     assert_eq!(code, 0, "{err}");
     let b: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(b["commitShort"], "0123456");
@@ -290,6 +282,32 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     assert_eq!(code, 0, "a succeeded deploy exits 0: {out}{err}");
     assert!(out.contains("SUCCEEDED") || out.contains("SUCCEEDING"), "{out}");
     assert!(!out.contains('\x1b'), "no colour and no redraw off a terminal: {out:?}");
+
+    // `tt version`, `tt diff`, `tt open`.
+    let (code, out, err) = tt(&addr, &["version", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["client"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["server"]["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    let (code, out, err) = publish(&addr, "file:///tmp/svc-2.tgz", "fedcba9876543210");
+    assert_eq!(code, 0, "{err}");
+    let b2 = serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+    let (code, out, err) = tt(&addr, &["diff", prefix, &b2, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["a"]["id"], build_id.as_str());
+    let differ: Vec<&str> =
+        d["differ"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(differ.contains(&"commit") && differ.contains(&"artifactUrl"), "{differ:?}");
+    assert!(!differ.contains(&"name") && !differ.contains(&"branch"), "{differ:?}");
+    let (code, out, _) = tt(&addr, &["diff", &build_id, &b2]);
+    assert_eq!(code, 0);
+    assert!(out.contains("commits: 0123456789abcdef..fedcba9876543210 in local"), "{out}");
+    let (code, out, err) = tt(&addr, &["open", "svc/stg"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("{addr}/ui/env/svc/stg"));
+    let (code, _, _) = tt(&addr, &["open", "svc/nope"]);
+    assert_eq!(code, 4, "no such stage");
 
     // Ctrl-C stops every node.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
