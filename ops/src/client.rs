@@ -183,6 +183,19 @@ impl Client {
     }
 }
 
+/// Percent-encodes `s` for a URL path segment or query value (RFC 3986 unreserved characters
+/// pass as they are).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Formats rows as an aligned text table. Cells may carry ANSI colour: widths count only what
 /// a terminal shows.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {

@@ -2,7 +2,7 @@
 //! dashboard page).
 
 use anyhow::Context;
-use ops::client::Client;
+use ops::client::{Client, urlencode};
 use ops::ids::resolve_build;
 use serde_json::Value;
 
@@ -29,7 +29,7 @@ pub async fn open(client: &Client, stage: &str, browser: bool) -> anyhow::Result
     let (e, st) = split_stage(stage)?;
     // A stage that does not exist is a 404 here (exit 4), not a broken link in the browser.
     let _: Value = client.get(&format!("/v1/envs/{e}/{st}")).await?;
-    let url = format!("{}/ui/env/{}/{}", client.addr(), crate::urlencode(e), crate::urlencode(st));
+    let url = format!("{}/ui/env/{}/{}", client.addr(), urlencode(e), urlencode(st));
     println!("{url}");
     let display = ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some());
     if should_open(browser, std::io::stdout().is_terminal(), display) {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use clap::{Args, Subcommand};
-use ops::client::Client;
+use ops::client::{Client, urlencode};
 use ops::format::View;
 use serde_json::{Value, json};
 
@@ -70,17 +70,6 @@ pub async fn deploy(
         println!("watch it: tt status {stage} -w");
     }
     Ok(())
-}
-
-pub(crate) fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Prints the stage's current deploy; with `watch`, follows it until it settles and returns the

@@ -1,12 +1,11 @@
 //! Unique id prefixes: `tt` accepts the first characters of a deploy or build id (like Nomad's
 //! `8990cfbc`) and resolves them against the service's list. The choice is the pure
-//! [`unique_prefix`]; [`resolve_build`] and [`resolve_deploy`] fetch the candidates.
+//! [`unique_prefix`]; [`resolve_build`] and [`resolve_deploy`] first try the argument as a full
+//! id (one request), and only when that is not found fetch the candidates.
 
-use crate::client::Client;
+use crate::client::{Client, ClientError, urlencode};
 use serde_json::Value;
 
-/// Length of a full id (22 characters of URL-safe base64): such an argument is used as given.
-pub const FULL_ID_CHARS: usize = 22;
 /// Ids asked for per page while resolving a prefix (the API's largest page).
 pub const PREFIX_PAGE_SIZE: usize = 1000;
 /// Pages scanned at most while resolving a prefix (100,000 ids); past that, give the full id.
@@ -83,9 +82,19 @@ fn ids_of(items: &[Value]) -> impl Iterator<Item = &str> {
     items.iter().filter_map(|v| v.get("id").and_then(Value::as_str))
 }
 
+/// Whether `arg` is a whole id: `GET {collection}/{arg}` answers (a 404 says no; any other
+/// error is the caller's).
+async fn exists(client: &Client, collection: &str, arg: &str) -> Result<bool, ClientError> {
+    match client.get::<Value>(&format!("{collection}/{}", urlencode(arg))).await {
+        Ok(_) => Ok(true),
+        Err(ClientError::Api { status: 404, .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The build id `arg` names (a full id, or a unique prefix of one).
 pub async fn resolve_build(client: &Client, arg: &str) -> anyhow::Result<String> {
-    if arg.len() >= FULL_ID_CHARS {
+    if !arg.is_empty() && exists(client, "/v1/builds", arg).await? {
         return Ok(arg.to_string());
     }
     let mut ids = Vec::new();
@@ -102,7 +111,7 @@ pub async fn resolve_build(client: &Client, arg: &str) -> anyhow::Result<String>
 
 /// The deploy id `arg` names (a full id, or a unique prefix of one), among every stage's.
 pub async fn resolve_deploy(client: &Client, arg: &str) -> anyhow::Result<String> {
-    if arg.len() >= FULL_ID_CHARS {
+    if !arg.is_empty() && exists(client, "/v1/deploys", arg).await? {
         return Ok(arg.to_string());
     }
     let mut ids = Vec::new();

@@ -339,7 +339,6 @@ pub(crate) fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
         .with_context(|| format!("{s:?} is not ENV/STAGE (for example: myservice/prod)"))
 }
 
-pub(crate) use cmd_deploy::urlencode;
 pub(crate) use ops::format::field as s;
 
 /// The clock, read once per command: human tables count relative times from it.
