@@ -22,12 +22,17 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 #[test]
-fn agent_configs_are_checked_by_the_agent_parser() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/agent.toml");
-    let (code, out, err) = tt(&["config", "validate", example]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("valid agent config"), "{out}");
+fn the_packaged_example_configs_are_valid() {
+    let etc = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/etc/tt");
+    for (file, kind) in [("agent.toml", "agent"), ("coordinator.toml", "coordinator")] {
+        let (code, out, err) = tt(&["config", "validate", &format!("{etc}/{file}")]);
+        assert_eq!(code, 0, "{file}: {out}{err}");
+        assert!(out.contains(&format!("valid {kind} config")), "{out}");
+    }
+}
 
+#[test]
+fn agent_configs_are_checked_by_the_agent_parser() {
     let dir = tempfile::tempdir().unwrap();
     let bad = write(dir.path(), "agent.toml", "coordinators = [\"a:7410\"]\nmax_retryy = 3\n");
     let (code, _, err) = tt(&["config", "validate", &bad]);
