@@ -8,14 +8,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod support;
+
 fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run(Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args))
 }
 
 /// `tt build publish` of a build of `svc` at `url` and `commit`, with JSON output.
@@ -178,6 +174,19 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, out, _) = tt(&addr, &["status", "svc/canary", "-w", "--timeout", "2"]);
     assert_eq!(code, 3, "a running deploy times out the watch: {out}");
     assert!(out.contains("RUNNING"), "{out}");
+    assert_eq!(out.lines().count(), 1, "off a terminal, one line per change: {out}");
+    // On a terminal (util-linux `script` gives it one) the watch redraws one block in place.
+    let cmd = format!("{} status svc/canary -w --timeout 2", env!("CARGO_BIN_EXE_tt"));
+    let (code, out, err) = support::run(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TT_ADDR", &addr)
+            .env_remove("NO_COLOR"),
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("svc/canary  deploy") && out.contains("hosts: 1 pre_download"), "{out}");
+    assert!(out.contains("A\r\x1b[J"), "the frame is erased and redrawn: {out:?}");
+    assert!(out.contains("\x1b[33mRUNNING\x1b[0m"), "coloured on a terminal: {out:?}");
     let env_id = goal["deployGoal"]["envId"].clone();
     ping(
         serde_json::json!([{"deployId": deploy_id, "envId": env_id, "deployStage": "PRE_DOWNLOAD", "agentStatus": "TOO_MANY_RETRY", "errorCode": 1}]),
