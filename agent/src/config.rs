@@ -249,7 +249,7 @@ mod tests {
         assert_eq!(limits.max_retry, 2);
         assert_eq!(limits.process_timeout, Duration::from_secs(7));
 
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/systemd/agent.toml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/etc/tt/agent.toml");
         let cfg = AgentConfig::load(&example).expect("the shipped example config loads");
         assert_eq!(cfg.coordinators.len(), 3);
         assert_eq!(cfg.lease_ms, DEFAULT_LEASE_MS);

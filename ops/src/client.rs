@@ -5,6 +5,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// Exit code: a usage error (clap's own; also an ambiguous id prefix, a destructive verb
+/// without a terminal to confirm on and without `--yes`).
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code: the resource was not found (404).
 pub const EXIT_NOT_FOUND: i32 = 4;
 /// Exit code: no leader, or no coordinator reachable (503, connection errors).
@@ -18,9 +21,10 @@ pub const EXIT_FORBIDDEN: i32 = 7;
 pub const EXIT_CODES_HELP: &str = "Exit codes:
   0  success
   1  error (the server refused the request, or it failed)
-  2  usage error
+  2  usage error (also: an ambiguous id prefix; a destructive verb without --yes and without
+     a terminal to confirm on)
   3  `tt status -w`: --timeout passed before the deploy finished
-  4  not found (404)
+  4  not found (404, or no id starts with the prefix given)
   5  service unavailable: no leader, or no coordinator reachable
   6  not authenticated (401): set TT_TOKEN to a valid token
   7  forbidden (403): the token lacks the role the message names
@@ -189,18 +193,36 @@ impl Client {
     }
 }
 
-/// Formats rows as an aligned text table.
+/// Percent-encodes `s` for a URL path segment or query value (RFC 3986 unreserved characters
+/// pass as they are).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Formats rows as an aligned text table. Cells may carry ANSI colour: widths count only what
+/// a terminal shows.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    use crate::format::visible_width;
+    let mut widths: Vec<usize> = headers.iter().map(|h| visible_width(h)).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(visible_width(cell));
         }
     }
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> =
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}", w = *w)).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - visible_width(c))))
+            .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };

@@ -1,10 +1,14 @@
 //! Deploy verbs: `tt deploy`, `tt status -w`, `tt history`, `tt rollback`, `tt promote`,
 //! `tt pause|resume|restart`, `tt hosts`, `tt host pause|reset|resume`, `tt capacity`.
 
+use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use clap::{Args, Subcommand};
-use ops::client::{Client, table};
+use ops::client::{Client, urlencode};
+use ops::format::View;
 use serde_json::{Value, json};
 
 use crate::{Output, print_json, s, split_stage};
@@ -35,26 +39,11 @@ pub enum HostCmd {
     Stop { stage: String, hosts: Vec<String> },
 }
 
-fn deploy_row(d: &Value) -> Vec<String> {
-    vec![
-        s(d, "id"),
-        s(d, "type"),
-        s(d, "state"),
-        s(d, "buildId"),
-        format!("{}/{}", s(d, "successTotal"), s(d, "total")),
-        s(d, "failTotal"),
-        s(d, "acceptanceStatus"),
-    ]
-}
-
-const DEPLOY_HEADERS: &[&str] =
-    &["DEPLOY", "TYPE", "STATE", "BUILD", "DONE", "FAILED", "ACCEPTANCE"];
-
 fn print_deploy(out: Output, d: &Value) {
-    if out == Output::Json {
+    if out.json() {
         print_json(d);
     } else {
-        print!("{}", table(DEPLOY_HEADERS, &[deploy_row(d)]));
+        print!("{}", ops::format::deploys(std::slice::from_ref(d), &out.view));
     }
 }
 
@@ -77,21 +66,10 @@ pub async fn deploy(
     let d: Option<Value> = client.post(&path, &Value::Null).await?;
     let d = d.unwrap_or_default();
     print_deploy(out, &d);
-    if out == Output::Table {
+    if !out.json() {
         println!("watch it: tt status {stage} -w");
     }
     Ok(())
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Prints the stage's current deploy; with `watch`, follows it until it settles and returns the
@@ -105,6 +83,9 @@ pub async fn status(
 ) -> anyhow::Result<i32> {
     let (e, st) = split_stage(stage)?;
     let started = Instant::now();
+    // On a terminal the watch redraws one block in place; otherwise (a pipe, a CI log) it
+    // prints one line per change, which stays readable when captured.
+    let redraw = watch && std::io::stdout().is_terminal();
     let mut last = String::new();
     loop {
         // The progress call also runs a state transition, as Teletraan's UI poll does.
@@ -114,28 +95,35 @@ pub async fn status(
         let d: Value = client.get(&format!("/v1/envs/{e}/{st}/deploys/current")).await?;
         let state = s(&d, "state");
         if !watch {
-            if out == Output::Json {
+            if out.json() {
                 print_json(&json!({"deploy": d, "progress": progress}));
             } else {
                 print_deploy(out, &d);
-                print_agents(&progress["agents"]);
+                print_agents(out, &progress["agents"]);
             }
             return Ok(0);
         }
-        let line = format!(
-            "{state:<10} {}/{} hosts done, {} failed (deploy {})",
-            s(&d, "successTotal"),
-            s(&d, "total"),
-            s(&d, "failTotal"),
-            s(&d, "id")
-        );
-        if line != last {
-            if out == Output::Json {
-                println!("{}", json!({"deploy": d}));
-            } else {
+        if out.json() {
+            let line = json!({"deploy": d}).to_string();
+            if line != last {
                 println!("{line}");
+                last = line;
             }
-            last = line;
+        } else if redraw {
+            let view = View { now_ms: crate::now_ms(), ..out.view };
+            let agents = progress["agents"].as_array().map_or(&[][..], Vec::as_slice);
+            let frame = ops::format::watch_frame(stage, &d, agents, &view);
+            if frame != last {
+                print!("{}{frame}", ops::format::erase_lines(last.lines().count()));
+                std::io::stdout().flush().context("writing to stdout")?;
+                last = frame;
+            }
+        } else {
+            let line = ops::format::watch_line(&d, out.view.color);
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
         }
         match state.as_str() {
             "SUCCEEDING" | "SUCCEEDED" => return Ok(0),
@@ -150,22 +138,9 @@ pub async fn status(
     }
 }
 
-fn print_agents(agents: &Value) {
-    let rows: Vec<Vec<String>> = agents
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|a| {
-            vec![
-                s(a, "hostName"),
-                s(a, "deployStage"),
-                s(a, "state"),
-                s(a, "status"),
-                s(a, "deployId"),
-            ]
-        })
-        .collect();
-    print!("{}", table(&["HOST", "STEP", "STATE", "STATUS", "DEPLOY"], &rows));
+fn print_agents(out: Output, agents: &Value) {
+    let agents = agents.as_array().map_or(&[][..], Vec::as_slice);
+    print!("{}", ops::format::agents(agents, &out.view));
 }
 
 pub async fn history(
@@ -178,12 +153,11 @@ pub async fn history(
     let env: Value = client.get(&format!("/v1/envs/{e}/{st}")).await?;
     let v: Value =
         client.get(&format!("/v1/deploys?envId={}&pageSize={limit}", s(&env, "id"))).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(&v);
     } else {
-        let rows: Vec<Vec<String>> =
-            v["deploys"].as_array().into_iter().flatten().map(deploy_row).collect();
-        print!("{}", table(DEPLOY_HEADERS, &rows));
+        let deploys = v["deploys"].as_array().map_or(&[][..], Vec::as_slice);
+        print!("{}", ops::format::deploys(deploys, &out.view));
     }
     Ok(())
 }
@@ -213,10 +187,10 @@ pub async fn action(
 pub async fn hosts(client: &Client, out: Output, stage: &str) -> anyhow::Result<()> {
     let (e, st) = split_stage(stage)?;
     let agents: Value = client.get(&format!("/v1/envs/{e}/{st}/agents")).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(&agents);
     } else {
-        print_agents(&agents);
+        print_agents(out, &agents);
     }
     Ok(())
 }
@@ -260,7 +234,7 @@ pub async fn capacity(
     }
     let g: Value = client.get(&format!("/v1/envs/{e}/{st}/capacity?capacityType=GROUP")).await?;
     let h: Value = client.get(&format!("/v1/envs/{e}/{st}/capacity?capacityType=HOST")).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(&json!({"groups": g, "hosts": h}));
     } else {
         println!(

@@ -121,7 +121,7 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
     let base = format!("/v1/envs/{e}/{st}");
     if a.history {
         let h: Vec<Value> = client.get(&format!("{base}/history?pageSize={}", a.limit)).await?;
-        if out == Output::Json {
+        if out.json() {
             print_json(&h);
         } else {
             let rows: Vec<Vec<String>> = h
@@ -129,14 +129,14 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
                 .map(|c| {
                     vec![
                         s(c, "changeId"),
-                        s(c, "createTime"),
+                        ops::format::time_cell(c, "createTime", &out.view),
                         s(c, "operator"),
                         s(c, "type"),
                         s(c, "configChange"),
                     ]
                 })
                 .collect();
-            print!("{}", table(&["CHANGE", "TIME (ms)", "OPERATOR", "TYPE", "CHANGE BODY"], &rows));
+            print!("{}", table(&["CHANGE", "TIME", "OPERATOR", "TYPE", "CHANGE BODY"], &rows));
         }
         return Ok(());
     }
@@ -144,7 +144,7 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
         let body = parse_sets(&a.set)?;
         let fields: Vec<String> = body.keys().cloned().collect();
         client.put(&base, &Value::Object(body)).await?;
-        if out == Output::Table {
+        if !out.json() {
             println!("updated {} of {}", fields.join(", "), a.stage);
         }
     }
@@ -161,7 +161,7 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
         Err(ClientError::Api { status: 403, .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    if out == Output::Json {
+    if out.json() {
         print_json(&json!({
             "env": env,
             "capacity": {"hosts": hosts, "groups": groups},
@@ -173,12 +173,12 @@ pub async fn env_config(client: &Client, out: Output, a: EnvConfigArgs) -> anyho
         return Ok(());
     }
     println!(
-        "{} (id {}), current deploy {}, last changed by {} at {} ms",
+        "{} (id {}), current deploy {}, last changed by {} {}",
         a.stage,
         s(&env, "id"),
         s(&env, "deployId"),
         s(&env, "lastOperator"),
-        s(&env, "lastUpdate")
+        ops::format::time_cell(&env, "lastUpdate", &out.view)
     );
     section("SETTINGS");
     let rows: Vec<Vec<String>> = SETTINGS

@@ -88,7 +88,7 @@ pub async fn promote_config(
         client.put(&path, &Value::Object(patch)).await?;
     }
     let p: Value = client.get(&path).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(&p);
         return Ok(());
     }
@@ -112,7 +112,7 @@ pub async fn promote_config(
     Ok(())
 }
 
-fn tag_rows(tags: &[Value]) -> Vec<Vec<String>> {
+fn tag_rows(tags: &[Value], view: &ops::format::View) -> Vec<Vec<String>> {
     tags.iter()
         .map(|t| {
             let build = t
@@ -126,7 +126,7 @@ fn tag_rows(tags: &[Value]) -> Vec<Vec<String>> {
                 s(t, "targetId"),
                 build,
                 s(t, "operator"),
-                s(t, "createdDate"),
+                ops::format::time_cell(t, "createdDate", view),
                 s(t, "comments"),
             ]
         })
@@ -134,7 +134,7 @@ fn tag_rows(tags: &[Value]) -> Vec<Vec<String>> {
 }
 
 const TAG_HEADERS: &[&str] =
-    &["TAG", "VALUE", "TARGET", "ON BUILD", "OPERATOR", "CREATED (ms)", "COMMENTS"];
+    &["TAG", "VALUE", "TARGET", "ON BUILD", "OPERATOR", "CREATED", "COMMENTS"];
 
 /// `tt build tag BUILD_ID --value BAD_BUILD --reason ...`.
 pub async fn tag(
@@ -150,10 +150,10 @@ pub async fn tag(
     });
     let t: Option<Value> = client.post("/v1/tags", &body).await?;
     let t = t.unwrap_or_default();
-    if out == Output::Json {
+    if out.json() {
         print_json(&t);
     } else {
-        print!("{}", table(TAG_HEADERS, &tag_rows(std::slice::from_ref(&t))));
+        print!("{}", table(TAG_HEADERS, &tag_rows(std::slice::from_ref(&t), &out.view)));
     }
     Ok(())
 }
@@ -163,7 +163,7 @@ pub async fn tag(
 pub async fn tags(client: &Client, out: Output, build: &str) -> anyhow::Result<()> {
     let effective: Value = client.get(&format!("/v1/builds/{build}/tags")).await?;
     let placed: Vec<Value> = client.get(&format!("/v1/tags/targets/{build}")).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(
             &json!({"build": effective["build"], "effective": effective["tag"], "tags": placed}),
         );
@@ -180,7 +180,7 @@ pub async fn tags(client: &Client, out: Output, build: &str) -> anyhow::Result<(
         None => println!("in effect: no tag"),
     }
     if !placed.is_empty() {
-        print!("{}", table(TAG_HEADERS, &tag_rows(&placed)));
+        print!("{}", table(TAG_HEADERS, &tag_rows(&placed, &out.view)));
     }
     Ok(())
 }

@@ -78,9 +78,9 @@ pub async fn schedule(client: &Client, out: Output, a: ScheduleArgs) -> anyhow::
             (stage, None)
         }
     };
-    match (out, v) {
-        (Output::Json, Some(v)) => print_json(&v),
-        (Output::Json, None) => print_json(&json!({"deleted": stage})),
+    match (out.json(), v) {
+        (true, Some(v)) => print_json(&v),
+        (true, None) => print_json(&json!({"deleted": stage})),
         (_, Some(v)) => print_schedule(&stage, &v),
         (_, None) => println!("deleted the schedule of {stage}"),
     }
@@ -138,9 +138,9 @@ pub async fn constraint(client: &Client, out: Output, a: ConstraintArgs) -> anyh
             None
         }
     };
-    match (out, v) {
-        (Output::Json, Some(v)) => print_json(&v),
-        (Output::Json, None) => print_json(&json!({"deleted": a.stage})),
+    match (out.json(), v) {
+        (true, Some(v)) => print_json(&v),
+        (true, None) => print_json(&json!({"deleted": a.stage})),
         (_, Some(v)) => {
             let rows: Vec<Vec<String>> = [
                 ("key", "constraintKey"),

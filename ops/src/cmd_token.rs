@@ -2,7 +2,7 @@
 //! `token_roles`) and user tokens. A token is printed once, when it is created.
 
 use anyhow::Context;
-use ops::client::{Client, table};
+use ops::client::Client;
 use serde_json::{Value, json};
 
 use crate::{Output, print_json, s};
@@ -74,7 +74,7 @@ pub async fn run(client: &Client, out: Output, cmd: TokenCmd) -> anyhow::Result<
                 .post(&base(&owner), &body)
                 .await?
                 .context("the service answered no token")?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&t);
             } else {
                 println!("{}", s(&t, "token"));
@@ -88,24 +88,11 @@ pub async fn run(client: &Client, out: Output, cmd: TokenCmd) -> anyhow::Result<
         }
         TokenCmd::List { owner } => {
             let list: Vec<Value> = client.get(&base(&owner)).await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&list);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|t| {
-                    vec![
-                        s(t, "name"),
-                        s(t, "id"),
-                        s(t, "type"),
-                        s(t, "resource"),
-                        s(t, "role"),
-                        s(t, "expireDate"),
-                    ]
-                })
-                .collect();
-            print!("{}", table(&["NAME", "ID", "TYPE", "RESOURCE", "ROLE", "EXPIRES"], &rows));
+            print!("{}", ops::format::tokens(&list, &out.view));
         }
         TokenCmd::Delete { owner, name, id } => {
             let key = if owner.user.is_some() {

@@ -88,7 +88,7 @@ pub async fn webhooks(client: &Client, out: Output, a: WebhooksArgs) -> anyhow::
             deploy.clone()
         };
         let deliveries: Vec<Value> = client.get(&format!("/v1/deploys/{id}/webhooks")).await?;
-        if out == Output::Json {
+        if out.json() {
             print_json(&deliveries);
         } else if deliveries.is_empty() {
             println!("deploy {id} owes no webhooks (the stage had none when they fell due)");
@@ -113,7 +113,7 @@ pub async fn webhooks(client: &Client, out: Output, a: WebhooksArgs) -> anyhow::
             }
         };
         let stored: Value = client.put_json(&url, &hooks).await?;
-        if out == Output::Json {
+        if out.json() {
             print_json(&stored);
         } else {
             println!("webhooks of {} replaced", a.stage);
@@ -122,7 +122,7 @@ pub async fn webhooks(client: &Client, out: Output, a: WebhooksArgs) -> anyhow::
         return Ok(());
     }
     let hooks: Value = client.get(&url).await?;
-    if out == Output::Json {
+    if out.json() {
         print_json(&hooks);
     } else {
         print!("{}", hooks_table(&hooks));

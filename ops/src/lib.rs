@@ -4,10 +4,13 @@
 
 pub mod bench;
 pub mod client;
+pub mod confirm;
 pub mod demo;
 pub mod demo_build;
 pub mod devcluster;
 pub mod devfleet;
+pub mod format;
+pub mod ids;
 pub mod publish;
 pub mod simfleet;
 

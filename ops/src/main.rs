@@ -9,14 +9,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use ops::client::{Client, ClientError, table};
+use ops::confirm::ConfirmError;
 use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
+use ops::format::{ColorChoice, View};
+use ops::ids::{PrefixError, resolve_build, resolve_deploy};
 use serde_json::{Value, json};
 
 mod cmd_bench;
+mod cmd_browse;
 mod cmd_deploy;
 mod cmd_env_config;
+mod cmd_meta;
 mod cmd_promote;
 mod cmd_schedule;
 mod cmd_token;
@@ -24,6 +29,7 @@ mod cmd_webhooks;
 
 #[derive(Parser)]
 #[command(
+    name = "tt",
     version,
     about = "Operate a tt deploy service (Teletraan-compatible, Raft-replicated)",
     after_help = ops::client::EXIT_CODES_HELP
@@ -35,17 +41,38 @@ struct Cli {
     /// API token.
     #[arg(long, global = true, env = "TT_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    /// Output format: a table with relative times, a wide table with absolute times and more
+    /// columns, or the API's JSON (times in epoch milliseconds).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Colour state words: auto (a terminal, and NO_COLOR unset), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// Answer yes to the confirmation of destructive verbs (needed without a terminal).
+    #[arg(short = 'y', long, global = true)]
+    yes: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Output {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
     Table,
+    Wide,
     Json,
+}
+
+/// How a verb prints: the format and, for tables, the view (now, wide, colour).
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    pub format: Format,
+    pub view: View,
+}
+
+impl Output {
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
 }
 
 #[derive(Subcommand)]
@@ -138,6 +165,29 @@ enum Cmd {
     /// API tokens: create (shown once), list, delete.
     #[command(subcommand)]
     Token(cmd_token::TokenCmd),
+    /// Two builds side by side (name, branch, commits, artifact URL, size, BLAKE3) and the
+    /// commit range between them; ids or unique prefixes.
+    Diff { build_a: String, build_b: String },
+    /// Print the URL of the stage's dashboard page; open it in a browser with --browser, or
+    /// when stdout is a terminal and a display is available.
+    Open {
+        stage: String,
+        /// Run xdg-open on the URL even off a terminal.
+        #[arg(long)]
+        browser: bool,
+    },
+    /// This client's version and the server's.
+    Version,
+    /// The client's effective settings, or check a coordinator or agent config file.
+    #[command(subcommand)]
+    Config(cmd_meta::ConfigCmd),
+    /// Print a shell completion script: `tt completion bash > /etc/bash_completion.d/tt`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages, one per command and subcommand (tt.1, tt-env-create.1, ...).
+    Man {
+        #[arg(long, value_hint = clap::ValueHint::DirPath)]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -299,11 +349,22 @@ pub(crate) fn split_stage(s: &str) -> anyhow::Result<(&str, &str)> {
         .with_context(|| format!("{s:?} is not ENV/STAGE (for example: myservice/prod)"))
 }
 
-pub(crate) fn s(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+pub(crate) use ops::format::field as s;
+
+/// The clock, read once per command: human tables count relative times from it.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`tt completion bash | head`) is not an
+/// error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout"),
     }
 }
 
@@ -312,10 +373,11 @@ pub(crate) fn print_json(v: &impl serde::Serialize) {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     ops::ensure_crypto_provider();
     let rt = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    let code = match rt.block_on(run(cli)) {
+    let code = match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -323,15 +385,39 @@ fn main() {
             if let Some(hint) = client_error.and_then(ClientError::hint) {
                 eprintln!("hint: {hint}");
             }
-            client_error.map_or(1, ClientError::exit_code)
+            if let Some(e) = e.downcast_ref::<PrefixError>() {
+                e.exit_code()
+            } else if let Some(e) = e.downcast_ref::<ConfirmError>() {
+                e.exit_code()
+            } else {
+                client_error.map_or(1, ClientError::exit_code)
+            }
         }
     };
     std::process::exit(code);
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+async fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<i32> {
     let client = Client::new(&cli.addr, cli.token.clone());
-    let out = cli.output;
+    let color = ops::format::color_enabled(
+        cli.color,
+        std::io::stdout().is_terminal(),
+        std::env::var("NO_COLOR").ok().as_deref(),
+    );
+    let out = Output {
+        format: cli.output,
+        view: View { now_ms: now_ms(), wide: cli.output == Format::Wide, color },
+    };
+    if let Some(question) = destructive(&cli.cmd) {
+        let stdin = std::io::stdin();
+        ops::confirm::confirm(
+            &question,
+            cli.yes,
+            stdin.is_terminal(),
+            &mut stdin.lock(),
+            &mut std::io::stderr(),
+        )?;
+    }
     match cli.cmd {
         Cmd::Dev(DevCmd::Demo { dir, agents, parallel, http_port, raft_port, exit }) => {
             if dir.join("cluster").exists() || dir.join("agents").exists() {
@@ -356,6 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Build(c) => build(&client, out, c).await?,
         Cmd::Bench(c) => cmd_bench::run(c).await?,
         Cmd::Deploy { stage, build, description, force } => {
+            let build = resolve_build(&client, &build).await?;
             cmd_deploy::deploy(&client, out, &stage, &build, description, force).await?
         }
         Cmd::PromoteConfig(a) => cmd_promote::promote_config(&client, out, a).await?,
@@ -368,10 +455,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::History { stage, limit } => cmd_deploy::history(&client, out, &stage, limit).await?,
         Cmd::Rollback { stage, to } => {
-            let extra = to.map(|t| format!("&toDeployId={t}")).unwrap_or_default();
+            let extra = match to {
+                Some(t) => format!("&toDeployId={}", resolve_deploy(&client, &t).await?),
+                None => String::new(),
+            };
             cmd_deploy::action(&client, out, &stage, "ROLLBACK", &extra).await?
         }
         Cmd::Promote { stage, from } => {
+            let from = resolve_deploy(&client, &from).await?;
             cmd_deploy::action(&client, out, &stage, "PROMOTE", &format!("&fromDeployId={from}"))
                 .await?
         }
@@ -384,8 +475,80 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cmd_deploy::capacity(&client, out, &stage, groups, hosts).await?
         }
         Cmd::Token(c) => cmd_token::run(&client, out, c).await?,
+        Cmd::Diff { build_a, build_b } => {
+            cmd_browse::diff(&client, out, &build_a, &build_b).await?
+        }
+        Cmd::Open { stage, browser } => cmd_browse::open(&client, &stage, browser).await?,
+        Cmd::Version => cmd_meta::version(&client, out).await?,
+        Cmd::Config(cmd_meta::ConfigCmd::Print) => {
+            let name = |v: &dyn Fn() -> Option<clap::builder::PossibleValue>| {
+                v().map_or("?".to_string(), |p| p.get_name().to_string())
+            };
+            cmd_meta::print_config(
+                out,
+                &cmd_meta::Effective {
+                    matches,
+                    addr: client.addr(),
+                    token_set: cli.token.is_some(),
+                    output: &name(&|| cli.output.to_possible_value()),
+                    color: &name(&|| cli.color.to_possible_value()),
+                    color_on: color,
+                },
+            )
+        }
+        Cmd::Config(cmd_meta::ConfigCmd::Validate { file, kind }) => {
+            return cmd_meta::validate(&file, kind);
+        }
+        Cmd::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tt", &mut script);
+            write_stdout(&script)?;
+        }
+        Cmd::Man { out_dir } => cmd_meta::man(Cli::command(), &out_dir)?,
     }
     Ok(0)
+}
+
+/// The question a destructive verb asks before it acts (see `ops::confirm`), or `None`.
+fn destructive(cmd: &Cmd) -> Option<String> {
+    use cmd_deploy::HostCmd;
+    let hosts = |what: &str, stage: &str, hosts: &[String]| {
+        Some(format!("{what} {} on {stage}", hosts.join(", ")))
+    };
+    match cmd {
+        Cmd::Rollback { stage, to } => Some(match to {
+            Some(to) => format!("roll {stage} back to deploy {to}"),
+            None => format!("roll {stage} back to its last successful deploy"),
+        }),
+        Cmd::Restart(a) => Some(format!("restart every host of {}", a.stage)),
+        Cmd::Promote { stage, from } => {
+            Some(format!("deploy the build of deploy {from} to {stage}"))
+        }
+        Cmd::Host(HostCmd::Pause { stage, hosts: h }) => hosts("pause", stage, h),
+        Cmd::Host(HostCmd::Reset { stage, hosts: h }) => hosts("reset", stage, h),
+        Cmd::Host(HostCmd::Stop { stage, hosts: h }) => {
+            hosts("stop the service (on every stage) of", stage, h)
+        }
+        Cmd::Env(EnvCmd::Delete { stage }) => Some(format!("delete stage {stage}")),
+        Cmd::Build(BuildCmd::Delete { id }) => Some(format!("delete build {id}")),
+        Cmd::Build(BuildCmd::Untag { tag }) => Some(format!("delete tag {tag}")),
+        Cmd::Cluster(ClusterCmd::RemoveNode { id }) => {
+            Some(format!("remove node {id} from the cluster"))
+        }
+        Cmd::Token(cmd_token::TokenCmd::Delete { name, id, .. }) => Some(format!(
+            "delete token {}",
+            name.as_deref().or(id.as_deref()).unwrap_or("(none named)")
+        )),
+        Cmd::Schedule(cmd_schedule::ScheduleArgs {
+            cmd: Some(cmd_schedule::ScheduleCmd::Delete { stage }),
+            ..
+        }) => Some(format!("delete the schedule of {stage}")),
+        Cmd::Constraint(cmd_schedule::ConstraintArgs {
+            stage,
+            cmd: Some(cmd_schedule::ConstraintCmd::Delete),
+        }) => Some(format!("delete the deploy constraint of {stage}")),
+        _ => None,
+    }
 }
 
 async fn dev_cluster(
@@ -465,7 +628,7 @@ async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> anyhow::Resul
     match cmd {
         ClusterCmd::Status => {
             let v: Value = client.get("/v1/cluster").await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&v);
                 return Ok(());
             }
@@ -506,25 +669,6 @@ async fn cluster(client: &Client, out: Output, cmd: ClusterCmd) -> anyhow::Resul
     Ok(())
 }
 
-fn env_rows(envs: &[Value]) -> Vec<Vec<String>> {
-    envs.iter()
-        .map(|e| {
-            vec![
-                format!("{}/{}", s(e, "envName"), s(e, "stageName")),
-                s(e, "stageType"),
-                s(e, "buildName"),
-                s(e, "maxParallel"),
-                s(e, "maxParallelPct"),
-                s(e, "envState"),
-                s(e, "deployId"),
-            ]
-        })
-        .collect()
-}
-
-const ENV_HEADERS: &[&str] =
-    &["STAGE", "TYPE", "BUILD NAME", "MAX PARALLEL", "MAX %", "STATE", "CURRENT DEPLOY"];
-
 async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
     match cmd {
         EnvCmd::Create {
@@ -541,8 +685,8 @@ async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
                 "maxParallelPct": max_parallel_pct, "stageType": stage_type, "description": description,
             });
             let created: Option<Value> = client.post("/v1/envs", &body).await?;
-            match (out, created) {
-                (Output::Json, Some(v)) => print_json(&v),
+            match (out.json(), created) {
+                (true, Some(v)) => print_json(&v),
                 (_, v) => println!(
                     "created {stage} (id {})",
                     v.as_ref().map_or("-".into(), |v| s(v, "id"))
@@ -555,19 +699,19 @@ async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
                 None => "/v1/envs".to_string(),
             };
             let envs: Vec<Value> = client.get(&path).await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&envs);
             } else {
-                print!("{}", table(ENV_HEADERS, &env_rows(&envs)));
+                print!("{}", ops::format::stages(&envs, &out.view));
             }
         }
         EnvCmd::Get { stage } => {
             let (e, st) = split_stage(&stage)?;
             let v: Value = client.get(&format!("/v1/envs/{e}/{st}")).await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&v);
             } else {
-                print!("{}", table(ENV_HEADERS, &env_rows(std::slice::from_ref(&v))));
+                print!("{}", ops::format::stages(std::slice::from_ref(&v), &out.view));
             }
         }
         EnvCmd::Update { stage, build_name, max_parallel, max_parallel_pct, description } => {
@@ -600,30 +744,12 @@ async fn env(client: &Client, out: Output, cmd: EnvCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_rows(builds: &[Value]) -> Vec<Vec<String>> {
-    builds
-        .iter()
-        .map(|b| {
-            vec![
-                s(b, "id"),
-                s(b, "name"),
-                s(b, "branch"),
-                s(b, "commitShort"),
-                s(b, "publishDate"),
-                s(b, "artifactUrl"),
-            ]
-        })
-        .collect()
-}
-
-const BUILD_HEADERS: &[&str] = &["ID", "NAME", "BRANCH", "COMMIT", "PUBLISHED (ms)", "ARTIFACT"];
-
 async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()> {
     match cmd {
         BuildCmd::Publish { name, artifact_url, file, pull, commit, branch, repo } => {
             let mut body = json!({"name": name, "commit": commit, "branch": branch, "repo": repo});
             if let Some(url) = &pull {
-                if out == Output::Table {
+                if !out.json() {
                     eprintln!("the cluster is pulling {url} ...");
                 }
                 let up: Option<ops::publish::Uploaded> = client
@@ -635,7 +761,7 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
                     .await
                     .with_context(|| format!("pulling {url}"))?;
                 let up = up.context("the cluster answered the pull with no body")?;
-                if out == Output::Table {
+                if !out.json() {
                     println!(
                         "pulled {url} ({} bytes, blake3 {}) to nodes {:?}",
                         up.size, up.blake3, up.copies
@@ -657,7 +783,7 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
                 (None, Some(f)) => {
                     let progress = std::io::stderr().is_terminal();
                     let up = ops::publish::upload(client, f, progress).await?;
-                    if out == Output::Table {
+                    if !out.json() {
                         println!(
                             "uploaded {} ({} bytes, blake3 {}) to nodes {:?}",
                             f.display(),
@@ -673,8 +799,8 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
                 (None, None) => unreachable!("clap requires --artifact-url, --file or --pull"),
             }
             let v: Option<Value> = client.post("/v1/builds", &body).await?;
-            match (out, v) {
-                (Output::Json, Some(v)) => print_json(&v),
+            match (out.json(), v) {
+                (true, Some(v)) => print_json(&v),
                 (_, v) => {
                     println!("published build {}", v.as_ref().map_or("-".into(), |v| s(v, "id")))
                 }
@@ -686,28 +812,33 @@ async fn build(client: &Client, out: Output, cmd: BuildCmd) -> anyhow::Result<()
                 path.push_str(&format!("&name={n}"));
             }
             let builds: Vec<Value> = client.get(&path).await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&builds);
             } else {
-                print!("{}", table(BUILD_HEADERS, &build_rows(&builds)));
+                print!("{}", ops::format::builds(&builds, &out.view));
             }
         }
         BuildCmd::Get { id } => {
+            let id = resolve_build(client, &id).await?;
             let v: Value = client.get(&format!("/v1/builds/{id}")).await?;
-            if out == Output::Json {
+            if out.json() {
                 print_json(&v);
             } else {
-                print!("{}", table(BUILD_HEADERS, &build_rows(std::slice::from_ref(&v))));
+                print!("{}", ops::format::builds(std::slice::from_ref(&v), &out.view));
             }
         }
         BuildCmd::Delete { id } => {
+            let id = resolve_build(client, &id).await?;
             client.delete(&format!("/v1/builds/{id}")).await?;
             println!("deleted build {id}");
         }
         BuildCmd::Tag { id, value, reason } => {
+            let id = resolve_build(client, &id).await?;
             cmd_promote::tag(client, out, &id, &value, reason).await?
         }
-        BuildCmd::Tags { id } => cmd_promote::tags(client, out, &id).await?,
+        BuildCmd::Tags { id } => {
+            cmd_promote::tags(client, out, &resolve_build(client, &id).await?).await?
+        }
         BuildCmd::Untag { tag } => cmd_promote::untag(client, &tag).await?,
     }
     Ok(())

@@ -8,14 +8,16 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+mod support;
+
 fn tt(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    support::run(Command::new(env!("CARGO_BIN_EXE_tt")).env("TT_ADDR", addr).args(args))
+}
+
+/// `tt build publish` of a build of `svc` at `url` and `commit`, with JSON output.
+fn publish(addr: &str, url: &str, commit: &str) -> (i32, String, String) {
+    let args = ["build", "publish", "--name", "svc", "--artifact-url", url, "--commit", commit];
+    tt(addr, &[&args[..], &["-o", "json"]].concat())
 }
 
 fn free_port() -> u16 {
@@ -121,9 +123,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, out, _) = tt(&addr, &["constraint", "svc/canary"]);
     assert_eq!(code, 0);
     assert!(out.contains("GROUP_BY_GROUP") && out.contains("FINISHED"), "{out}");
-    assert_eq!(tt(&addr, &["constraint", "svc/canary", "delete"]).0, 0);
+    assert_eq!(tt(&addr, &["constraint", "svc/canary", "delete", "--yes"]).0, 0);
     assert_ne!(tt(&addr, &["constraint", "svc/canary"]).0, 0, "deleted");
-    assert_eq!(tt(&addr, &["schedule", "delete", "svc/canary"]).0, 0);
+    assert_eq!(tt(&addr, &["schedule", "delete", "svc/canary", "-y"]).0, 0);
     assert_ne!(tt(&addr, &["schedule", "svc/canary"]).0, 0, "deleted");
     let (code, _, err) = tt(&addr, &["env", "get", "svc/nope"]);
     assert_eq!(code, 4, "not found exits 4: {err}");
@@ -131,21 +133,7 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, err) = tt(&addr, &["env", "get", "no-slash"]);
     assert_eq!(code, 1);
     assert!(err.contains("ENV/STAGE"), "{err}");
-    let (code, out, err) = tt(
-        &addr,
-        &[
-            "build",
-            "publish",
-            "--name",
-            "svc",
-            "--artifact-url",
-            "file:///tmp/svc.tgz",
-            "--commit",
-            "0123456789abcdef",
-            "-o",
-            "json",
-        ],
-    );
+    let (code, out, err) = publish(&addr, "file:///tmp/svc.tgz", "0123456789abcdef");
     assert_eq!(code, 0, "{err}");
     let b: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(b["commitShort"], "0123456");
@@ -155,7 +143,7 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, _) = tt("http://127.0.0.1:1", &["cluster", "status"]);
     assert_eq!(code, 5, "unreachable exits 5");
 
-    // Deploy verbs and `status -w` exit codes: 3 on timeout, 1 on FAILING.
+    // Deploy verbs and `status -w` exit codes: 3 on timeout, 1 on FAILING (0 on success below).
     let build_id = b["id"].as_str().unwrap().to_string();
     let (code, out, err) = tt(&addr, &["capacity", "svc/canary", "--host", "web-1", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
@@ -166,8 +154,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
         serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     ops::ensure_crypto_provider();
-    let ping = |report: Value| {
-        let body = serde_json::json!({"hostId": "i-web-1", "hostName": "web-1", "reports": report});
+    let ping_as = |host: &str, report: Value| {
+        let body =
+            serde_json::json!({"hostId": format!("i-{host}"), "hostName": host, "reports": report});
         rt.block_on(async {
             let r = reqwest::Client::new()
                 .post(format!("{addr}/v1/system/ping"))
@@ -179,11 +168,25 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
             r.json::<Value>().await.unwrap()
         })
     };
+    let ping = |report: Value| ping_as("web-1", report);
     let goal = ping(serde_json::json!([]));
     assert_eq!(goal["deployGoal"]["deployStage"], "PRE_DOWNLOAD", "{goal}");
     let (code, out, _) = tt(&addr, &["status", "svc/canary", "-w", "--timeout", "2"]);
     assert_eq!(code, 3, "a running deploy times out the watch: {out}");
     assert!(out.contains("RUNNING"), "{out}");
+    assert_eq!(out.lines().count(), 1, "off a terminal, one line per change: {out}");
+    // On a terminal (util-linux `script` gives it one) the watch redraws one block in place.
+    let cmd = format!("{} status svc/canary -w --timeout 2", env!("CARGO_BIN_EXE_tt"));
+    let (code, out, err) = support::run(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("TT_ADDR", &addr)
+            .env_remove("NO_COLOR"),
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains("svc/canary  deploy") && out.contains("hosts: 1 pre_download"), "{out}");
+    assert!(out.contains("A\r\x1b[J"), "the frame is erased and redrawn: {out:?}");
+    assert!(out.contains("\x1b[33mRUNNING\x1b[0m"), "coloured on a terminal: {out:?}");
     let env_id = goal["deployGoal"]["envId"].clone();
     ping(
         serde_json::json!([{"deployId": deploy_id, "envId": env_id, "deployStage": "PRE_DOWNLOAD", "agentStatus": "TOO_MANY_RETRY", "errorCode": 1}]),
@@ -200,6 +203,9 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
         deploy_id.as_str()
     );
     let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1"]);
+    assert_eq!(code, 2, "a destructive verb without a terminal needs --yes: {err}");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, _, err) = tt(&addr, &["host", "reset", "svc/canary", "i-web-1", "--yes"]);
     assert_eq!(code, 0, "{err}");
 
     // Promote config (show, set, bad input) and build tags.
@@ -251,8 +257,66 @@ fn dev_cluster_serves_the_cli_and_stops_on_ctrl_c() {
     let (code, _, err) = tt(&addr, &["deploy", "svc/canary", "--build", &build_id]);
     assert_eq!(code, 1, "a BAD build needs --force");
     assert!(err.contains("BAD_BUILD") && err.contains("force"), "{err}");
-    let (code, _, err) = tt(&addr, &["build", "untag", t["id"].as_str().unwrap()]);
+    let (code, _, err) = tt(&addr, &["build", "untag", t["id"].as_str().unwrap(), "--yes"]);
     assert_eq!(code, 0, "{err}");
+
+    // Unique id prefixes, and `status -w` exiting 0 once a deploy succeeds.
+    let prefix = &build_id[..8];
+    let (code, out, err) = tt(&addr, &["build", "get", prefix, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], build_id.as_str());
+    let (code, _, err) = tt(&addr, &["build", "get", "~~"]);
+    assert_eq!(code, 4, "no id starts with it: {err}");
+    assert!(err.contains("no build id starts with"), "{err}");
+    let (code, out, err) = tt(&addr, &["history", "svc/canary"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("STARTED") && out.contains(" ago"), "relative times: {out}");
+    let (code, out, _) = tt(&addr, &["history", "svc/canary", "-o", "wide"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("OPERATOR") && out.contains("Z "), "absolute times in wide: {out}");
+    assert_eq!(tt(&addr, &["env", "create", "svc/stg"]).0, 0);
+    assert_eq!(tt(&addr, &["capacity", "svc/stg", "--host", "web-2"]).0, 0);
+    let (code, _, err) = tt(&addr, &["deploy", "svc/stg", "--build", prefix]);
+    assert_eq!(code, 0, "a build id prefix deploys: {err}");
+    let mut report = serde_json::json!([]);
+    for _ in 0..20 {
+        let goal = ping_as("web-2", report);
+        let g = &goal["deployGoal"];
+        if g.is_null() {
+            break;
+        }
+        report = serde_json::json!([{"deployId": g["deployId"], "envId": g["envId"], "deployStage": g["deployStage"], "agentStatus": "SUCCEEDED"}]);
+    }
+    let (code, out, err) = tt(&addr, &["status", "svc/stg", "-w", "--timeout", "30"]);
+    assert_eq!(code, 0, "a succeeded deploy exits 0: {out}{err}");
+    assert!(out.contains("SUCCEEDED") || out.contains("SUCCEEDING"), "{out}");
+    assert!(!out.contains('\x1b'), "no colour and no redraw off a terminal: {out:?}");
+
+    // `tt version`, `tt diff`, `tt open`.
+    let (code, out, err) = tt(&addr, &["version", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["client"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["server"]["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    let (code, out, err) = publish(&addr, "file:///tmp/svc-2.tgz", "fedcba9876543210");
+    assert_eq!(code, 0, "{err}");
+    let b2 = serde_json::from_str::<Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+    let (code, out, err) = tt(&addr, &["diff", prefix, &b2, "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["a"]["id"], build_id.as_str());
+    let differ: Vec<&str> =
+        d["differ"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    assert!(differ.contains(&"commit") && differ.contains(&"artifactUrl"), "{differ:?}");
+    assert!(!differ.contains(&"name") && !differ.contains(&"branch"), "{differ:?}");
+    let (code, out, _) = tt(&addr, &["diff", &build_id, &b2]);
+    assert_eq!(code, 0);
+    assert!(out.contains("commits: 0123456789abcdef..fedcba9876543210 in local"), "{out}");
+    let (code, out, err) = tt(&addr, &["open", "svc/stg"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("{addr}/ui/env/svc/stg"));
+    let (code, _, _) = tt(&addr, &["open", "svc/nope"]);
+    assert_eq!(code, 4, "no such stage");
 
     // Ctrl-C stops every node.
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();

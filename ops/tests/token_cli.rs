@@ -3,6 +3,8 @@
 //! their own codes and say what to do.
 
 use std::process::Command;
+
+mod support;
 use std::time::Duration;
 
 use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
@@ -11,16 +13,11 @@ use serde_json::Value;
 const ADMIN: &str = "admin-token-for-the-cli-test";
 
 fn tt(addr: &str, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tt"))
-        .env("TT_ADDR", addr)
-        .env("TT_TOKEN", token)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    support::run(
+        Command::new(env!("CARGO_BIN_EXE_tt"))
+            .env("TT_ADDR", addr)
+            .env("TT_TOKEN", token)
+            .args(args),
     )
 }
 
@@ -72,7 +69,8 @@ async fn token_verbs_create_list_delete() {
     assert_eq!(code, 0);
     assert!(out.contains("6  not authenticated") && out.contains("7  forbidden"), "{out}");
 
-    let (code, _, err) = tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci"]);
+    let (code, _, err) =
+        tt(&addr, ADMIN, &["token", "delete", "--system", "--name", "ci", "--yes"]);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = tt(&addr, &token, &["env", "list"]);
     assert_eq!(code, ops::client::EXIT_NOT_AUTHENTICATED, "{err}");

@@ -38,6 +38,9 @@ pub struct ClusterStatus {
     /// This node's own Raft role: Leader, Follower, Candidate, Learner, Shutdown.
     pub state: String,
     pub members: Vec<Member>,
+    /// The answering node's coordinator version (empty from a node that predates the field).
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,6 +94,7 @@ pub async fn status(State(app): State<App>) -> Json<ClusterStatus> {
         purged_index: m.purged.map(|l| l.index),
         state: format!("{:?}", m.state),
         members,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
 
