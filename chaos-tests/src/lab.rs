@@ -376,6 +376,18 @@ impl Lab {
         self.restart_node(id)
     }
 
+    /// Kills node `id`, deletes its data directory (a replaced disk: its log, vote, state
+    /// machine, snapshots and blobs; its certificates stay) and starts it again with storage
+    /// failpoints `spec` armed, or with none. It rejoins empty and must catch up from its peers.
+    pub fn wipe_node_with_failpoints(
+        &mut self,
+        id: u64,
+        spec: Option<&str>,
+    ) -> Result<(), LabError> {
+        self.cluster.wipe(id).map_err(process_err(format!("wiping node {id}")))?;
+        self.restart_node_with_failpoints(id, spec)
+    }
+
     /// How often node `id`'s failpoints have fired in this run (from its log).
     pub fn failpoint_fires(&self, id: u64) -> u64 {
         self.cluster.log_tail(id, FAILPOINT_LOG_SCAN_BYTES).matches(FAILPOINT_LOG_LINE).count()

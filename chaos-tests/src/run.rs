@@ -173,11 +173,15 @@ impl Faults {
                 }
                 (Targets::Nodes(ids), leader)
             }
-            Fault::DiskFault { node, failpoints } => {
+            Fault::DiskFault { node, failpoints, wipe } => {
                 let (ids, leader) = self.nodes(*node).await;
                 let mut lab = self.lab.lock().await;
                 for &id in &ids {
-                    lab.restart_node_with_failpoints(id, Some(failpoints))?;
+                    if *wipe {
+                        lab.wipe_node_with_failpoints(id, Some(failpoints))?;
+                    } else {
+                        lab.restart_node_with_failpoints(id, Some(failpoints))?;
+                    }
                 }
                 (Targets::Nodes(ids), leader)
             }
@@ -455,6 +459,9 @@ impl Ctx {
         }
         if let Some(keep) = scenario.keep_entries_after_snapshot {
             coordinator_env.push(("TT_KEEP_ENTRIES_AFTER_SNAPSHOT".into(), keep.to_string()));
+        }
+        if let Some(batch) = scenario.purge_batch_entries {
+            coordinator_env.push(("TT_PURGE_BATCH_ENTRIES".into(), batch.to_string()));
         }
         if let Some(ttl) = scenario.lease_ttl_ms {
             coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
