@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::procnet;
 use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
+use crate::scenario::HookMode;
+use crate::workload::HOOK_FAULT_ENV;
 
 /// Longest the lab waits for the cluster's first leader.
 pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
@@ -112,6 +114,8 @@ pub struct LabAgent {
     pub proxies: Vec<Proxy>,
     /// Where its hooks journal their start and end.
     pub journal: PathBuf,
+    /// Its hooks' fault switch (`workload::HOOK_FAULT_ENV`).
+    pub hook_fault: PathBuf,
 }
 
 pub struct Lab {
@@ -224,6 +228,7 @@ impl Lab {
             proxies.push(Proxy::start(loopback(), node.agent_addr, seed).await?);
         }
         let journal = root.join("journal");
+        let hook_fault = root.join("hook-fault");
         let agent = DevAgent::start(
             &self.spec.agent_bin,
             AgentSpec {
@@ -233,12 +238,15 @@ impl Lab {
                 coordinators: proxies.iter().map(Proxy::addr).collect(),
                 ca_file: self.cluster.ca_file(),
                 token: None,
-                hook_env: vec![("JOURNAL".into(), journal.display().to_string())],
+                hook_env: vec![
+                    ("JOURNAL".into(), journal.display().to_string()),
+                    (HOOK_FAULT_ENV.into(), hook_fault.display().to_string()),
+                ],
                 extra_config: self.spec.agent_config.clone(),
             },
         )
         .map_err(process_err(format!("starting agent {host}")))?;
-        self.agents.push(LabAgent { agent, proxies, journal });
+        self.agents.push(LabAgent { agent, proxies, journal, hook_fault });
         Ok(())
     }
 
@@ -438,6 +446,22 @@ impl Lab {
         self.apply()
     }
 
+    /// Makes agent `a`'s hooks fail or hang from their next run on, or (`None`) work again.
+    pub fn set_hook_fault(&mut self, a: usize, mode: Option<HookMode>) -> Result<(), LabError> {
+        let path = &self.agents[a].hook_fault;
+        let written = match mode {
+            Some(m) => std::fs::write(path, m.switch_word()),
+            None => std::fs::remove_file(path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        written.map_err(|e| LabError::Process {
+            what: format!("switching the hooks of {}", self.agents[a].agent.spec.hostname),
+            message: format!("{}: {e}", path.display()),
+        })
+    }
+
     /// SIGSTOP agent `a`.
     pub fn pause_agent(&mut self, a: usize) -> Result<(), LabError> {
         let host = self.agents[a].agent.spec.hostname.clone();
@@ -474,6 +498,7 @@ impl Lab {
             }
         }
         for a in 0..self.agents.len() {
+            self.set_hook_fault(a, None)?;
             if !self.agents[a].agent.is_running() {
                 self.restart_agent(a)?;
             }

@@ -29,6 +29,8 @@ pub const STEP_WATCH_EVERY: Duration = Duration::from_millis(20);
 pub const RESTART_LEADER_WAIT: Duration = Duration::from_secs(60);
 /// Longest the nodes may take to apply the same index after the full restart.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Grace between SIGTERM and SIGKILL for a hook past `hook_timeout_s`, in seconds.
+pub const HOOK_TERMINATION_S: u64 = 1;
 /// The group every agent of a run is in (the deploy stage's capacity).
 pub const GROUP: &str = "chaos-hosts";
 /// Agent settings every run uses: quick hook retries and heartbeats, long-poll on.
@@ -253,6 +255,14 @@ impl Faults {
                 }
                 (Targets::Agents(ids), None)
             }
+            Fault::HookFault { agents, mode } => {
+                let ids = self.agents(agents, n_agents);
+                let mut lab = self.lab.lock().await;
+                for &a in &ids {
+                    lab.set_hook_fault(a, Some(*mode))?;
+                }
+                (Targets::Agents(ids), None)
+            }
             Fault::Link { class, link } => {
                 self.lab.lock().await.set_quality(*class, link.clone())?;
                 (Targets::None, None)
@@ -324,6 +334,11 @@ impl Faults {
                     if let Some(tx) = self.step_killers.remove(&a) {
                         let _ = tx.send(true);
                     }
+                }
+            }
+            Fault::HookFault { .. } => {
+                for a in agents {
+                    lab.set_hook_fault(a, None)?;
                 }
             }
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
@@ -469,6 +484,11 @@ impl Ctx {
         let mut agent_config = AGENT_CONFIG.to_string();
         if let Some(l) = scenario.agent_lease_ms {
             agent_config.push_str(&format!("lease_ms = {l}\n"));
+        }
+        if let Some(t) = scenario.hook_timeout_s {
+            agent_config.push_str(&format!(
+                "process_timeout = {t}\ntermination_timeout = {HOOK_TERMINATION_S}\n"
+            ));
         }
         let lab = Lab::start(LabSpec {
             dir: opts.work_dir.clone(),

@@ -66,6 +66,10 @@ pub struct Scenario {
     /// The agents' `lease_ms`, if not their default (must be below `lease_ttl_ms`).
     #[serde(default)]
     pub agent_lease_ms: Option<u64>,
+    /// The agents' `process_timeout` (how long one hook run may take, in seconds), if not
+    /// their default: what stops a hanging hook.
+    #[serde(default)]
+    pub hook_timeout_s: Option<u64>,
     /// The coordinators' `TT_SNAPSHOT_EVERY_ENTRIES`, if not their default (small values make
     /// snapshots happen within a run).
     #[serde(default)]
@@ -167,6 +171,26 @@ pub enum AgentSel {
     Named(String),
 }
 
+/// How a faulty hook misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookMode {
+    /// Exits 1 at once.
+    Fail,
+    /// Sleeps until it is stopped.
+    Hang,
+}
+
+impl HookMode {
+    /// What the lab writes into a host's switch file (the hook script reads it).
+    pub fn switch_word(self) -> &'static str {
+        match self {
+            HookMode::Fail => "fail",
+            HookMode::Hang => "hang",
+        }
+    }
+}
+
 /// What is done.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "kebab-case", deny_unknown_fields)]
@@ -202,6 +226,10 @@ pub enum Fault {
         #[serde(default)]
         wipe: bool,
     },
+    /// Make the agents' deploy hooks fail (exit 1) or hang (until the agent's
+    /// `process_timeout`, `hook_timeout_s`, stops them) from their next run on; they work again
+    /// when undone. The agents report the failure; the hosts stop on it.
+    HookFault { agents: AgentSel, mode: HookMode },
     /// Degrade every link of a class (delay, loss, duplication, reordering, a bandwidth cap,
     /// corruption: `link = { delay_ms = 50, drop_rate = 0.1 }`); perfect again when undone.
     Link { class: LinkClass, link: LinkFaults },
@@ -231,6 +259,9 @@ impl Fault {
             Fault::PauseAgents { agents: a } => format!("SIGSTOP {}", agents(a)),
             Fault::KillAgentsAtEveryStep { agents: a } => {
                 format!("kill -9 {} at every step", agents(a))
+            }
+            Fault::HookFault { agents: a, mode } => {
+                format!("hooks {} on {}", mode.switch_word(), agents(a))
             }
             Fault::Link { class, link: faults } => {
                 let mut parts = Vec::new();
