@@ -134,6 +134,8 @@ pub struct Lab {
     agent_ports: BTreeMap<usize, BTreeSet<u16>>,
     paused: BTreeSet<u64>,
     paused_agents: BTreeSet<usize>,
+    /// Hook faults in force per agent, oldest first.
+    hook_faults: BTreeMap<usize, Vec<HookMode>>,
 }
 
 /// A seed for the `i`-th thing of kind `tag`, derived from the run's seed.
@@ -212,6 +214,7 @@ impl Lab {
             agent_ports: BTreeMap::new(),
             paused: BTreeSet::new(),
             paused_agents: BTreeSet::new(),
+            hook_faults: BTreeMap::new(),
         };
         for i in 0..lab.spec.agents {
             lab.start_agent(i).await?;
@@ -446,10 +449,26 @@ impl Lab {
         self.apply()
     }
 
-    /// Makes agent `a`'s hooks fail or hang from their next run on, or (`None`) work again.
-    pub fn set_hook_fault(&mut self, a: usize, mode: Option<HookMode>) -> Result<(), LabError> {
+    /// Agent `a`'s hooks fail or hang (`mode`) from their next run on, until the same fault is
+    /// cleared ([`Lab::clear_hook_fault`]). Faults in force on one host stack: the latest
+    /// decides, and clearing one leaves the others.
+    pub fn add_hook_fault(&mut self, a: usize, mode: HookMode) -> Result<(), LabError> {
+        self.hook_faults.entry(a).or_default().push(mode);
+        self.write_hook_switch(a)
+    }
+
+    /// Ends one `mode` fault on agent `a`'s hooks.
+    pub fn clear_hook_fault(&mut self, a: usize, mode: HookMode) -> Result<(), LabError> {
+        let modes = self.hook_faults.entry(a).or_default();
+        if let Some(i) = modes.iter().rposition(|m| *m == mode) {
+            modes.remove(i);
+        }
+        self.write_hook_switch(a)
+    }
+
+    fn write_hook_switch(&mut self, a: usize) -> Result<(), LabError> {
         let path = &self.agents[a].hook_fault;
-        let written = match mode {
+        let written = match self.hook_faults.get(&a).and_then(|m| m.last()) {
             Some(m) => std::fs::write(path, m.switch_word()),
             None => std::fs::remove_file(path).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
@@ -498,7 +517,8 @@ impl Lab {
             }
         }
         for a in 0..self.agents.len() {
-            self.set_hook_fault(a, None)?;
+            self.hook_faults.remove(&a);
+            self.write_hook_switch(a)?;
             if !self.agents[a].agent.is_running() {
                 self.restart_agent(a)?;
             }

@@ -259,7 +259,7 @@ impl Faults {
                 let ids = self.agents(agents, n_agents);
                 let mut lab = self.lab.lock().await;
                 for &a in &ids {
-                    lab.set_hook_fault(a, Some(*mode))?;
+                    lab.add_hook_fault(a, *mode)?;
                 }
                 (Targets::Agents(ids), None)
             }
@@ -336,9 +336,9 @@ impl Faults {
                     }
                 }
             }
-            Fault::HookFault { .. } => {
+            Fault::HookFault { mode, .. } => {
                 for a in agents {
-                    lab.set_hook_fault(a, None)?;
+                    lab.clear_hook_fault(a, *mode)?;
                 }
             }
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
