@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::procnet;
 use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
+use crate::scenario::HookMode;
+use crate::workload::HOOK_FAULT_ENV;
 
 /// Longest the lab waits for the cluster's first leader.
 pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
@@ -112,6 +114,8 @@ pub struct LabAgent {
     pub proxies: Vec<Proxy>,
     /// Where its hooks journal their start and end.
     pub journal: PathBuf,
+    /// Its hooks' fault switch (`workload::HOOK_FAULT_ENV`).
+    pub hook_fault: PathBuf,
 }
 
 pub struct Lab {
@@ -130,6 +134,8 @@ pub struct Lab {
     agent_ports: BTreeMap<usize, BTreeSet<u16>>,
     paused: BTreeSet<u64>,
     paused_agents: BTreeSet<usize>,
+    /// Hook faults in force per agent, oldest first.
+    hook_faults: BTreeMap<usize, Vec<HookMode>>,
 }
 
 /// A seed for the `i`-th thing of kind `tag`, derived from the run's seed.
@@ -208,6 +214,7 @@ impl Lab {
             agent_ports: BTreeMap::new(),
             paused: BTreeSet::new(),
             paused_agents: BTreeSet::new(),
+            hook_faults: BTreeMap::new(),
         };
         for i in 0..lab.spec.agents {
             lab.start_agent(i).await?;
@@ -224,6 +231,7 @@ impl Lab {
             proxies.push(Proxy::start(loopback(), node.agent_addr, seed).await?);
         }
         let journal = root.join("journal");
+        let hook_fault = root.join("hook-fault");
         let agent = DevAgent::start(
             &self.spec.agent_bin,
             AgentSpec {
@@ -233,12 +241,15 @@ impl Lab {
                 coordinators: proxies.iter().map(Proxy::addr).collect(),
                 ca_file: self.cluster.ca_file(),
                 token: None,
-                hook_env: vec![("JOURNAL".into(), journal.display().to_string())],
+                hook_env: vec![
+                    ("JOURNAL".into(), journal.display().to_string()),
+                    (HOOK_FAULT_ENV.into(), hook_fault.display().to_string()),
+                ],
                 extra_config: self.spec.agent_config.clone(),
             },
         )
         .map_err(process_err(format!("starting agent {host}")))?;
-        self.agents.push(LabAgent { agent, proxies, journal });
+        self.agents.push(LabAgent { agent, proxies, journal, hook_fault });
         Ok(())
     }
 
@@ -376,6 +387,18 @@ impl Lab {
         self.restart_node(id)
     }
 
+    /// Kills node `id`, deletes its data directory (a replaced disk: its log, vote, state
+    /// machine, snapshots and blobs; its certificates stay) and starts it again with storage
+    /// failpoints `spec` armed, or with none. It rejoins empty and must catch up from its peers.
+    pub fn wipe_node_with_failpoints(
+        &mut self,
+        id: u64,
+        spec: Option<&str>,
+    ) -> Result<(), LabError> {
+        self.cluster.wipe(id).map_err(process_err(format!("wiping node {id}")))?;
+        self.restart_node_with_failpoints(id, spec)
+    }
+
     /// How often node `id`'s failpoints have fired in this run (from its log).
     pub fn failpoint_fires(&self, id: u64) -> u64 {
         self.cluster.log_tail(id, FAILPOINT_LOG_SCAN_BYTES).matches(FAILPOINT_LOG_LINE).count()
@@ -426,6 +449,38 @@ impl Lab {
         self.apply()
     }
 
+    /// Agent `a`'s hooks fail or hang (`mode`) from their next run on, until the same fault is
+    /// cleared ([`Lab::clear_hook_fault`]). Faults in force on one host stack: the latest
+    /// decides, and clearing one leaves the others.
+    pub fn add_hook_fault(&mut self, a: usize, mode: HookMode) -> Result<(), LabError> {
+        self.hook_faults.entry(a).or_default().push(mode);
+        self.write_hook_switch(a)
+    }
+
+    /// Ends one `mode` fault on agent `a`'s hooks.
+    pub fn clear_hook_fault(&mut self, a: usize, mode: HookMode) -> Result<(), LabError> {
+        let modes = self.hook_faults.entry(a).or_default();
+        if let Some(i) = modes.iter().rposition(|m| *m == mode) {
+            modes.remove(i);
+        }
+        self.write_hook_switch(a)
+    }
+
+    fn write_hook_switch(&mut self, a: usize) -> Result<(), LabError> {
+        let path = &self.agents[a].hook_fault;
+        let written = match self.hook_faults.get(&a).and_then(|m| m.last()) {
+            Some(m) => std::fs::write(path, m.switch_word()),
+            None => std::fs::remove_file(path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        written.map_err(|e| LabError::Process {
+            what: format!("switching the hooks of {}", self.agents[a].agent.spec.hostname),
+            message: format!("{}: {e}", path.display()),
+        })
+    }
+
     /// SIGSTOP agent `a`.
     pub fn pause_agent(&mut self, a: usize) -> Result<(), LabError> {
         let host = self.agents[a].agent.spec.hostname.clone();
@@ -462,6 +517,8 @@ impl Lab {
             }
         }
         for a in 0..self.agents.len() {
+            self.hook_faults.remove(&a);
+            self.write_hook_switch(a)?;
             if !self.agents[a].agent.is_running() {
                 self.restart_agent(a)?;
             }

@@ -29,6 +29,8 @@ pub const STEP_WATCH_EVERY: Duration = Duration::from_millis(20);
 pub const RESTART_LEADER_WAIT: Duration = Duration::from_secs(60);
 /// Longest the nodes may take to apply the same index after the full restart.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+/// Grace between SIGTERM and SIGKILL for a hook past `hook_timeout_s`, in seconds.
+pub const HOOK_TERMINATION_S: u64 = 1;
 /// The group every agent of a run is in (the deploy stage's capacity).
 pub const GROUP: &str = "chaos-hosts";
 /// Agent settings every run uses: quick hook retries and heartbeats, long-poll on.
@@ -173,11 +175,15 @@ impl Faults {
                 }
                 (Targets::Nodes(ids), leader)
             }
-            Fault::DiskFault { node, failpoints } => {
+            Fault::DiskFault { node, failpoints, wipe } => {
                 let (ids, leader) = self.nodes(*node).await;
                 let mut lab = self.lab.lock().await;
                 for &id in &ids {
-                    lab.restart_node_with_failpoints(id, Some(failpoints))?;
+                    if *wipe {
+                        lab.wipe_node_with_failpoints(id, Some(failpoints))?;
+                    } else {
+                        lab.restart_node_with_failpoints(id, Some(failpoints))?;
+                    }
                 }
                 (Targets::Nodes(ids), leader)
             }
@@ -246,6 +252,14 @@ impl Faults {
                         self.kills_at_steps.clone(),
                         rx,
                     ));
+                }
+                (Targets::Agents(ids), None)
+            }
+            Fault::HookFault { agents, mode } => {
+                let ids = self.agents(agents, n_agents);
+                let mut lab = self.lab.lock().await;
+                for &a in &ids {
+                    lab.add_hook_fault(a, *mode)?;
                 }
                 (Targets::Agents(ids), None)
             }
@@ -320,6 +334,11 @@ impl Faults {
                     if let Some(tx) = self.step_killers.remove(&a) {
                         let _ = tx.send(true);
                     }
+                }
+            }
+            Fault::HookFault { mode, .. } => {
+                for a in agents {
+                    lab.clear_hook_fault(a, *mode)?;
                 }
             }
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
@@ -456,12 +475,20 @@ impl Ctx {
         if let Some(keep) = scenario.keep_entries_after_snapshot {
             coordinator_env.push(("TT_KEEP_ENTRIES_AFTER_SNAPSHOT".into(), keep.to_string()));
         }
+        if let Some(batch) = scenario.purge_batch_entries {
+            coordinator_env.push(("TT_PURGE_BATCH_ENTRIES".into(), batch.to_string()));
+        }
         if let Some(ttl) = scenario.lease_ttl_ms {
             coordinator_env.push(("TT_LEASE_TTL_MS".into(), ttl.to_string()));
         }
         let mut agent_config = AGENT_CONFIG.to_string();
         if let Some(l) = scenario.agent_lease_ms {
             agent_config.push_str(&format!("lease_ms = {l}\n"));
+        }
+        if let Some(t) = scenario.hook_timeout_s {
+            agent_config.push_str(&format!(
+                "process_timeout = {t}\ntermination_timeout = {HOOK_TERMINATION_S}\n"
+            ));
         }
         let lab = Lab::start(LabSpec {
             dir: opts.work_dir.clone(),

@@ -66,6 +66,10 @@ pub struct Scenario {
     /// The agents' `lease_ms`, if not their default (must be below `lease_ttl_ms`).
     #[serde(default)]
     pub agent_lease_ms: Option<u64>,
+    /// The agents' `process_timeout` (how long one hook run may take, in seconds), if not
+    /// their default: what stops a hanging hook.
+    #[serde(default)]
+    pub hook_timeout_s: Option<u64>,
     /// The coordinators' `TT_SNAPSHOT_EVERY_ENTRIES`, if not their default (small values make
     /// snapshots happen within a run).
     #[serde(default)]
@@ -74,6 +78,11 @@ pub struct Scenario {
     /// make a lagging follower need a snapshot).
     #[serde(default)]
     pub keep_entries_after_snapshot: Option<u64>,
+    /// The coordinators' `TT_PURGE_BATCH_ENTRIES`, if not their default: the log is purged
+    /// only once this many entries can go at once, so with the default (256) a short run never
+    /// purges, and a lagging follower is sent entries instead of a snapshot.
+    #[serde(default)]
+    pub purge_batch_entries: Option<u64>,
     #[serde(default)]
     pub faults: Vec<ScheduledFault>,
 }
@@ -162,6 +171,26 @@ pub enum AgentSel {
     Named(String),
 }
 
+/// How a faulty hook misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookMode {
+    /// Exits 1 at once.
+    Fail,
+    /// Sleeps until it is stopped.
+    Hang,
+}
+
+impl HookMode {
+    /// What the lab writes into a host's switch file (the hook script reads it).
+    pub fn switch_word(self) -> &'static str {
+        match self {
+            HookMode::Fail => "fail",
+            HookMode::Hang => "hang",
+        }
+    }
+}
+
 /// What is done.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "fault", rename_all = "kebab-case", deny_unknown_fields)]
@@ -189,8 +218,18 @@ pub enum Fault {
     KillAgentsAtEveryStep { agents: AgentSel },
     /// Restarts the node with storage failpoints armed (`failpoints = "log-write=enospc@20"`:
     /// the disk fills up after 20 more log writes; see the coordinator's `failpoints.rs`);
-    /// restarted without them when undone.
-    DiskFault { node: NodeSel, failpoints: String },
+    /// restarted without them when undone. With `wipe = true` its data directory is deleted
+    /// first (a replaced disk): it rejoins with nothing and catches up from its peers.
+    DiskFault {
+        node: NodeSel,
+        failpoints: String,
+        #[serde(default)]
+        wipe: bool,
+    },
+    /// Make the agents' deploy hooks fail (exit 1) or hang (until the agent's
+    /// `process_timeout`, `hook_timeout_s`, stops them) from their next run on; they work again
+    /// when undone. The agents report the failure; the hosts stop on it.
+    HookFault { agents: AgentSel, mode: HookMode },
     /// Degrade every link of a class (delay, loss, duplication, reordering, a bandwidth cap,
     /// corruption: `link = { delay_ms = 50, drop_rate = 0.1 }`); perfect again when undone.
     Link { class: LinkClass, link: LinkFaults },
@@ -211,14 +250,18 @@ impl Fault {
             Fault::DeafenNode { node } => format!("deafen {} (one-way)", sel(node)),
             Fault::MuteNode { node } => format!("mute {} (one-way)", sel(node)),
             Fault::KillAll => "kill -9 all nodes".into(),
-            Fault::DiskFault { node, failpoints } => {
-                format!("disk fault on {}: {failpoints}", sel(node))
+            Fault::DiskFault { node, failpoints, wipe } => {
+                let wiped = if *wipe { " (data wiped)" } else { "" };
+                format!("disk fault on {}{wiped}: {failpoints}", sel(node))
             }
             Fault::IsolateAgents { agents: a } => format!("isolate {}", agents(a)),
             Fault::KillAgents { agents: a } => format!("kill -9 {}", agents(a)),
             Fault::PauseAgents { agents: a } => format!("SIGSTOP {}", agents(a)),
             Fault::KillAgentsAtEveryStep { agents: a } => {
                 format!("kill -9 {} at every step", agents(a))
+            }
+            Fault::HookFault { agents: a, mode } => {
+                format!("hooks {} on {}", mode.switch_word(), agents(a))
             }
             Fault::Link { class, link: faults } => {
                 let mut parts = Vec::new();
@@ -362,6 +405,12 @@ mod tests {
             at_s = 4.0
             fault = "kill-agents"
             agents = "host-1"
+            [[faults]]
+            at_s = 5.0
+            fault = "disk-fault"
+            node = "follower"
+            wipe = true
+            failpoints = "snapshot-install=abort"
         "#;
         let s = parse(Path::new("x.toml"), text).unwrap();
         assert_eq!(s.faults[0].fault, Fault::KillNode { node: NodeSel::Leader });
@@ -373,6 +422,8 @@ mod tests {
             s.faults[3].fault,
             Fault::KillAgents { agents: AgentSel::Named("host-1".into()) }
         );
+        let Fault::DiskFault { wipe, .. } = &s.faults[4].fault else { panic!() };
+        assert!(wipe, "a disk fault can wipe the node's data first");
         assert_eq!(s.agents, DEFAULT_AGENTS);
         assert_eq!(s.faults[1].fault.label(), "raft links: delay 50±0 ms, drop 10%");
 

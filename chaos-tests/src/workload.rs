@@ -301,13 +301,26 @@ pub struct PreparedBuild {
 }
 
 /// A hook that journals its start and end around `hook_ms` of work.
+/// The hooks' environment variable naming the host's hook-fault switch file: holding `fail`
+/// the hook exits 1, holding `hang` it sleeps until the agent's `process_timeout` stops it
+/// (journaling its end when it is sent SIGTERM); absent or empty, the hook does its work.
+pub const HOOK_FAULT_ENV: &str = "HOOK_FAULT";
+/// How long a hanging hook sleeps if nobody stops it.
+pub const HOOK_HANG_S: u64 = 3600;
+
 fn hook_script(step: &str, hook_ms: u64) -> String {
+    let (start, end) = (journal_line(step, Edge::Start), journal_line(step, Edge::End));
     format!(
-        "#!/bin/sh\nset -eu\n{}\nsleep {}.{:03}\n{}\n",
-        journal_line(step, Edge::Start),
+        "#!/bin/sh\nset -eu\n{start}\n\
+         case \"$(cat \"${HOOK_FAULT_ENV}\" 2>/dev/null || true)\" in\n\
+         fail) {end}; exit 1 ;;\n\
+         hang) sleep {HOOK_HANG_S} & pid=$!\n\
+         trap 'kill \"$pid\" 2>/dev/null || true; {end}; exit 143' TERM\n\
+         wait \"$pid\"; exit 1 ;;\n\
+         esac\n\
+         sleep {}.{:03}\n{end}\n",
         hook_ms / 1000,
         hook_ms % 1000,
-        journal_line(step, Edge::End),
     )
 }
 
@@ -664,5 +677,62 @@ pub async fn progress_sampler(
             out.lock().unwrap().push(ProgressSample { t_us, rows });
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// Runs a hook script with its journal and switch in `dir`; `mode` goes into the switch.
+    fn spawn_hook(dir: &Path, mode: Option<&str>) -> std::process::Child {
+        let script = dir.join("hook");
+        std::fs::write(&script, hook_script("PRE_RESTART", 10)).unwrap();
+        let switch = dir.join("switch");
+        match mode {
+            Some(m) => std::fs::write(&switch, m).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&switch);
+            }
+        }
+        Command::new("sh")
+            .arg(&script)
+            .env("JOURNAL", dir.join("journal"))
+            .env(HOOK_FAULT_ENV, &switch)
+            .env("DEPLOY_ID", "d1")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn journal(dir: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join("journal")).unwrap_or_default();
+        text.lines().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect()
+    }
+
+    #[test]
+    fn hooks_work_fail_or_hang_as_their_switch_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = spawn_hook(dir.path(), None).wait().unwrap();
+        assert!(ok.success());
+        assert_eq!(journal(dir.path()), ["PRE_RESTART start", "PRE_RESTART end"]);
+
+        let failed = spawn_hook(dir.path(), Some("fail")).wait().unwrap();
+        assert_eq!(failed.code(), Some(1));
+        assert_eq!(journal(dir.path()).len(), 4, "a failing hook journals its end too");
+
+        // A hanging hook runs until it is sent SIGTERM (the agent's process_timeout), then
+        // journals its end and exits 143.
+        let mut hung = spawn_hook(dir.path(), Some("hang"));
+        while journal(dir.path()).len() < 5 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(hung.try_wait().unwrap().is_none(), "it hangs");
+        let pid = nix::unistd::Pid::from_raw(hung.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(hung.wait().unwrap().code(), Some(143));
+        assert_eq!(journal(dir.path()).last().map(String::as_str), Some("PRE_RESTART end"));
     }
 }

@@ -6,14 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::SnapshotPolicy;
-use tracing::{info, warn};
+use openraft::{RaftMetrics, SnapshotPolicy};
+use tracing::{error, info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proposer::Proposer;
-use crate::raft::{Network, Raft, RaftRpcHandler};
+use crate::raft::{Network, NodeId, NodeInfo, Raft, RaftRpcHandler};
 use crate::rpc::{RpcServer, make_client_endpoint};
 use crate::tls::{self, ClientAuth, ClusterCa, NodeCert};
 use crate::{ids, store};
@@ -47,6 +47,11 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    /// The Raft core stopped while the node was serving (a fatal storage error, or a panic in
+    /// openraft). The node then stops too: with its core gone its applied state is frozen and
+    /// it would still name itself leader, answering agents and readers from that state.
+    #[error("the Raft core stopped ({0}); the node stops with it")]
+    RaftStopped(String),
 }
 
 /// Wall clock in milliseconds since the Unix epoch (read only by the leader, see `Proposal`).
@@ -192,12 +197,36 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;
-    let served =
-        axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown).await;
+    let serve = axum::serve(listener, api::router(app.clone())).with_graceful_shutdown(shutdown);
+    let served = tokio::select! {
+        served = serve => served,
+        why = raft_core_stopped(raft.metrics()) => {
+            error!(reason = %why, "the Raft core stopped; stopping the node");
+            return Err(StartError::RaftStopped(why));
+        }
+    };
     if let Err(e) = raft.shutdown().await {
         warn!(error = %e, "raft shutdown");
     }
     served.map_err(StartError::Http)
+}
+
+/// Resolves once the Raft core behind `metrics` has stopped, with why: it reported a fatal
+/// error, or it is gone without a word (its task panicked and dropped the metrics sender).
+pub async fn raft_core_stopped(
+    mut metrics: tokio::sync::watch::Receiver<RaftMetrics<NodeId, NodeInfo>>,
+) -> String {
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return match &metrics.borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "its task ended without reporting why (panicked)".into(),
+            };
+        }
+    }
 }
 
 /// Initialises a new cluster once, from the founding node, when its log is empty.
@@ -224,5 +253,39 @@ async fn bootstrap(raft: Raft, members: BTreeMap<u64, crate::raft::NodeInfo>) {
                 tokio::time::sleep(INIT_RETRY).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::Fatal;
+
+    fn metrics() -> RaftMetrics<NodeId, NodeInfo> {
+        RaftMetrics::new_initial(1)
+    }
+
+    #[tokio::test]
+    async fn a_core_that_reports_a_fatal_error_is_seen_as_stopped() {
+        let (tx, rx) = tokio::sync::watch::channel(metrics());
+        let watcher = tokio::spawn(raft_core_stopped(rx));
+        tx.send_modify(|m| m.current_term = 2);
+        tokio::task::yield_now().await;
+        assert!(!watcher.is_finished(), "a running core is not stopped");
+        tx.send_modify(|m| m.running_state = Err(Fatal::Panicked));
+        let why = watcher.await.unwrap();
+        assert!(why.contains("panicked"), "{why}");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_core_whose_task_vanished_is_seen_as_stopped() {
+        // A panicking core task drops the metrics sender without a last report.
+        let (tx, rx) = tokio::sync::watch::channel(metrics());
+        let watcher = tokio::spawn(raft_core_stopped(rx));
+        tokio::task::yield_now().await;
+        assert!(!watcher.is_finished());
+        drop(tx);
+        assert!(watcher.await.unwrap().contains("without reporting why"));
     }
 }

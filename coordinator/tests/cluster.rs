@@ -203,6 +203,54 @@ async fn wiped_node_rejoins_through_a_snapshot() {
     cluster.stop_all();
 }
 
+/// A node whose Raft core stops exits, instead of staying up with its state frozen and still
+/// naming itself leader (agents long-polling it were never redirected and missed deploys).
+/// The core is stopped the way the chaos suite stopped it: a follower's data is wiped and it
+/// comes back at once, and openraft's guard against a follower log going backwards (a
+/// `debug_assert!`, so debug builds only) panics the leader's core. The two other nodes then
+/// elect a leader and take writes, the wiped one rejoining.
+#[cfg(debug_assertions)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_raft_core_panics_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster::start(spec(dir.path().into(), 3, vec![])).unwrap();
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, LEADER_WAIT).await.unwrap();
+    let victim = *ids.iter().find(|i| **i != leader).unwrap();
+    let c = http();
+    let base = cluster.base_url(leader);
+    for n in 0..20 {
+        publish(&c, &base, n).await.unwrap();
+    }
+    // The leader has seen the victim take the writes (its matching index is past them).
+    let want = build_ids(&c, &base, false).await;
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    while build_ids(&c, &cluster.base_url(victim), true).await != want {
+        assert!(std::time::Instant::now() < deadline, "the follower never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.wipe(victim).unwrap();
+    cluster.restart(victim).unwrap();
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    while cluster.is_running(leader) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the leader is still running:\n{}",
+            dump_logs(&cluster).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cluster.log_tail(leader, 20_000).contains("the Raft core stopped"),
+        "the leader exited because its core stopped:\n{}",
+        cluster.log_tail(leader, 3000)
+    );
+    let others: Vec<u64> = ids.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = cluster.wait_leader(&others, LEADER_WAIT).await.unwrap();
+    publish(&c, &cluster.base_url(new_leader), 20).await.unwrap();
+    cluster.stop_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_with_a_foreign_certificate_cannot_join() {
     let dir = tempfile::tempdir().unwrap();

@@ -45,10 +45,17 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     pub(crate) async fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, String> {
-        let db2 = db.clone();
-        let applied = tokio::task::spawn_blocking(move || load_applied(&db2))
-            .await
-            .map_err(|e| e.to_string())??;
+        let (db2, dir) = (db.clone(), snapshot_dir.clone());
+        let applied = tokio::task::spawn_blocking(move || {
+            let finished = snapshot::finish_interrupted_install(&db2, &dir)
+                .map_err(|e| format!("finishing an interrupted snapshot install: {e}"))?;
+            if let Some(last) = finished {
+                tracing::warn!(%last, "installed a received snapshot a crash had interrupted");
+            }
+            load_applied(&db2)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         snapshot::remove_partial_files(&snapshot_dir);
         Ok(Self {
             db,
@@ -179,9 +186,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         let db = self.db.clone();
-        let path = snap.path.clone();
+        let dir = self.snapshot_dir.clone();
+        // The state first, then the file becomes current: a crash in between leaves the new
+        // state with the old snapshot (openraft rebuilds one if the log was purged), never a
+        // current snapshot ahead of the applied state, which openraft refuses to start with.
         let fresh = tokio::task::spawn_blocking(move || {
-            snapshot::install_into(&db, &path)?;
+            snapshot::install_into(&db, &snap.path)?;
+            snap.make_current(&dir)?;
             load_applied(&db).map_err(std::io::Error::other)
         })
         .await

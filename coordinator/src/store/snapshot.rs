@@ -83,6 +83,37 @@ pub(crate) fn remove_partial_files(dir: &Path) {
     }
 }
 
+/// Finishes an install that a crash interrupted, at start-up. openraft purges a follower's log
+/// up to a received snapshot as soon as it hands the snapshot to the state machine, without
+/// waiting for the install; after a crash in between, the log no longer covers what the state
+/// lacks and openraft refuses to start ("purged beyond committed"). A received file that still
+/// verifies (whole: its end frame and record count; synced before it was verified) is
+/// installed now, as the interrupted call would have done, and made current. Returns the
+/// snapshot's last log id if it installed one.
+pub(crate) fn finish_interrupted_install(db: &DB, dir: &Path) -> io::Result<Option<LogId<NodeId>>> {
+    let path = dir.join(INSTALLING);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let Ok(meta) = verify(&path) else {
+        // Cut short while it was copied: not received yet, removed with the partial files.
+        return Ok(None);
+    };
+    let applied: Option<LogId<NodeId>> =
+        match db.get_cf(cf(db, CF_SM_META), KEY_LAST_APPLIED).map_err(io::Error::other)? {
+            Some(b) => Some(postcard::from_bytes(&b).map_err(io::Error::other)?),
+            None => None,
+        };
+    if meta.last_log_id < applied {
+        return Ok(None);
+    }
+    if meta.last_log_id > applied {
+        install_into(db, &path)?;
+    }
+    SnapshotFile { path }.make_current(dir)?;
+    Ok(meta.last_log_id)
+}
+
 /// Writes `current.snap` from a consistent view of the state machine.
 pub(crate) fn build(db: &DB, dir: &Path) -> io::Result<()> {
     let view = db.snapshot();
@@ -167,7 +198,9 @@ pub(crate) struct SnapshotFile {
 
 impl SnapshotFile {
     /// Copies the received snapshot data (whatever file openraft hands back) into a new file,
-    /// syncs it, checks it is whole and matches `meta`, and makes it current.
+    /// syncs it and checks it is whole and matches `meta`. It is not current yet: it becomes
+    /// current ([`SnapshotFile::make_current`]) only once the state machine holds its state, so
+    /// that a crash in between never leaves a current snapshot ahead of the applied state.
     pub(crate) async fn finish_receiving(
         dir: &Path,
         mut file: tokio::fs::File,
@@ -182,7 +215,6 @@ impl SnapshotFile {
         out.sync_all().await?;
         drop(out);
         drop(file);
-        let dir = dir.to_path_buf();
         let expected = meta.clone();
         tokio::task::spawn_blocking(move || {
             let got = verify(&installing)?;
@@ -195,14 +227,19 @@ impl SnapshotFile {
                     ),
                 ));
             }
-            let current = dir.join(CURRENT);
-            std::fs::rename(&installing, &current)?;
-            let _ = std::fs::remove_file(dir.join(RECEIVING));
-            sync_dir(&dir)?;
-            Ok(SnapshotFile { path: current })
+            Ok(SnapshotFile { path: installing })
         })
         .await
         .map_err(io::Error::other)?
+    }
+
+    /// Makes this (installed) snapshot the current one, durably.
+    pub(crate) fn make_current(self, dir: &Path) -> io::Result<SnapshotFile> {
+        let current = dir.join(CURRENT);
+        std::fs::rename(&self.path, &current)?;
+        let _ = std::fs::remove_file(dir.join(RECEIVING));
+        sync_dir(dir)?;
+        Ok(SnapshotFile { path: current })
     }
 }
 
