@@ -284,11 +284,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<AgentMetrics>
 }
 
 async fn scrape(State(m): State<Arc<AgentMetrics>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        m.encode(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, telemetry::exposition::CONTENT_TYPE)], m.encode()).into_response()
 }
 
 async fn livez(uri: Uri) -> Response {
@@ -304,7 +300,7 @@ async fn readyz(State(m): State<Arc<AgentMetrics>>, uri: Uri) -> Response {
 }
 
 fn health_response(h: &health::Health) -> Response {
-    let status = if h.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = StatusCode::from_u16(h.status()).expect("200 and 503 are statuses");
     (status, h.body.clone()).into_response()
 }
 

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+/// The `Content-Type` of a scrape in the OpenMetrics text format (what prometheus-client writes).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// One sample line: `name{label="value",...} value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

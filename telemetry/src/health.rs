@@ -27,6 +27,13 @@ pub struct Health {
     pub body: String,
 }
 
+impl Health {
+    /// The HTTP status to answer with: 200, or 503 when a check failed.
+    pub fn status(&self) -> u16 {
+        if self.ok { 200 } else { 503 }
+    }
+}
+
 /// Renders `checks` as the endpoint `what` (`livez`, `readyz`) answers them. Without
 /// `verbose` the body is `ok` or the failed checks; with it, every check and a summary line.
 pub fn render(what: &str, checks: &[Check], verbose: bool) -> Health {

@@ -142,7 +142,7 @@ async fn livez(uri: axum::http::Uri) -> Response {
 }
 
 fn health_response(h: &health::Health) -> Response {
-    let status = if h.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = StatusCode::from_u16(h.status()).expect("200 and 503 are statuses");
     (status, h.body.clone()).into_response()
 }
 
@@ -156,10 +156,7 @@ async fn metrics(State(app): State<App>) -> Response {
             app.swarm.as_ref().map(|s| s.stats().uploaded_bytes),
         );
     }
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, telemetry::exposition::CONTENT_TYPE)], app.metrics.encode())
         .into_response()
 }
 

@@ -41,8 +41,11 @@ pub struct StateMachineStore {
     applied: AppliedHandle,
     snapshot_dir: PathBuf,
     feed: Arc<crate::feed::ChangeFeed>,
-    apply_observer: Option<Arc<dyn Fn(&crate::feed::Changes) + Send + Sync>>,
+    apply_observer: Option<ApplyObserver>,
 }
+
+/// Told what each apply changed (see [`StateMachineStore::with_apply_observer`]).
+pub type ApplyObserver = Arc<dyn Fn(&crate::feed::Changes) + Send + Sync>;
 
 impl StateMachineStore {
     pub(crate) async fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, String> {
@@ -61,10 +64,7 @@ impl StateMachineStore {
     }
 
     /// Calls `f` after every apply with what it changed (metrics count admissions there).
-    pub fn with_apply_observer(
-        mut self,
-        f: Arc<dyn Fn(&crate::feed::Changes) + Send + Sync>,
-    ) -> Self {
+    pub fn with_apply_observer(mut self, f: ApplyObserver) -> Self {
         self.apply_observer = Some(f);
         self
     }
