@@ -624,6 +624,14 @@ async fn an_agent_on_teletraans_json_ping_deploys_too() {
     assert_eq!(std::fs::read_to_string(f.agents[0].target("json").join("VERSION")).unwrap(), "j\n");
     let log = f.agents[0].log_tail(100_000);
     assert!(log.contains("Teletraan's JSON ping") && log.contains("step ends"), "{log}");
+    // The leader answered them, and counts them as JSON pings.
+    let mut json_pings = 0.0;
+    for id in f.cluster.ids() {
+        let s = scrape(&f.cluster.base_url(id)).await;
+        json_pings += sum(&s, "tt_coordinator_pings_total", &[("protocol", "json")]);
+        assert_eq!(sum(&s, "tt_coordinator_pings_total", &[("protocol", "native")]), 0.0);
+    }
+    assert!(json_pings >= 8.0, "one ping per step at least: {json_pings}");
 }
 
 /// A build of `mib` MiB of incompressible data (`data.bin`, seeded by `seed`) uploaded to the
