@@ -305,3 +305,53 @@ impl BatchObserver for Metrics {
         self.proposal_seconds.observe(seconds);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId, RaftMetrics};
+    use telemetry::exposition::{parse, value};
+
+    use super::*;
+
+    #[test]
+    fn a_scrape_shows_the_apply_lag_every_deploy_state_and_the_origin_total() {
+        let m = Metrics::new();
+        let mut raft = RaftMetrics::new_initial(1);
+        raft.last_applied = Some(LogId::new(CommittedLeaderId::new(3, 1), 7));
+        m.refresh(&raft, 9, &State::default(), Some(100));
+        m.refresh(&raft, 9, &State::default(), Some(150));
+        let mut changes = Changes::default();
+        changes.admitted.insert(("svc".into(), "prod".into()), 2);
+        changes.leases_expired.insert(("svc".into(), "prod".into()), 1);
+        m.applied(&changes);
+        m.applied(&changes);
+        m.admission_wait(&("svc".into(), "prod".into()));
+        m.ping_answered(PingProtocol::Native, Some(OpCode::Noop), 0.001);
+        m.ping_answered(PingProtocol::Json, None, 0.002);
+        let s = parse(&m.encode()).unwrap();
+        let v = |name, labels: &[(&str, &str)]| value(&s, name, labels);
+        assert_eq!(v("tt_coordinator_raft_apply_lag_entries", &[]), Some(2.0));
+        assert_eq!(v("tt_coordinator_raft_commit_index", &[]), Some(9.0));
+        for state in DeployState::ALL {
+            assert_eq!(v("tt_coordinator_deploys", &[("state", state.as_str())]), Some(0.0));
+        }
+        assert_eq!(v("tt_coordinator_origin_sent_bytes_total", &[]), Some(150.0));
+        let stage = [("env", "svc"), ("stage", "prod")];
+        assert_eq!(v("tt_coordinator_admissions_total", &stage), Some(4.0));
+        assert_eq!(v("tt_coordinator_lease_expiries_total", &stage), Some(2.0));
+        assert_eq!(v("tt_coordinator_admission_waits_total", &stage), Some(1.0));
+        assert_eq!(
+            v("tt_coordinator_pings_total", &[("protocol", "native"), ("result", "NOOP")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("tt_coordinator_pings_total", &[("protocol", "json"), ("result", "error")]),
+            Some(1.0)
+        );
+        assert_eq!(v("tt_coordinator_ping_seconds_count", &[("protocol", "json")]), Some(1.0));
+        // Applied ahead of what this node knows is committed (after a restart): no lag.
+        m.refresh(&raft, 0, &State::default(), None);
+        let s = parse(&m.encode()).unwrap();
+        assert_eq!(value(&s, "tt_coordinator_raft_apply_lag_entries", &[]), Some(0.0));
+    }
+}
