@@ -741,6 +741,12 @@ async fn waiting_hosts_prefetch_the_build_before_admission() {
     let all = wait_stats(&f, "v2 fetched", |s| s["swarm_downloads"].as_u64() >= Some(2)).await;
     let prefetched: u64 = all.iter().map(|s| s["prefetches"].as_u64().unwrap_or(0)).sum();
     assert!(prefetched >= 2, "the two waiting hosts prefetched: {all:#?}");
+    // The leader saw hosts wait for the one slot, and admitted each host once per deploy.
+    let leader = f.cluster.wait_leader(&f.cluster.ids(), WAIT).await.unwrap();
+    let s = scrape(&f.cluster.base_url(leader)).await;
+    let stage = [("env", "prefetch"), ("stage", "prod")];
+    assert!(value(&s, "tt_coordinator_admission_waits_total", &stage) >= Some(2.0), "{s:#?}");
+    assert!(value(&s, "tt_coordinator_admissions_total", &stage) >= Some(6.0), "{s:#?}");
     for (a, s) in f.agents.iter().zip(&all) {
         assert_eq!(s["fallbacks"], 0, "{}: {s}", a.spec.hostname);
         let staged = std::fs::read(a.target("prefetch").join("data.bin")).unwrap();
