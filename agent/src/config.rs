@@ -96,6 +96,9 @@ pub struct AgentConfig {
     pub swarm_download_bytes_per_sec: Option<u64>,
     /// Fetch through the swarm but never upload (a fragile host).
     pub swarm_leech_only: bool,
+    /// Serve `/metrics`, `/livez` and `/readyz` over HTTP here (e.g. `127.0.0.1:9410`);
+    /// unset, nothing listens.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Default quota of the agent's swarm store (the builds it keeps to serve peers).
@@ -144,6 +147,7 @@ impl Default for AgentConfig {
             swarm_upload_bytes_per_sec: None,
             swarm_download_bytes_per_sec: None,
             swarm_leech_only: false,
+            metrics_listen: None,
         }
     }
 }

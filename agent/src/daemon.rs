@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::enums::{AgentStatus, DeployStage};
@@ -25,6 +26,7 @@ use crate::executor::{self, ExecLimits, ExecReport, HookCommand, Verdict};
 use crate::hostinfo::{HOST_INFO_FILE, HostInfo, Overrides};
 use crate::json_client::JsonClient;
 use crate::machine::{Action, Machine, PRE_STAGE_STEPS, Step, StepKind, StepResult, plan_changed};
+use crate::metrics::{AgentMetrics, PingKind};
 use crate::status::{self, InstanceLock, StatusError};
 use crate::{staging, template};
 
@@ -64,6 +66,7 @@ pub struct Daemon {
     client: Pinger,
     downloader: Downloader,
     epoch: Instant,
+    metrics: Arc<AgentMetrics>,
     _lock: InstanceLock,
 }
 
@@ -106,6 +109,7 @@ impl Daemon {
                 client: Pinger::Json(json),
                 downloader,
                 epoch: Instant::now(),
+                metrics: AgentMetrics::new(),
                 _lock: lock,
             });
         }
@@ -127,10 +131,14 @@ impl Daemon {
         )?);
         // Builds in the cluster (`tt://blob/`): through the swarm if this host runs a blob
         // node, else piece by piece from the coordinators.
+        let metrics = AgentMetrics::new();
         let downloader = match crate::swarm::SwarmSource::start(&cfg, client.clone())
             .map_err(|e| DaemonError::Download(e.to_string()))?
         {
-            Some(swarm) => downloader.with_blob_source(swarm),
+            Some(swarm) => {
+                metrics.watch_swarm(swarm.clone());
+                downloader.with_blob_source(swarm)
+            }
             None => downloader.with_blob_source(client.clone()),
         };
         info!(coordinators = ?cfg.coordinators, long_poll_ms = cfg.long_poll_ms, "pinging over tt-agent/1 (QUIC, long-poll)");
@@ -142,8 +150,14 @@ impl Daemon {
             client: Pinger::Quic(client),
             downloader,
             epoch: Instant::now(),
+            metrics,
             _lock: lock,
         })
+    }
+
+    /// The daemon's metrics (served by [`crate::metrics::serve`] when `metrics_listen` is set).
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.metrics.clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -239,7 +253,10 @@ impl Daemon {
         loop {
             let host = self.host();
             let req = self.machine.ping_request(&host);
-            match self.client.ping(&req, wait).await {
+            let sent = Instant::now();
+            let answer = self.client.ping(&req, wait).await;
+            self.metrics.ping(PingKind::Goal, answer.is_ok(), sent.elapsed().as_secs_f64());
+            match answer {
                 Ok(resp) => return resp,
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ping failed; retrying");
@@ -289,6 +306,7 @@ impl Daemon {
             let outcome = self.execute(&step, &goal).await;
             match outcome {
                 Outcome::Done(result) => {
+                    self.metrics.step(step.stage.as_str(), result.status.as_str());
                     info!(status = result.status.as_str(), "step ends");
                     self.env_log(
                         &step.env,
@@ -297,6 +315,7 @@ impl Daemon {
                     self.machine.record(&step.env, &result);
                 }
                 Outcome::Aborted => {
+                    self.metrics.step(step.stage.as_str(), "ABORTED");
                     info!("step aborted: the coordinator changed the goal");
                     self.env_log(
                         &step.env,
@@ -335,6 +354,7 @@ impl Daemon {
         let host = self.host();
         let mut hb = Heartbeat {
             client: &self.client,
+            metrics: &self.metrics,
             request: self.machine.ping_request(&host),
             env_id: self.machine.envs.get(&step.env).and_then(|s| s.report.env_id.clone()),
             goal,
@@ -370,6 +390,7 @@ impl Daemon {
                 let expected = Expected { blake3, size: build.build_size };
                 let (builds_dir, env) = (self.cfg.builds_dir.clone(), step.env.clone());
                 let dl = &self.downloader;
+                let metrics = &self.metrics;
                 let log = self.log_path(&step.env);
                 retry_builtin(&limits, &mut hb, &log, "DOWNLOADING", || {
                     let (builds_dir, env, url, build_id, expected) = (
@@ -381,7 +402,8 @@ impl Daemon {
                     );
                     async move {
                         let limits = crate::extract::ExtractLimits::default();
-                        crate::download::ensure_build(
+                        let started = Instant::now();
+                        let fetched = crate::download::ensure_build(
                             dl,
                             &builds_dir,
                             &env,
@@ -390,9 +412,11 @@ impl Daemon {
                             &expected,
                             &limits,
                         )
-                        .await
-                        .map(|dir| format!("build {build_id} ready in {}", dir.display()))
-                        .map_err(|e| e.to_string())
+                        .await;
+                        metrics.download(fetched.is_ok(), started.elapsed().as_secs_f64());
+                        fetched
+                            .map(|dir| format!("build {build_id} ready in {}", dir.display()))
+                            .map_err(|e| e.to_string())
                     }
                 })
                 .await
@@ -519,6 +543,7 @@ impl Pinger {
 /// the agent keeps working while no coordinator answers.
 struct Heartbeat<'a> {
     client: &'a Pinger,
+    metrics: &'a AgentMetrics,
     request: PingRequestBean,
     env_id: Option<proto::ids::EnvId>,
     goal: &'a PingResponseBean,
@@ -533,7 +558,10 @@ impl Heartbeat<'_> {
                 r.fail_count = Some(fail_count);
             }
         }
-        match self.client.ping(&req, Duration::ZERO).await {
+        let sent = Instant::now();
+        let answer = self.client.ping(&req, Duration::ZERO).await;
+        self.metrics.ping(PingKind::Heartbeat, answer.is_ok(), sent.elapsed().as_secs_f64());
+        match answer {
             Ok(resp) if plan_changed(self.goal, &resp) => Verdict::Abort,
             Ok(_) => Verdict::Continue,
             Err(e) => {
@@ -605,7 +633,14 @@ async fn run_hook(
         label: stage.as_str().to_string(),
         pgid_file: Some(pgid_file.to_path_buf()),
     };
-    exec_to_result(executor::run(&cmd, limits, hb).await)
+    let started = Instant::now();
+    let report = executor::run(&cmd, limits, hb).await;
+    let outcome = match report.status {
+        executor::ExecStatus::Aborted => "ABORTED",
+        status => status.agent_status().as_str(),
+    };
+    hb.metrics.hook(stage.as_str(), outcome, started.elapsed().as_secs_f64());
+    exec_to_result(report)
 }
 
 /// Runs a built-in step with Teletraan's retry and backoff and with heartbeats; the error of

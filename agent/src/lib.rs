@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hostinfo;
 pub mod json_client;
 pub mod machine;
+pub mod metrics;
 pub mod staging;
 pub mod status;
 pub mod swarm;

@@ -1,6 +1,6 @@
 //! `deploy-agent`: the per-host daemon and its local operator commands.
 
-use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use agent::config::AgentConfig;
@@ -86,9 +86,16 @@ struct RunArgs {
     /// Extra variable for every hook, KEY=VALUE (repeatable).
     #[arg(long = "hook-env", value_parser = parse_kv)]
     hook_env: Vec<(String, String)>,
-    /// Log as JSON lines.
-    #[arg(long)]
+    /// Log format: `text` or `json` (JSON lines). Default: text when stderr is a terminal,
+    /// JSON otherwise.
+    #[arg(long, env = telemetry::log::LOG_FORMAT_ENV)]
+    log_format: Option<telemetry::log::LogFormat>,
+    /// Same as `--log-format json` (kept for existing units and scripts).
+    #[arg(long, hide = true)]
     log_json: bool,
+    /// Serve `/metrics`, `/livez` and `/readyz` on this address (overrides `metrics_listen`).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -144,11 +151,10 @@ fn run(mut cli: Cli) -> anyhow::Result<()> {
 fn run_daemon(mut cfg: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.log_json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    let asked = if args.log_json { Some(telemetry::log::LogFormat::Json) } else { args.log_format };
+    telemetry::log::init(asked, filter);
+    if args.metrics_listen.is_some() {
+        cfg.metrics_listen = args.metrics_listen;
     }
     if !args.coordinators.is_empty() {
         cfg.coordinators = args.coordinators;
@@ -174,8 +180,16 @@ fn run_daemon(mut cfg: AgentConfig, args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    let metrics_listen = cfg.metrics_listen;
     rt.block_on(async move {
         let daemon = Daemon::new(cfg, overrides)?;
+        if let Some(addr) = metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics_listen {addr}"))?;
+            tracing::info!(%addr, "serving /metrics, /livez and /readyz");
+            tokio::spawn(agent::metrics::serve(listener, daemon.metrics()));
+        }
         if once {
             daemon.run_once().await?;
         } else {

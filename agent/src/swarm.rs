@@ -162,6 +162,11 @@ impl SwarmSource {
         }
     }
 
+    /// The node's own counters (bytes by source, bans, throttling).
+    pub fn node_stats(&self) -> p2p_transfer::swarm::NodeStats {
+        self.node.stats()
+    }
+
     /// Remembers `hex` for the hellos (newest last, at most [`MAX_HELLO_BLOBS`]).
     fn note(&self, hex: &str) {
         let mut known = self.known.lock().expect("known lock");

@@ -95,7 +95,10 @@ impl RpcHandler for AgentHandler {
             }
             let wait = Duration::from_millis(u64::from(wait_ms.min(MAX_LONG_POLL_MS)));
             let holding = hello.as_ref().map(|h| h.holding.as_slice());
-            match crate::api::deploys::ping_core_with_prefetch(&app, request, wait, holding).await {
+            let native = crate::metrics::PingProtocol::Native;
+            match crate::api::deploys::ping_core_with_prefetch(&app, native, request, wait, holding)
+                .await
+            {
                 Ok((goal, prefetch)) => match hello {
                     None => encode(&AgentReply::Goal(goal)),
                     Some(hello) => {

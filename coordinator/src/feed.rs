@@ -22,7 +22,14 @@ pub struct Changes {
     pub everyone: bool,
     /// Parallelism slots freed, per stage.
     pub freed_slots: BTreeMap<EnvId, u32>,
+    /// Tallies for metrics, not for held pings: hosts admitted to a deploy (a slot taken) and
+    /// slot holders whose lease expired, per stage name.
+    pub admitted: BTreeMap<StageName, u32>,
+    pub leases_expired: BTreeMap<StageName, u32>,
 }
+
+/// A stage by name: (env, stage).
+pub type StageName = (String, String);
 
 /// Fan-out of "stage changed" events to held pings.
 pub struct ChangeFeed {

@@ -24,8 +24,12 @@ enum Cmd {
     Run {
         #[command(flatten)]
         overrides: Overrides,
-        /// Log as JSON lines instead of text.
-        #[arg(long, env = "TT_LOG_JSON")]
+        /// Log format: `text` or `json` (JSON lines). Default: text when stderr is a
+        /// terminal, JSON otherwise.
+        #[arg(long, env = telemetry::log::LOG_FORMAT_ENV)]
+        log_format: Option<telemetry::log::LogFormat>,
+        /// Same as `--log-format json` (kept for existing units and scripts).
+        #[arg(long, env = "TT_LOG_JSON", hide = true)]
         log_json: bool,
     },
     /// Create and inspect the cluster's TLS material.
@@ -79,8 +83,11 @@ enum CertsCmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { overrides, log_json } => {
-            init_tracing(log_json);
+        Cmd::Run { overrides, log_format, log_json } => {
+            let asked = if log_json { Some(telemetry::log::LogFormat::Json) } else { log_format };
+            let filter = tracing_subscriber::EnvFilter::try_from_env("TT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+            telemetry::log::init(asked, filter);
             coordinator::failpoints::init_from_env()?;
             let cfg = Config::from_sources(&overrides).context("invalid configuration")?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,15 +151,4 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -247,6 +247,12 @@ async fn stages_builds_and_bad_input() {
     // Health and metrics.
     assert_eq!(c.get(format!("{base}/livez")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let r = c.get(format!("{base}/readyz?verbose")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "[+]storage ok\n[+]raft-leader-known ok\n[+]applied-caught-up ok\nreadyz check passed\n"
+    );
     let metrics = c.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [
         "tt_coordinator_raft_term",
@@ -290,6 +296,12 @@ async fn writes_without_a_quorum_get_503_with_a_retry_hint() {
     }
     let r = c.get(format!("{}/readyz", cluster.base_url(alone))).send().await.unwrap();
     assert_eq!(r.status(), 503);
+    let r = c.get(format!("{}/readyz?verbose", cluster.base_url(alone))).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("[+]storage ok\n"), "{text}");
+    assert!(text.contains("[-]raft-leader-known failed: no leader known\n"), "{text}");
+    assert!(text.ends_with("readyz check failed\n"), "{text}");
     // Stale reads still work; linearizable ones refuse.
     assert_eq!(
         c.get(format!("{}/v1/envs?stale=true", cluster.base_url(alone)))

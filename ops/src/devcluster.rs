@@ -122,6 +122,12 @@ fn free_port(udp: bool) -> anyhow::Result<u16> {
     bail!("no fresh loopback port after {MAX_PORT_DRAWS} draws")
 }
 
+/// The log format of the processes the dev tools start. Their logs go to files that people and
+/// the tests' log tails read, so text, unless `TT_LOG_FORMAT` asks for JSON.
+pub fn dev_log_format() -> String {
+    std::env::var(telemetry::log::LOG_FORMAT_ENV).unwrap_or_else(|_| "text".into())
+}
+
 /// A loopback TCP port for a process this one starts (see [`free_port`]).
 pub fn free_tcp_port() -> anyhow::Result<u16> {
     free_port(false)
@@ -254,6 +260,7 @@ impl DevCluster {
             .open(&n.log)
             .with_context(|| format!("opening {}", n.log.display()))?;
         let mut cmd = Command::new(&self.spec.coordinator_bin);
+        cmd.env(telemetry::log::LOG_FORMAT_ENV, dev_log_format());
         cmd.arg("run")
             .arg("--node-id")
             .arg(n.id.to_string())

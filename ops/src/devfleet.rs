@@ -103,6 +103,7 @@ impl DevAgent {
             .arg(&self.config)
             .arg("run")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(telemetry::log::LOG_FORMAT_ENV, crate::devcluster::dev_log_format())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

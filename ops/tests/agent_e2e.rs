@@ -9,6 +9,7 @@ use ops::client::Client;
 use ops::devcluster::{DevCluster, Spec, find_coordinator_bin};
 use ops::devfleet::{AgentSpec, DevAgent, find_agent_bin};
 use serde_json::{Value, json};
+use telemetry::exposition::{Sample, parse, sum, value};
 
 /// Longest any wait in these tests may take before the test fails (a hang guard).
 const WAIT: Duration = Duration::from_secs(120);
@@ -45,6 +46,8 @@ fn journaling_hook(step: &str) -> String {
 struct Fleet {
     cluster: DevCluster,
     agents: Vec<DevAgent>,
+    /// Each agent's `metrics_listen` address.
+    agent_metrics: Vec<std::net::SocketAddr>,
     client: Client,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
@@ -73,11 +76,17 @@ async fn fleet_with(agents: usize, group: &str, swarm: bool) -> Fleet {
     let ca = swarm.then(|| p2p_transfer::tls::ClusterCa::load(&cluster.dir().join("ca")).unwrap());
     let client = Client::new(&format!("http://{}", cluster.nodes[1].http_addr), None);
     let bin = find_agent_bin().unwrap();
+    let agent_metrics: Vec<std::net::SocketAddr> = (0..agents)
+        .map(|_| ([127, 0, 0, 1], ops::devcluster::free_tcp_port().unwrap()).into())
+        .collect();
     let agents = (1..=agents)
         .map(|i| {
             let root = dir.join(format!("host-{i}"));
             // Quick retries and heartbeats: the tests' hooks are short.
-            let mut extra_config = "process_wait_interval = 1\nmin_running_time = 1\n".to_string();
+            let mut extra_config = format!(
+                "process_wait_interval = 1\nmin_running_time = 1\nmetrics_listen = \"{}\"\n",
+                agent_metrics[i - 1]
+            );
             if let Some(ca) = &ca {
                 let tls = root.join("swarm-tls");
                 let cert = p2p_transfer::tls::issue_node_cert(
@@ -109,7 +118,7 @@ async fn fleet_with(agents: usize, group: &str, swarm: bool) -> Fleet {
             .unwrap()
         })
         .collect();
-    Fleet { cluster, agents, client, dir, _tmp: tmp }
+    Fleet { cluster, agents, agent_metrics, client, dir, _tmp: tmp }
 }
 
 impl Fleet {
@@ -595,6 +604,7 @@ async fn an_agent_on_teletraans_json_ping_deploys_too() {
         client: Client::new(&cluster.base_url(1), None),
         cluster,
         agents: vec![agent],
+        agent_metrics: Vec::new(),
         dir,
         _tmp: tmp,
     };
@@ -614,6 +624,14 @@ async fn an_agent_on_teletraans_json_ping_deploys_too() {
     assert_eq!(std::fs::read_to_string(f.agents[0].target("json").join("VERSION")).unwrap(), "j\n");
     let log = f.agents[0].log_tail(100_000);
     assert!(log.contains("Teletraan's JSON ping") && log.contains("step ends"), "{log}");
+    // The leader answered them, and counts them as JSON pings.
+    let mut json_pings = 0.0;
+    for id in f.cluster.ids() {
+        let s = scrape(&f.cluster.base_url(id)).await;
+        json_pings += sum(&s, "tt_coordinator_pings_total", &[("protocol", "json")]);
+        assert_eq!(sum(&s, "tt_coordinator_pings_total", &[("protocol", "native")]), 0.0);
+    }
+    assert!(json_pings >= 8.0, "one ping per step at least: {json_pings}");
 }
 
 /// A build of `mib` MiB of incompressible data (`data.bin`, seeded by `seed`) uploaded to the
@@ -723,6 +741,12 @@ async fn waiting_hosts_prefetch_the_build_before_admission() {
     let all = wait_stats(&f, "v2 fetched", |s| s["swarm_downloads"].as_u64() >= Some(2)).await;
     let prefetched: u64 = all.iter().map(|s| s["prefetches"].as_u64().unwrap_or(0)).sum();
     assert!(prefetched >= 2, "the two waiting hosts prefetched: {all:#?}");
+    // The leader saw hosts wait for the one slot, and admitted each host once per deploy.
+    let leader = f.cluster.wait_leader(&f.cluster.ids(), WAIT).await.unwrap();
+    let s = scrape(&f.cluster.base_url(leader)).await;
+    let stage = [("env", "prefetch"), ("stage", "prod")];
+    assert!(value(&s, "tt_coordinator_admission_waits_total", &stage) >= Some(2.0), "{s:#?}");
+    assert!(value(&s, "tt_coordinator_admissions_total", &stage) >= Some(6.0), "{s:#?}");
     for (a, s) in f.agents.iter().zip(&all) {
         assert_eq!(s["fallbacks"], 0, "{}: {s}", a.spec.hostname);
         let staged = std::fs::read(a.target("prefetch").join("data.bin")).unwrap();
@@ -740,4 +764,108 @@ async fn waiting_hosts_prefetch_the_build_before_admission() {
     let after = wait_stats(&f, "v3 fetched", |s| s["swarm_downloads"].as_u64() >= Some(3)).await;
     let prefetched_after: u64 = after.iter().map(|s| s["prefetches"].as_u64().unwrap_or(0)).sum();
     assert_eq!(prefetched_after, prefetched, "no prefetch with tt.prefetch=false: {after:#?}");
+}
+
+/// GETs `url`: its status and body.
+async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The samples of a `/metrics` scrape.
+async fn scrape(base: &str) -> Vec<Sample> {
+    let (status, text) = get_text(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    parse(&text).unwrap_or_else(|e| panic!("{base}/metrics: {e}\n{text}"))
+}
+
+/// After a deploy through the swarm, the leader's and the agents' `/metrics` show it: pings,
+/// admissions, the deploy's state, hook runs, downloads and swarm bytes by source; both
+/// `/readyz?verbose` list their checks as passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_after_a_deploy_shows_pings_admissions_hooks_and_swarm_bytes() {
+    let f = fleet_with(3, "obs", true).await;
+    f.create_stage("obs", "prod", "obs", 3).await;
+    let (build, _) = blob_build(&f, "observed build", 2, "sleep 0.2").await;
+    let deploy = f.deploy("obs", "prod", &build).await;
+    f.wait_hosts("obs", "prod", 3, "serving the build", serving(&deploy)).await;
+
+    let leader = f.cluster.wait_leader(&f.cluster.ids(), WAIT).await.unwrap();
+    let base = f.cluster.base_url(leader);
+    let s = scrape(&base).await;
+    let stage = [("env", "obs"), ("stage", "prod")];
+    assert!(sum(&s, "tt_coordinator_pings_total", &[("protocol", "native")]) >= 3.0, "{s:#?}");
+    assert!(
+        sum(&s, "tt_coordinator_pings_total", &[("protocol", "native"), ("result", "DEPLOY")])
+            >= 3.0,
+        "every host got goals: {s:#?}"
+    );
+    assert!(sum(&s, "tt_coordinator_ping_seconds_count", &[("protocol", "native")]) >= 3.0);
+    assert_eq!(value(&s, "tt_coordinator_pings_held", &[]).map(|v| v >= 0.0), Some(true));
+    assert!(
+        value(&s, "tt_coordinator_admissions_total", &stage) >= Some(3.0),
+        "each host was admitted: {s:#?}"
+    );
+    assert_eq!(
+        value(&s, "tt_coordinator_deploys", &[("state", "SUCCEEDING")]),
+        Some(1.0),
+        "the stage's deploy succeeded: {s:#?}"
+    );
+    assert_eq!(value(&s, "tt_coordinator_deploys", &[("state", "FAILING")]), Some(0.0));
+    let lag = value(&s, "tt_coordinator_raft_apply_lag_entries", &[]).expect("apply lag");
+    assert!(lag >= 0.0);
+    assert!(value(&s, "tt_coordinator_raft_commit_index", &[]) > Some(0.0));
+    assert!(
+        value(&s, "tt_coordinator_origin_sent_bytes_total", &[]) > Some(0.0),
+        "the leader's origin sent pieces: {s:#?}"
+    );
+    let (status, ready) = get_text(&format!("{base}/readyz?verbose")).await;
+    assert_eq!(status, 200, "{ready}");
+    for check in ["storage", "raft-leader-known", "applied-caught-up"] {
+        assert!(ready.contains(&format!("[+]{check} ok\n")), "{ready}");
+    }
+
+    let mut from_origin = 0.0;
+    for (a, addr) in f.agents.iter().zip(&f.agent_metrics) {
+        let base = format!("http://{addr}");
+        let s = scrape(&base).await;
+        let host = &a.spec.hostname;
+        assert!(
+            value(&s, "tt_agent_pings_total", &[("kind", "goal"), ("result", "ok")]) > Some(0.0),
+            "{host}: {s:#?}"
+        );
+        for step in ["DOWNLOADING", "STAGING", "RESTARTING"] {
+            assert_eq!(
+                value(&s, "tt_agent_steps_total", &[("step", step), ("outcome", "SUCCEEDED")]),
+                Some(1.0),
+                "{host} ran {step} once: {s:#?}"
+            );
+        }
+        // The build has one hook, RESTARTING (the others are absent and not run).
+        assert_eq!(
+            value(
+                &s,
+                "tt_agent_hook_seconds_count",
+                &[("step", "RESTARTING"), ("outcome", "SUCCEEDED")]
+            ),
+            Some(1.0),
+            "{host}: {s:#?}"
+        );
+        assert!(
+            value(&s, "tt_agent_hook_seconds_sum", &[("step", "RESTARTING")]) >= Some(0.2),
+            "{host}: the hook sleeps 0.2 s: {s:#?}"
+        );
+        assert!(value(&s, "tt_agent_downloads_total", &[("outcome", "ok")]) >= Some(1.0));
+        let received = sum(&s, "tt_agent_swarm_received_bytes_total", &[]);
+        assert!(received > 0.0, "{host} fetched through the swarm: {s:#?}");
+        from_origin += sum(&s, "tt_agent_swarm_received_bytes_total", &[("source", "origin")]);
+        assert_eq!(value(&s, "tt_agent_swarm_peer_bans_total", &[]), Some(0.0));
+        assert!(
+            value(&s, "tt_agent_swarm_throttle_waits_total", &[("direction", "upload")]).is_some()
+        );
+        let (status, ready) = get_text(&format!("{base}/readyz?verbose")).await;
+        assert_eq!(status, 200, "{host}: {ready}");
+        assert!(ready.contains("[+]coordinator-reachable ok\n"), "{host}: {ready}");
+    }
+    assert!(from_origin > 0.0, "the origin brought the first pieces into the swarm");
 }

@@ -8,6 +8,7 @@
 //! would multiply by the number of peers.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The burst a bucket allows, as time at the configured rate.
@@ -52,6 +53,17 @@ impl TokenBucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: Option<Mutex<TokenBucket>>,
+    throttled_waits: AtomicU64,
+    throttled_micros: AtomicU64,
+}
+
+/// How much a [`RateLimiter`] held its takers back, since it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ThrottleStats {
+    /// Reservations that had to wait.
+    pub waits: u64,
+    /// Their waits added up, in microseconds.
+    pub waited_micros: u64,
 }
 
 impl RateLimiter {
@@ -60,6 +72,16 @@ impl RateLimiter {
         let now = tokio::time::Instant::now().into_std();
         RateLimiter {
             bucket: rate_bytes_per_sec.map(|rate| Mutex::new(TokenBucket::new(rate, now))),
+            throttled_waits: AtomicU64::new(0),
+            throttled_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// How often and how long takers waited.
+    pub fn stats(&self) -> ThrottleStats {
+        ThrottleStats {
+            waits: self.throttled_waits.load(Ordering::Relaxed),
+            waited_micros: self.throttled_micros.load(Ordering::Relaxed),
         }
     }
 
@@ -71,6 +93,9 @@ impl RateLimiter {
             bucket.lock().expect("rate limiter lock").reserve(n, now)
         };
         if !wait.is_zero() {
+            self.throttled_waits.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+            self.throttled_micros.fetch_add(micros, Ordering::Relaxed);
             tokio::time::sleep(wait).await;
         }
     }
@@ -127,9 +152,15 @@ mod tests {
         // 8 MiB at 1 MiB/s: 8 s of (simulated) time, less the initial burst.
         let elapsed = start.elapsed().as_secs_f64();
         assert!((elapsed - 8.0).abs() / 8.0 < 0.10, "took {elapsed:.2} s");
+        // The waits are tallied: most takers waited, and (all waiting at once) they waited at
+        // least as long as the run took.
+        let stats = limiter.stats();
+        assert!(stats.waits > 400 && stats.waits <= 512, "{stats:?}");
+        assert!(stats.waited_micros as f64 / 1e6 >= elapsed * 0.9, "{stats:?}");
         let unlimited = RateLimiter::new(None);
         let start = tokio::time::Instant::now();
         unlimited.acquire(u64::MAX).await;
         assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(unlimited.stats(), ThrottleStats::default());
     }
 }

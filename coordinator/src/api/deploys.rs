@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::teletraan::{ANONYMOUS, JsonBody};
 use super::{ApiError, App, AppState, ReadMode, propose, read_barrier};
 use crate::auth::Principal;
+use crate::metrics::PingProtocol;
 use crate::state::prefetch::PrefetchBlob;
 
 /// How often the leader checks whether a deploy's state should move with time (stuck timer).
@@ -64,7 +65,7 @@ async fn ping(
     JsonBody(req): JsonBody<PingRequestBean>,
 ) -> Result<Json<PingResponseBean>, ApiError> {
     check_agent_token(&app, &headers)?;
-    ping_core(&app, req, Duration::ZERO).await.map(Json)
+    ping_core(&app, PingProtocol::Json, req, Duration::ZERO).await.map(Json)
 }
 
 /// `POST /v1/system/ping/alldeploycandidates` (§3.11): every install candidate of this ping,
@@ -110,10 +111,11 @@ fn check_agent_token(app: &AppState, headers: &axum::http::HeaderMap) -> Result<
 /// `feed`), then planned again.
 pub async fn ping_core(
     app: &AppState,
+    protocol: PingProtocol,
     req: PingRequestBean,
     wait: Duration,
 ) -> Result<PingResponseBean, ApiError> {
-    ping_core_with_prefetch(app, req, wait, None).await.map(|(response, _)| response)
+    ping_core_with_prefetch(app, protocol, req, wait, None).await.map(|(response, _)| response)
 }
 
 /// [`ping_core`] for a host that runs a blob node and holds (or fetches) the blobs in
@@ -122,14 +124,49 @@ pub async fn ping_core(
 /// with that build, so the host fetches it before it is admitted.
 pub async fn ping_core_with_prefetch(
     app: &AppState,
+    protocol: PingProtocol,
     req: PingRequestBean,
     wait: Duration,
     holding: Option<&[String]>,
+) -> Result<(PingResponseBean, Option<PrefetchBlob>), ApiError> {
+    let started = tokio::time::Instant::now();
+    let mut held = Duration::ZERO;
+    let answer = plan_and_hold(app, req, wait, holding, &mut held).await;
+    let service = started.elapsed().saturating_sub(held).as_secs_f64();
+    let op_code = answer.as_ref().ok().map(|(response, _)| response.op_code);
+    app.metrics.ping_answered(protocol, op_code, service);
+    answer
+}
+
+/// Counts a held ping in `pings_held` for as long as it lives (a dropped connection drops it).
+struct HeldPing<'a>(&'a crate::metrics::Metrics);
+
+impl<'a> HeldPing<'a> {
+    fn new(metrics: &'a crate::metrics::Metrics) -> HeldPing<'a> {
+        metrics.pings_held.inc();
+        HeldPing(metrics)
+    }
+}
+
+impl Drop for HeldPing<'_> {
+    fn drop(&mut self) {
+        self.0.pings_held.dec();
+    }
+}
+
+/// The body of [`ping_core_with_prefetch`]; `held` adds up the time spent waiting for a change.
+async fn plan_and_hold(
+    app: &AppState,
+    req: PingRequestBean,
+    wait: Duration,
+    holding: Option<&[String]>,
+    held: &mut Duration,
 ) -> Result<(PingResponseBean, Option<PrefetchBlob>), ApiError> {
     if req.host_id.as_str().is_empty() {
         return Err(ApiError::bad_request("hostId is required"));
     }
     let deadline = tokio::time::Instant::now() + wait;
+    let mut told_to_wait = false;
     loop {
         let name = req.host_name.as_deref().filter(|h| !h.is_empty());
         app.liveness.seen(&req.host_id, name.unwrap_or(req.host_id.as_str()));
@@ -150,6 +187,16 @@ pub async fn ping_core_with_prefetch(
                 && let Some(env) = &plan.waiting_for_slot
             {
                 app.feed.queue_for_slot(&mut subscription, env);
+            }
+            // Counted once per ping, however often a held ping is planned again.
+            let waiting_on =
+                plan.waiting_for_slot.as_ref().and_then(|e| applied.state.env_by_id(e));
+            if !told_to_wait
+                && let Some(env) = waiting_on
+                && let (Some(name), Some(stage)) = (&env.env_name, &env.stage_name)
+            {
+                told_to_wait = true;
+                app.metrics.admission_wait(&(name.clone(), stage.clone()));
             }
             (plan, subscription, prefetch)
         };
@@ -173,10 +220,13 @@ pub async fn ping_core_with_prefetch(
             // plan again on the new state before deciding what to wait for.
             continue;
         }
+        let _held = HeldPing::new(&app.metrics);
+        let from = tokio::time::Instant::now();
         tokio::select! {
             _ = subscription.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        *held += from.elapsed();
     }
 }
 

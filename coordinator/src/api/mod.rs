@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::command::{Op, OpOutput};
 use serde::Deserialize;
+use telemetry::health::{self, Check};
 
 pub use self::error::ApiError;
 use crate::metrics::{Metrics, RouteLabels};
@@ -83,7 +84,7 @@ pub type App = Arc<AppState>;
 pub fn router(app: App) -> Router {
     let max_body = app.max_body_bytes;
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(cluster::routes())
@@ -111,28 +112,56 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
-async fn readyz(State(app): State<App>) -> Response {
+/// The readiness checks: Raft running (storage opened and no fatal error), a leader known,
+/// and this node's state machine applied up to what it knows is committed.
+fn readiness(app: &AppState) -> Vec<Check> {
     let m = app.raft.metrics().borrow().clone();
     let applied = m.last_applied.map_or(0, |l| l.index);
     let committed = app.committed.load(Ordering::Relaxed);
-    match m.current_leader {
-        None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response(),
-        Some(_) if applied < committed => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: applied {applied} < committed {committed}\n"),
-        )
-            .into_response(),
-        Some(l) => format!("ready: leader {l}, applied {applied}\n").into_response(),
-    }
+    vec![
+        match &m.running_state {
+            Ok(()) => Check::ok("storage"),
+            Err(fatal) => Check::failed("storage", format!("Raft stopped: {fatal}")),
+        },
+        match m.current_leader {
+            Some(_) => Check::ok("raft-leader-known"),
+            None => Check::failed("raft-leader-known", "no leader known"),
+        },
+        if applied >= committed {
+            Check::ok("applied-caught-up")
+        } else {
+            Check::failed("applied-caught-up", format!("applied {applied} < committed {committed}"))
+        },
+    ]
+}
+
+/// `/readyz` (`?verbose` for one line per check): 200 only if every check passes.
+async fn readyz(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    health_response(&health::render("readyz", &readiness(&app), health::wants_verbose(uri.query())))
+}
+
+/// `/livez`: the process serves HTTP.
+async fn livez(uri: axum::http::Uri) -> Response {
+    let checks = [Check::ok("http")];
+    health_response(&health::render("livez", &checks, health::wants_verbose(uri.query())))
+}
+
+fn health_response(h: &health::Health) -> Response {
+    let status = StatusCode::from_u16(h.status()).expect("200 and 503 are statuses");
+    (status, h.body.clone()).into_response()
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    app.metrics.observe_raft(&app.raft.metrics().borrow());
-    app.metrics.commit_index.set(app.committed.load(Ordering::Relaxed) as i64);
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        app.metrics.encode(),
-    )
+    {
+        let applied = app.applied.read().expect("applied lock poisoned");
+        app.metrics.refresh(
+            &app.raft.metrics().borrow(),
+            app.committed.load(Ordering::Relaxed),
+            &applied.state,
+            app.swarm.as_ref().map(|s| s.stats().uploaded_bytes),
+        );
+    }
+    ([(header::CONTENT_TYPE, telemetry::exposition::CONTENT_TYPE)], app.metrics.encode())
         .into_response()
 }
 

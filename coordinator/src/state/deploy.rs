@@ -153,6 +153,8 @@ pub struct PingPlan {
     pub candidates: Vec<PingResponseBean>,
     /// The ping changes a host tag (a constraint's key); `apply` writes it before planning.
     pub tags: bool,
+    /// The stage this ping admits the host to: it leaves steady state and takes a slot.
+    pub admitted: Option<EnvId>,
 }
 
 impl PingPlan {
@@ -810,6 +812,9 @@ impl State {
             row.state = Some(AgentState::Unreachable);
             row.last_update_date = Some(now);
             self.put_agent(key.clone(), Some(row));
+            if let Some(name) = self.envs.get(&key.0).and_then(super::env_key) {
+                *self.leases_expired.entry(name).or_default() += 1;
+            }
             touched.insert(key.0.clone());
         }
         for env in touched {
@@ -889,6 +894,11 @@ impl State {
             self.put_host_tag(key, tag);
         }
         let plan = self.plan_ping(now, req);
+        if let Some(name) =
+            plan.admitted.as_ref().and_then(|e| self.envs.get(e)).and_then(super::env_key)
+        {
+            *self.admitted.entry(name).or_default() += 1;
+        }
         if let Some((name, record)) = plan.host.clone() {
             self.hosts.insert(name.clone(), record);
             self.dirty.insert(Key::Host(name));
@@ -1195,6 +1205,9 @@ impl State {
             let old = agents.get(&c.env_id).copied();
             if differs(old, &c.bean) || old.is_none() {
                 updates.insert(c.env_id.clone(), c.bean.clone());
+                if c.need_wait {
+                    plan.admitted = Some(c.env_id.clone());
+                }
             } else {
                 updates.remove(&c.env_id);
             }

@@ -415,6 +415,41 @@ fn expired_lease_frees_the_slot_and_the_host_must_be_readmitted() {
 }
 
 #[test]
+fn admissions_and_lease_expiries_are_tallied_per_stage() {
+    let mut s = stage(2, 1);
+    let mut agents = vec![Agent::default(); 2];
+    let prod = || std::collections::BTreeMap::from([(("svc".to_string(), "prod".to_string()), 1)]);
+    deploy(&mut s, 1, "d1", "b1").unwrap();
+    for round in 0..10 {
+        for (i, a) in agents.iter_mut().enumerate() {
+            a.step(&mut s, 2 + round, &format!("h{i}"), AgentStatus::Succeeded);
+        }
+    }
+    // First deploys take a slot outside the limit: each host is admitted once, not per step.
+    let first = s.take_changes();
+    assert_eq!(first.admitted.values().sum::<u32>(), 2, "{first:?}");
+    deploy(&mut s, 100, "d2", "b2").unwrap();
+    agents[0].step(&mut s, 101, "h0", AgentStatus::Succeeded);
+    let r = agents[1].step(&mut s, 102, "h1", AgentStatus::Succeeded);
+    assert_eq!(r.op_code, OpCode::Noop, "h1 waits");
+    let c = s.take_changes();
+    assert_eq!(c.admitted, prod(), "only h0 took the slot");
+    assert!(c.leases_expired.is_empty());
+    s.apply(200, Op::ExpireLeases { keys: vec![(env_id(), HostId::new("h0"))] }).unwrap();
+    let c = s.take_changes();
+    assert_eq!(c.leases_expired, prod());
+    assert!(c.admitted.is_empty());
+    // h1 takes the freed slot, then walks on without being admitted again.
+    for round in 0..3 {
+        agents[1].step(&mut s, 201 + round, "h1", AgentStatus::Succeeded);
+    }
+    assert_eq!(s.take_changes().admitted, prod());
+    // Expiring a host that holds no slot tallies nothing.
+    s.apply(300, Op::ExpireLeases { keys: vec![(env_id(), HostId::new("h0"))] }).unwrap();
+    assert!(s.take_changes().leases_expired.is_empty());
+}
+
+#[test]
 fn rollback_alias_counts_hosts_that_never_left_the_target() {
     let mut s = stage(3, 1);
     let mut agents = vec![Agent::default(); 3];

@@ -138,6 +138,9 @@ pub struct State {
     capacity_changed: bool,
     /// Parallelism slots freed per stage by the last applies (wakes that many waiters).
     freed: BTreeMap<EnvId, u32>,
+    /// Admissions and lease expiries of the last applies, per stage name (for metrics).
+    admitted: BTreeMap<crate::feed::StageName, u32>,
+    leases_expired: BTreeMap<crate::feed::StageName, u32>,
     dirty: BTreeSet<Key>,
     /// Tokens and role bindings.
     auth: auth::AuthState,
@@ -453,6 +456,8 @@ impl State {
             stages: std::mem::take(&mut self.changed),
             everyone: std::mem::take(&mut self.capacity_changed),
             freed_slots: std::mem::take(&mut self.freed),
+            admitted: std::mem::take(&mut self.admitted),
+            leases_expired: std::mem::take(&mut self.leases_expired),
         }
     }
 

@@ -41,7 +41,11 @@ pub struct StateMachineStore {
     applied: AppliedHandle,
     snapshot_dir: PathBuf,
     feed: Arc<crate::feed::ChangeFeed>,
+    apply_observer: Option<ApplyObserver>,
 }
+
+/// Told what each apply changed (see [`StateMachineStore::with_apply_observer`]).
+pub type ApplyObserver = Arc<dyn Fn(&crate::feed::Changes) + Send + Sync>;
 
 impl StateMachineStore {
     pub(crate) async fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, String> {
@@ -62,7 +66,14 @@ impl StateMachineStore {
             applied: Arc::new(RwLock::new(applied)),
             snapshot_dir,
             feed: Arc::new(crate::feed::ChangeFeed::default()),
+            apply_observer: None,
         })
+    }
+
+    /// Calls `f` after every apply with what it changed (metrics count admissions there).
+    pub fn with_apply_observer(mut self, f: ApplyObserver) -> Self {
+        self.apply_observer = Some(f);
+        self
     }
 
     /// The feed that announces, after each apply, which stages changed (for long-polls).
@@ -158,6 +169,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // across two applies; the write itself is a memtable insert (no fsync).
             self.db.write(batch).map_err(|e| StorageIOError::apply(last, &e))?;
             changes = applied.state.take_changes();
+        }
+        if let Some(observe) = &self.apply_observer {
+            observe(&changes);
         }
         self.feed.notify(changes);
         Ok(responses)

@@ -428,6 +428,13 @@ impl Driver {
     ) -> Result<(), DownloadError> {
         self.requests.remove(&(peer, piece));
         let now = now();
+        let bytes = match &result {
+            Ok(bytes) | Err(FetchFailure::Peer(_, bytes)) => *bytes,
+            Err(FetchFailure::Store(_)) => 0,
+        };
+        if self.wanted.get(&peer) == Some(&PeerRole::Origin) {
+            self.node.counters.downloaded_from_origin_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
         match result {
             Ok(bytes) => {
                 self.bytes_received += bytes;

@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
 
 use crate::blob::{BlobHash, BlobSpec, BlobStore, EncodePieceError, Geometry, StoreEvent};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, ThrottleStats};
 use crate::swarm::download::DownloadEvent;
 use crate::swarm::scheduler::PeerId;
 use crate::tls::{self, ClientAuth, NodeCert, TlsConfigError};
@@ -199,6 +199,8 @@ pub struct NodeStats {
     pub uploaded_bytes: u64,
     /// Bytes of piece responses received (data and proofs).
     pub downloaded_bytes: u64,
+    /// The part of `downloaded_bytes` that came from an origin (the rest came from peers).
+    pub downloaded_from_origin_bytes: u64,
     /// Piece requests answered with data.
     pub pieces_served: u64,
     /// Responses that failed verification.
@@ -209,12 +211,16 @@ pub struct NodeStats {
     pub repeats_declined: u64,
     /// Piece requests answered "busy" (every upload slot and queue place taken).
     pub busy_answers: u64,
+    /// What the upload and download rate limits held back.
+    pub upload_throttle: ThrottleStats,
+    pub download_throttle: ThrottleStats,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub uploaded_bytes: AtomicU64,
     pub downloaded_bytes: AtomicU64,
+    pub downloaded_from_origin_bytes: AtomicU64,
     pub pieces_served: AtomicU64,
     pub bad_responses: AtomicU64,
     pub protocol_violations: AtomicU64,
@@ -345,11 +351,14 @@ impl BlobNode {
         NodeStats {
             uploaded_bytes: c.uploaded_bytes.load(Ordering::Relaxed),
             downloaded_bytes: c.downloaded_bytes.load(Ordering::Relaxed),
+            downloaded_from_origin_bytes: c.downloaded_from_origin_bytes.load(Ordering::Relaxed),
             pieces_served: c.pieces_served.load(Ordering::Relaxed),
             bad_responses: c.bad_responses.load(Ordering::Relaxed),
             protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
             repeats_declined: c.repeats_declined.load(Ordering::Relaxed),
             busy_answers: c.busy_answers.load(Ordering::Relaxed),
+            upload_throttle: self.inner.upload.stats(),
+            download_throttle: self.inner.download.stats(),
         }
     }
 
