@@ -392,7 +392,8 @@ impl Daemon {
                 let dl = &self.downloader;
                 let metrics = &self.metrics;
                 let log = self.log_path(&step.env);
-                retry_builtin(&limits, &mut hb, &log, "DOWNLOADING", || {
+                let before = metrics.swarm_stats();
+                let outcome = retry_builtin(&limits, &mut hb, &log, "DOWNLOADING", || {
                     let (builds_dir, env, url, build_id, expected) = (
                         builds_dir.clone(),
                         env.clone(),
@@ -419,7 +420,17 @@ impl Daemon {
                             .map_err(|e| e.to_string())
                     }
                 })
-                .await
+                .await;
+                let source = crate::download::describe_source(
+                    &url,
+                    before.as_ref(),
+                    metrics.swarm_stats().as_ref(),
+                );
+                if let Some(s) = self.machine.envs.get_mut(&step.env) {
+                    let extra = s.report.extra_info.get_or_insert_with(Default::default);
+                    extra.insert(proto::ping::DOWNLOAD_SOURCE_KEY.to_string(), source);
+                }
+                outcome
             }
             StepKind::Stage { build_id } => {
                 let vars = self

@@ -58,6 +58,35 @@ pub struct Expected {
     pub size: Option<u64>,
 }
 
+/// Where a DOWNLOADING step got its build, in words for the coordinator's host timeline
+/// (reported as `extraInfo.downloadSource`): for a build in the cluster, the bytes the swarm
+/// brought from peers and from the origin between `before` and `after` (none: a local copy,
+/// prefetched or kept); otherwise the URL without its query (which may carry credentials).
+pub fn describe_source(
+    url: &str,
+    before: Option<&p2p_transfer::swarm::NodeStats>,
+    after: Option<&p2p_transfer::swarm::NodeStats>,
+) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1_048_576.0);
+    if !url.starts_with(proto::beans::BLOB_URL_PREFIX) {
+        return url.split(['?', '#']).next().unwrap_or(url).to_string();
+    }
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let origin =
+                a.downloaded_from_origin_bytes.saturating_sub(b.downloaded_from_origin_bytes);
+            let total = a.downloaded_bytes.saturating_sub(b.downloaded_bytes);
+            let peers = total.saturating_sub(origin);
+            if total == 0 {
+                "a local copy (prefetched or kept)".into()
+            } else {
+                format!("swarm: {} from peers, {} from the origin", mib(peers), mib(origin))
+            }
+        }
+        _ => "the coordinators (tt-agent/1)".into(),
+    }
+}
+
 /// A verified download.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -876,6 +905,35 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_sources_say_peers_origin_local_or_url() {
+        use p2p_transfer::swarm::NodeStats;
+        let blob = format!("{}{}", proto::beans::BLOB_URL_PREFIX, "ab".repeat(32));
+        let before = NodeStats {
+            downloaded_bytes: 100,
+            downloaded_from_origin_bytes: 10,
+            ..Default::default()
+        };
+        let after = NodeStats {
+            downloaded_bytes: 100 + 3 * 1_048_576,
+            downloaded_from_origin_bytes: 10 + 1_048_576,
+            ..Default::default()
+        };
+        assert_eq!(
+            describe_source(&blob, Some(&before), Some(&after)),
+            "swarm: 2.0 MiB from peers, 1.0 MiB from the origin"
+        );
+        assert_eq!(
+            describe_source(&blob, Some(&after), Some(&after)),
+            "a local copy (prefetched or kept)"
+        );
+        assert_eq!(describe_source(&blob, None, None), "the coordinators (tt-agent/1)");
+        assert_eq!(
+            describe_source("https://ci.example/b.tgz?token=s3cret", None, None),
+            "https://ci.example/b.tgz"
+        );
+    }
 
     #[test]
     fn checksum_file_first_token_lowercased() {

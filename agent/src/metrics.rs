@@ -220,6 +220,11 @@ impl AgentMetrics {
         let _ = self.swarm.set(swarm);
     }
 
+    /// The swarm node's counters, if this host runs one.
+    pub fn swarm_stats(&self) -> Option<NodeStats> {
+        self.swarm.get().map(|s| s.node_stats())
+    }
+
     /// The text exposition, with the swarm's counters brought up to date.
     pub fn encode(&self) -> String {
         {

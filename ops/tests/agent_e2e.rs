@@ -866,6 +866,15 @@ async fn a_scrape_after_a_deploy_shows_pings_admissions_hooks_and_swarm_bytes() 
         let (status, ready) = get_text(&format!("{base}/readyz?verbose")).await;
         assert_eq!(status, 200, "{host}: {ready}");
         assert!(ready.contains("[+]coordinator-reachable ok\n"), "{host}: {ready}");
+        // The dashboard's host page: the deploy's steps with their durations, and where the
+        // build came from (reported by the agent after DOWNLOADING).
+        let (status, page) =
+            get_text(&format!("{}/ui/host/{host}", f.cluster.base_url(leader))).await;
+        assert_eq!(status, 200, "{host}: {page}");
+        for step in ["PRE_DOWNLOAD", "DOWNLOADING", "RESTARTING", "SERVING_BUILD"] {
+            assert!(page.contains(&format!("data-step=\"{step}\"")), "{host} {step}: {page}");
+        }
+        assert!(page.contains("Build from: swarm: "), "{host}: {page}");
     }
     assert!(from_origin > 0.0, "the origin brought the first pieces into the swarm");
 }

@@ -67,6 +67,10 @@ impl PingRequestBean {
     }
 }
 
+/// The `extraInfo` key under which an agent reports where its DOWNLOADING step got the build
+/// (ours; shown on the dashboard's host page).
+pub const DOWNLOAD_SOURCE_KEY: &str = "downloadSource";
+
 /// An agent's status for one stage: the last stage it ran and how that went.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]

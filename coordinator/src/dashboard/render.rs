@@ -698,6 +698,11 @@ pub fn host_page(ctx: &Ctx, state: &Replicated, host: &str) -> Option<String> {
             a.fail_count.unwrap_or(0),
             a.last_update_date.map_or("–".into(), |t| format!("{} ago", ago(ctx.now_ms, t))),
         );
+        if let Some(t) =
+            env.id.as_ref().zip(a.host_id.as_ref()).and_then(|(e, h)| state.timeline(e, h))
+        {
+            body.push_str(&timeline_html(ctx.now_ms, t));
+        }
         match error {
             Some(e) => {
                 let _ =
@@ -708,6 +713,33 @@ pub fn host_page(ctx: &Ctx, state: &Replicated, host: &str) -> Option<String> {
         body.push_str("</section>");
     }
     Some(page(ctx, &format!("host {host}"), &body))
+}
+
+/// A host's steps on its current deploy with how long each took (the last one until now if
+/// it is not final), and where it got the build from.
+fn timeline_html(now_ms: i64, t: &crate::state::timeline::HostTimeline) -> String {
+    let mut out = String::from(
+        "<h3>Steps of this deploy</h3><table class=\"timeline\"><thead><tr><th>STEP</th><th>BEGAN</th><th>TOOK</th></tr></thead><tbody>",
+    );
+    for (i, (stage, at)) in t.steps.iter().enumerate() {
+        let took = match t.steps.get(i + 1) {
+            Some((_, next)) => ago(*next, *at),
+            None if matches!(stage, DeployStage::ServingBuild | DeployStage::Stopped) => "–".into(),
+            None => format!("{} so far", ago(now_ms, *at)),
+        };
+        let _ = write!(
+            out,
+            "<tr data-step=\"{0}\"><td>{0}</td><td>{1} ago</td><td>{2}</td></tr>",
+            stage.as_str(),
+            ago(now_ms, *at),
+            took
+        );
+    }
+    out.push_str("</tbody></table>");
+    if let Some(src) = &t.download_source {
+        let _ = write!(out, "<p class=\"download-source\">Build from: {}</p>", esc(src));
+    }
+    out
 }
 
 /// The cluster page: members with their roles, the leader, the term and this node's indices;

@@ -513,6 +513,7 @@ impl State {
         if let Some(new) = &row {
             self.count_tag(&key, new, true);
         }
+        self.note_step(&key, old.as_ref(), row.as_ref());
         self.dirty.insert(Key::Agent(key.0, key.1));
     }
 
@@ -911,6 +912,14 @@ impl State {
         for (key, message) in plan.errors {
             self.dirty.insert(Key::AgentError(key.0.clone(), key.1.clone()));
             self.agent_errors.insert(key, message);
+        }
+        for r in &req.reports {
+            let source =
+                r.extra_info.as_ref().and_then(|x| x.get(super::timeline::DOWNLOAD_SOURCE_KEY));
+            if let (Some(env), Some(source)) = (&r.env_id, source) {
+                let key = (env.clone(), req.host_id.clone());
+                self.note_download_source(&key, r.deploy_id.as_ref(), source);
+            }
         }
         for env in touched {
             self.transition(now, &env);

@@ -1529,3 +1529,45 @@ fn webhooks_fall_due_at_creation_and_first_success_and_record_one_outcome() {
     assert!(s.webhook_deliveries(&d1).is_empty());
     assert!(s.pending_webhooks().iter().all(|p| p.deploy_id != d1));
 }
+
+#[test]
+fn each_host_keeps_a_step_timeline_of_its_current_deploy_and_its_download_source() {
+    let mut s = stage(1, 1);
+    deploy(&mut s, 0, "d1", "b1").unwrap();
+    let mut a = Agent::default();
+    let mut t = 100;
+    while a.report.as_ref().and_then(|r| r.deploy_stage) != Some(DeployStage::ServingBuild) {
+        // The agent says where the build came from once it is downloaded.
+        if let Some(r) =
+            a.report.as_mut().filter(|r| r.deploy_stage == Some(DeployStage::PostDownload))
+        {
+            r.extra_info = Some(
+                [("downloadSource".to_string(), "swarm: 1.0 MiB from peers".to_string())].into(),
+            );
+        }
+        a.step(&mut s, t, "h0", AgentStatus::Succeeded);
+        t += 100;
+        assert!(t < 10_000, "the host never finished");
+    }
+    a.step(&mut s, t, "h0", AgentStatus::Succeeded);
+    let key = (env_id(), HostId::new("h0"));
+    let tl = s.timeline(&key.0, &key.1).unwrap().clone();
+    assert_eq!(tl.deploy_id, Some(DeployId::new("d1")));
+    let stages: Vec<DeployStage> = tl.steps.iter().map(|(st, _)| *st).collect();
+    assert_eq!(stages.first(), Some(&DeployStage::PreDownload), "{stages:?}");
+    assert_eq!(stages.last(), Some(&DeployStage::ServingBuild), "{stages:?}");
+    assert!(
+        stages.contains(&DeployStage::Downloading) && stages.contains(&DeployStage::Restarting)
+    );
+    assert!(tl.steps.windows(2).all(|w| w[0].1 < w[1].1), "times increase: {tl:?}");
+    assert_eq!(tl.download_source.as_deref(), Some("swarm: 1.0 MiB from peers"));
+    // Replicated and persisted with the rest.
+    assert_eq!(reload(&mut s), s);
+    // A new deploy starts a new timeline.
+    deploy(&mut s, t + 1, "d2", "b2").unwrap();
+    a.step(&mut s, t + 2, "h0", AgentStatus::Succeeded);
+    a.step(&mut s, t + 3, "h0", AgentStatus::Succeeded);
+    let tl = s.timeline(&key.0, &key.1).unwrap();
+    assert_eq!(tl.deploy_id, Some(DeployId::new("d2")));
+    assert!(tl.steps.len() <= 2 && tl.download_source.is_none(), "{tl:?}");
+}

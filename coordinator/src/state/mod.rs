@@ -19,6 +19,7 @@ pub mod promote;
 pub mod retention;
 pub mod schedule;
 pub mod tags;
+pub mod timeline;
 pub mod webhooks;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +63,8 @@ enum Key {
     WebHooks(EnvId),
     /// One webhook delivery of a deploy.
     WebhookDelivery(webhooks::DeliveryKey),
+    /// A host's step timeline on a stage.
+    Timeline(EnvId, HostId),
 }
 
 impl Key {
@@ -89,6 +92,7 @@ impl Key {
             Key::HostTag(env, host) => format!("v/{env}/{host}").into_bytes(),
             Key::WebHooks(id) => format!("n/{id}").into_bytes(),
             Key::WebhookDelivery(key) => format!("o/{}", webhooks::delivery_key(key)).into_bytes(),
+            Key::Timeline(env, host) => format!("l/{env}/{host}").into_bytes(),
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct State {
     webhook_deliveries: BTreeMap<webhooks::DeliveryKey, proto::beans::WebhookDeliveryBean>,
     /// Deliveries not yet recorded as done (derived from `webhook_deliveries`).
     pending_webhooks: BTreeSet<webhooks::DeliveryKey>,
+    /// (stage, host) -> its steps on the current deploy (`timeline.rs`).
+    timelines: BTreeMap<(EnvId, HostId), timeline::HostTimeline>,
 }
 
 fn invalid(reason: impl Into<String>) -> OpError {
@@ -489,6 +495,7 @@ impl State {
                     Key::HostTag(e, h) => self.host_tags.get(&(e.clone(), h.clone())).map(encode),
                     Key::WebHooks(id) => self.web_hooks.get(id).map(encode),
                     Key::WebhookDelivery(key) => self.webhook_deliveries.get(key).map(encode),
+                    Key::Timeline(e, h) => self.timelines.get(&(e.clone(), h.clone())).map(encode),
                 };
                 (key.encode(), value)
             })
@@ -586,6 +593,15 @@ impl State {
             Some(b"o/") => {
                 let key = webhooks::parse_delivery_key(id)?;
                 self.webhook_deliveries.insert(key, postcard::from_bytes(value).map_err(bad)?);
+            }
+            Some(b"l/") => {
+                let (env, host) = id
+                    .split_once('/')
+                    .ok_or_else(|| format!("timeline key {id:?} lacks a host"))?;
+                self.timelines.insert(
+                    (EnvId::new(env), HostId::new(host)),
+                    postcard::from_bytes(value).map_err(bad)?,
+                );
             }
             _ => return Err(format!("unknown record key {}", String::from_utf8_lossy(key))),
         }
