@@ -151,6 +151,73 @@ fn work_dir(dir: Option<PathBuf>, what: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A node's metrics, or `None` (with a note) if the scrape failed: the breakdown is extra.
+async fn scrape(base: &str) -> Option<Vec<telemetry::exposition::Sample>> {
+    let text = reqwest::get(format!("{base}/metrics")).await.ok()?.text().await.ok()?;
+    telemetry::exposition::parse(&text).map_err(|e| eprintln!("metrics of {base}: {e}")).ok()
+}
+
+/// The upper bound of the bucket holding quantile `q` of the histogram `name`'s observations
+/// between two scrapes (`None` without observations).
+fn quantile_bound(
+    a: &[telemetry::exposition::Sample],
+    b: &[telemetry::exposition::Sample],
+    name: &str,
+    q: f64,
+) -> Option<f64> {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: Vec<(f64, f64)> = b
+        .iter()
+        .filter(|s| s.name == bucket)
+        .filter_map(|s| {
+            let le = s.labels.get("le")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let earlier = a
+                .iter()
+                .find(|x| x.name == bucket && x.labels == s.labels)
+                .map_or(0.0, |x| x.value);
+            Some((le, s.value - earlier))
+        })
+        .collect();
+    buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = buckets.last()?.1;
+    (total > 0.0).then_some(())?;
+    buckets.into_iter().find(|(_, n)| *n >= q * total).map(|(le, _)| le)
+}
+
+/// Where the leader's write time went during the runs: group-commit batches and their size,
+/// the time from proposing a batch to its apply result, and the synced log appends on the
+/// leader and a follower (bucket upper bounds: the histograms double per bucket).
+fn write_breakdown(
+    l0: &[telemetry::exposition::Sample],
+    l1: &[telemetry::exposition::Sample],
+    f0: &[telemetry::exposition::Sample],
+    f1: &[telemetry::exposition::Sample],
+) -> String {
+    use telemetry::exposition::sum;
+    let delta = |a, b, name: &str| sum(b, name, &[]) - sum(a, name, &[]);
+    let proposals = delta(l0, l1, "tt_coordinator_proposals_total");
+    let ops = delta(l0, l1, "tt_coordinator_proposed_ops_total");
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("≤{:.1}", s * 1000.0));
+    let hist = |a, b, name: &str| {
+        let n = delta(a, b, &format!("{name}_count"));
+        let mean = if n > 0.0 { delta(a, b, &format!("{name}_sum")) / n * 1000.0 } else { 0.0 };
+        format!(
+            "{n:.0} obs, mean {mean:.2} ms, p50 {} ms, p99 {} ms",
+            ms(quantile_bound(a, b, name, 0.5)),
+            ms(quantile_bound(a, b, name, 0.99))
+        )
+    };
+    format!(
+        "leader breakdown (all runs): {proposals:.0} batches, {:.1} ops per batch\n  \
+         batch proposed -> applied: {}\n  leader log fsync: {}\n  follower log fsync: {}\n",
+        if proposals > 0.0 { ops / proposals } else { 0.0 },
+        hist(l0, l1, "tt_coordinator_proposal_seconds"),
+        hist(l0, l1, "tt_coordinator_log_fsync_seconds"),
+        hist(f0, f1, "tt_coordinator_log_fsync_seconds"),
+    )
+}
+
 fn start_cluster(dir: PathBuf) -> anyhow::Result<DevCluster> {
     DevCluster::start(Spec {
         nodes: 3,
@@ -180,6 +247,11 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 value_bytes,
             };
             let etcd_dir = (!no_etcd).then(|| dir.join("etcd"));
+            let follower = cluster.ids().into_iter().find(|i| *i != leader).expect("3 nodes");
+            let scrape_all = || async {
+                (scrape(&cluster.base_url(leader)).await, scrape(&cluster.base_url(follower)).await)
+            };
+            let before = scrape_all().await;
             let reports = bench::write_path_compare(
                 Some(cluster.base_url(leader)),
                 etcd_dir,
@@ -187,6 +259,10 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
                 &spec,
             )
             .await?;
+            let after = scrape_all().await;
+            if let ((Some(l0), Some(f0)), (Some(l1), Some(f1))) = (before, after) {
+                print!("{}", write_breakdown(&l0, &l1, &f0, &f1));
+            }
             cluster.stop_all();
             if let Some(path) = json {
                 bench::write_json(&path, &reports)?;
@@ -592,4 +668,39 @@ async fn rollout(
         ideal_s: (waves * STEPS_PER_DEPLOY * hook_ms) as f64 / 1000.0,
         max_parallel_seen,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape_of(text: &str) -> Vec<telemetry::exposition::Sample> {
+        telemetry::exposition::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_breakdown_reads_histogram_deltas_between_scrapes() {
+        let before = scrape_of(
+            "tt_coordinator_proposals_total 10\ntt_coordinator_proposed_ops_total 100\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"0.001\"} 5\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"0.002\"} 10\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"+Inf\"} 10\n\
+             tt_coordinator_proposal_seconds_sum 0.01\ntt_coordinator_proposal_seconds_count 10\n",
+        );
+        // 100 more batches of 10 ops: 98 within 2 ms, 2 above.
+        let after = scrape_of(
+            "tt_coordinator_proposals_total 110\ntt_coordinator_proposed_ops_total 1100\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"0.001\"} 5\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"0.002\"} 108\n\
+             tt_coordinator_proposal_seconds_bucket{le=\"+Inf\"} 110\n\
+             tt_coordinator_proposal_seconds_sum 0.21\ntt_coordinator_proposal_seconds_count 110\n",
+        );
+        let name = "tt_coordinator_proposal_seconds";
+        assert_eq!(quantile_bound(&before, &after, name, 0.5), Some(0.002));
+        assert_eq!(quantile_bound(&before, &after, name, 0.99), Some(f64::INFINITY));
+        assert_eq!(quantile_bound(&before, &before, name, 0.5), None, "no observations");
+        let text = write_breakdown(&before, &after, &before, &before);
+        assert!(text.contains("100 batches, 10.0 ops per batch"), "{text}");
+        assert!(text.contains("100 obs, mean 2.00 ms, p50 ≤2.0 ms"), "{text}");
+    }
 }
