@@ -57,6 +57,29 @@ pub enum LabError {
     Signal { what: String, signal: Signal, source: nix::Error },
 }
 
+/// Refuses, before any node is touched, failpoints the coordinator binary cannot arm (a build
+/// without the `failpoints` feature, e.g. one relinked by `cargo test -p coordinator`): such a
+/// node would only fail to start, and the run would say "never fired".
+pub fn check_failpoints(bin: &std::path::Path, spec: &str) -> Result<(), LabError> {
+    let out = std::process::Command::new(bin)
+        .args(["failpoints", "check", spec])
+        .output()
+        .map_err(|e| LabError::Process {
+            what: format!("running {}", bin.display()),
+            message: e.to_string(),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(LabError::Process {
+        what: format!("arming failpoints {spec:?} with {}", bin.display()),
+        message: format!(
+            "{} (build the workspace: `cargo build --workspace --bins` turns the feature on)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
+}
+
 fn process_err(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> LabError {
     let what = what.into();
     move |e| LabError::Process { what, message: format!("{e:#}") }
@@ -380,6 +403,9 @@ impl Lab {
         id: u64,
         spec: Option<&str>,
     ) -> Result<(), LabError> {
+        if let Some(spec) = spec {
+            check_failpoints(self.cluster.coordinator_bin(), spec)?;
+        }
         let env = spec
             .map(|s| vec![(coordinator::failpoints::ENV.to_string(), s.to_string())])
             .unwrap_or_default();
@@ -599,4 +625,36 @@ fn signal(pid: u32, signal: Signal, what: &str) -> Result<(), LabError> {
         signal,
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn failpoints_a_binary_cannot_arm_are_refused_before_any_node_is_touched() {
+        // The workspace's coordinator (built with the feature) accepts a good spec and
+        // refuses a malformed one.
+        let bin = ops::devcluster::find_coordinator_bin().unwrap();
+        check_failpoints(&bin, "log-write=enospc@20").unwrap();
+        let err = check_failpoints(&bin, "log-write=melt").unwrap_err().to_string();
+        assert!(err.contains("unknown action \"melt\""), "{err}");
+        // A build without the feature says so (a stand-in script answering like one).
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("coordinator");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'TT_FAILPOINTS is set but this coordinator was built without the `failpoints` feature' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = check_failpoints(&fake, "log-write=eio").unwrap_err().to_string();
+        assert!(
+            err.contains("without the `failpoints` feature")
+                && err.contains("cargo build --workspace"),
+            "{err}"
+        );
+    }
 }

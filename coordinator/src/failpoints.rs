@@ -107,6 +107,17 @@ pub fn parse(spec: &str) -> Result<BTreeMap<&'static str, (Action, u64)>, Failpo
     Ok(out)
 }
 
+/// Whether `spec` could be armed by this build: parsed, and the feature compiled in (what
+/// `coordinator failpoints check` answers, so a harness can refuse early instead of watching a
+/// node that never starts).
+pub fn check_spec(spec: &str) -> Result<(), FailpointError> {
+    parse(spec)?;
+    if !cfg!(feature = "failpoints") {
+        return Err(FailpointError::NotCompiled);
+    }
+    Ok(())
+}
+
 /// Arms the points `TT_FAILPOINTS` names, once, at start.
 pub fn init_from_env() -> Result<(), FailpointError> {
     let Ok(spec) = std::env::var(ENV) else { return Ok(()) };

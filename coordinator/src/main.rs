@@ -41,6 +41,16 @@ enum Cmd {
     /// Check configuration files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Storage failpoints (chaos testing).
+    #[command(subcommand)]
+    Failpoints(FailpointsCmd),
+}
+
+#[derive(Subcommand)]
+enum FailpointsCmd {
+    /// Exit 0 if this build can arm SPEC (a TT_FAILPOINTS value), 1 with the reason if not
+    /// (a syntax error, or a build without the `failpoints` feature).
+    Check { spec: String },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +126,13 @@ fn main() -> anyhow::Result<()> {
             println!("cluster CA written to {}", dir.display());
         }
         Cmd::Token(TokenCmd::New) => println!("{}", coordinator::auth::new_token().0),
+        Cmd::Failpoints(FailpointsCmd::Check { spec }) => {
+            if let Err(e) = coordinator::failpoints::check_spec(&spec) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+            println!("{spec}: can be armed");
+        }
         Cmd::Config(ConfigCmd::Validate { file }) => {
             let overrides = Overrides { config: Some(file.clone()), ..Overrides::default() };
             let cfg = match Config::from_sources(&overrides) {

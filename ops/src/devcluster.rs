@@ -201,6 +201,11 @@ impl DevCluster {
     }
 
     /// Creates TLS material and directories, and starts every node.
+    /// The coordinator binary the nodes run.
+    pub fn coordinator_bin(&self) -> &Path {
+        &self.spec.coordinator_bin
+    }
+
     pub fn start(spec: Spec) -> anyhow::Result<DevCluster> {
         fs::create_dir_all(&spec.dir)
             .with_context(|| format!("creating {}", spec.dir.display()))?;
