@@ -130,13 +130,7 @@ async fn pull(
 }
 
 fn pull_error(url: &str, e: &reqwest::Error) -> ApiError {
-    let mut msg = format!("cannot fetch {url}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    ApiError::bad_request(msg)
+    ApiError::bad_request(format!("cannot fetch {url}: {}", super::error::error_chain(e)))
 }
 
 /// The canonical path of `path` if it lies inside one of `roots` (after resolving `..` and

@@ -47,6 +47,18 @@ impl ApiError {
     }
 }
 
+/// `e` and every error beneath it, joined with ": " (what failed, down to the OS reason).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    line
+}
+
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         let status = match e {

@@ -202,12 +202,7 @@ async fn send(client: &reqwest::Client, r: &HookRequest) -> (Attempt, String) {
             (Attempt::Status(status), line)
         }
         Err(e) => {
-            let mut line = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                line = format!("{line}: {s}");
-                source = s.source();
-            }
+            let line = super::error::error_chain(&e);
             (Attempt::Error(line.clone()), line)
         }
     }

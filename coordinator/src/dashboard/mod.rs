@@ -188,46 +188,45 @@ async fn envs(State(app): State<App>, p: MaybePrincipal, Query(q): Query<EnvsQue
     html(StatusCode::OK, render::envs_page(&c, &applied.state, q.q.trim()))
 }
 
-async fn stage(
-    State(app): State<App>,
-    p: MaybePrincipal,
-    Path((env, stage)): Path<(String, String)>,
+/// A page of one stage: `render` after the read barrier, or 404 if the stage is unknown.
+async fn stage_scoped(
+    app: &AppState,
+    p: Option<&Principal>,
+    env: &str,
+    stage: &str,
+    render: fn(&Ctx, &crate::state::State, &str, &str) -> Option<String>,
 ) -> Response {
-    let banner = barrier(&app).await;
-    let c = ctx(&app, p.as_deref(), banner);
+    let banner = barrier(app).await;
+    let c = ctx(app, p, banner);
     let applied = app.applied.read().expect("applied lock poisoned");
-    match render::stage_page(&c, &applied.state, &env, &stage) {
+    match render(&c, &applied.state, env, stage) {
         Some(page) => html(StatusCode::OK, page),
         None => not_found(&c, &format!("stage {env}/{stage} not found")),
     }
+}
+
+async fn stage(
+    State(app): State<App>,
+    p: MaybePrincipal,
+    Path((e, s)): Path<(String, String)>,
+) -> Response {
+    stage_scoped(&app, p.as_deref(), &e, &s, render::stage_page).await
 }
 
 async fn history(
     State(app): State<App>,
     p: MaybePrincipal,
-    Path((env, stage)): Path<(String, String)>,
+    Path((e, s)): Path<(String, String)>,
 ) -> Response {
-    let banner = barrier(&app).await;
-    let c = ctx(&app, p.as_deref(), banner);
-    let applied = app.applied.read().expect("applied lock poisoned");
-    match render::history_page(&c, &applied.state, &env, &stage) {
-        Some(page) => html(StatusCode::OK, page),
-        None => not_found(&c, &format!("stage {env}/{stage} not found")),
-    }
+    stage_scoped(&app, p.as_deref(), &e, &s, render::history_page).await
 }
 
 async fn config(
     State(app): State<App>,
     p: MaybePrincipal,
-    Path((env, stage)): Path<(String, String)>,
+    Path((e, s)): Path<(String, String)>,
 ) -> Response {
-    let banner = barrier(&app).await;
-    let c = ctx(&app, p.as_deref(), banner);
-    let applied = app.applied.read().expect("applied lock poisoned");
-    match pages::config_page(&c, &applied.state, &env, &stage) {
-        Some(page) => html(StatusCode::OK, page),
-        None => not_found(&c, &format!("stage {env}/{stage} not found")),
-    }
+    stage_scoped(&app, p.as_deref(), &e, &s, pages::config_page).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -259,18 +258,23 @@ fn swarm_figures(app: &AppState) -> Option<pages::SwarmFigures> {
     let origin = swarm.stats();
     let tracked = swarm.tracked(std::time::Instant::now(), CLUSTER_PAGE_BLOBS);
     let applied = app.applied.read().expect("applied lock poisoned");
+    // One pass over the builds: the ids and size of those naming a tracked blob.
+    let mut named: std::collections::HashMap<&str, (Vec<String>, Option<u64>)> =
+        tracked.iter().map(|t| (t.blake3.as_str(), (Vec::new(), None))).collect();
+    for b in applied.state.builds_newest_first(None) {
+        if let Some(entry) = b.artifact_blake3.as_deref().and_then(|h| named.get_mut(h)) {
+            entry.0.extend(b.id.as_ref().map(|i| i.to_string()));
+            entry.1 = entry.1.or(b.artifact_size);
+        }
+    }
     let blobs = tracked
-        .into_iter()
+        .iter()
         .map(|t| {
-            let named: Vec<&proto::beans::BuildBean> = applied
-                .state
-                .builds_newest_first(None)
-                .filter(|b| b.artifact_blake3.as_deref() == Some(t.blake3.as_str()))
-                .collect();
+            let (builds, size) = named.remove(t.blake3.as_str()).unwrap_or_default();
             pages::SwarmBlob {
-                builds: named.iter().filter_map(|b| b.id.as_ref().map(|i| i.to_string())).collect(),
-                size: named.first().and_then(|b| b.artifact_size),
-                blake3: t.blake3,
+                builds,
+                size,
+                blake3: t.blake3.clone(),
                 seeders: t.seeders,
                 fetching: t.fetching,
             }

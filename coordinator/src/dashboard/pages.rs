@@ -151,14 +151,13 @@ pub fn config_page(
         let lists = [("before", &hooks.pre_deploy_hooks), ("after", &hooks.post_deploy_hooks)];
         for (when, list) in lists {
             for h in list {
-                let names: Vec<&str> = h
-                    .headers
-                    .as_deref()
-                    .unwrap_or("")
-                    .split(';')
-                    .filter_map(|e| Some(e.split_once(':')?.0.trim()))
-                    .filter(|n| !n.is_empty())
-                    .collect();
+                // Stored hooks passed `render`'s checks, so their headers parse.
+                let names: Vec<String> =
+                    crate::webhooks::parse_headers(h.headers.as_deref().unwrap_or(""))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(name, _)| name)
+                        .collect();
                 let _ = write!(
                     body,
                     "<tr><td>{when}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
