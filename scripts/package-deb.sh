@@ -46,7 +46,7 @@ Architecture: $arch
 Maintainer: tt maintainers <tt@example.invalid>
 Section: admin
 Priority: optional
-Depends: libc6 (>= 2.36), libgcc-s1, libstdc++6
+Depends: libc6 (>= 2.36), libgcc-s1
 Installed-Size: $(du -sk "$pkg" | cut -f1)
 Description: Teletraan-class deploy service
  coordinator: a Raft-replicated coordinator node (the Teletraan /v1 API and dashboard);
