@@ -57,6 +57,10 @@ pub struct Config {
     /// How often the leader runs the retention janitors, in milliseconds.
     #[serde(default = "default_janitor_interval")]
     pub janitor_interval_ms: u64,
+    /// How often each node checks that the blobs builds name are on enough nodes and copies
+    /// those too few hold, in milliseconds (`blob_copies.rs`).
+    #[serde(default = "default_blob_repair_interval")]
+    pub blob_repair_interval_ms: u64,
     /// Largest HTTP request body, in bytes.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
@@ -155,6 +159,9 @@ fn default_promote_interval() -> u64 {
 fn default_janitor_interval() -> u64 {
     crate::api::promotes::DEFAULT_JANITOR_INTERVAL.as_millis() as u64
 }
+fn default_blob_repair_interval() -> u64 {
+    crate::blob_copies::DEFAULT_BLOB_REPAIR_INTERVAL.as_millis() as u64
+}
 fn default_http() -> SocketAddr {
     "127.0.0.1:8080".parse().expect("literal")
 }
@@ -224,6 +231,8 @@ pub struct Overrides {
     pub promote_interval_ms: Option<u64>,
     #[arg(long, env = "TT_JANITOR_INTERVAL_MS")]
     pub janitor_interval_ms: Option<u64>,
+    #[arg(long, env = "TT_BLOB_REPAIR_INTERVAL_MS")]
+    pub blob_repair_interval_ms: Option<u64>,
     #[arg(long, env = "TT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
     #[arg(long, env = "TT_LEASE_TTL_MS")]
@@ -262,6 +271,7 @@ struct FileConfig {
     raft: Option<RaftTimings>,
     promote_interval_ms: Option<u64>,
     janitor_interval_ms: Option<u64>,
+    blob_repair_interval_ms: Option<u64>,
     max_body_bytes: Option<usize>,
     lease_ttl_ms: Option<u64>,
     max_blob_bytes: Option<u64>,
@@ -333,6 +343,10 @@ impl Config {
                 .janitor_interval_ms
                 .or(file.janitor_interval_ms)
                 .unwrap_or_else(default_janitor_interval),
+            blob_repair_interval_ms: o
+                .blob_repair_interval_ms
+                .or(file.blob_repair_interval_ms)
+                .unwrap_or_else(default_blob_repair_interval),
             max_body_bytes: o
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -391,6 +405,12 @@ impl Config {
             return bad(format!(
                 "janitor_interval_ms ({}) must be at least {MIN_LOOP_INTERVAL_MS}",
                 self.janitor_interval_ms
+            ));
+        }
+        if self.blob_repair_interval_ms < MIN_LOOP_INTERVAL_MS {
+            return bad(format!(
+                "blob_repair_interval_ms ({}) must be at least {MIN_LOOP_INTERVAL_MS}",
+                self.blob_repair_interval_ms
             ));
         }
         if self.max_body_bytes < 1024 {

@@ -4,6 +4,7 @@
 pub mod agent_api;
 pub mod api;
 pub mod auth;
+pub mod blob_copies;
 pub mod blobs;
 pub mod config;
 pub mod dashboard;

@@ -197,6 +197,7 @@ pub async fn run(
     let every = |ms| std::time::Duration::from_millis(ms);
     tokio::spawn(crate::api::promotes::promote_loop(app.clone(), every(cfg.promote_interval_ms)));
     tokio::spawn(crate::api::promotes::janitor_loop(app.clone(), every(cfg.janitor_interval_ms)));
+    tokio::spawn(crate::blob_copies::repair_loop(app.clone(), every(cfg.blob_repair_interval_ms)));
     let listener = tokio::net::TcpListener::bind(cfg.http_addr)
         .await
         .map_err(|source| StartError::Bind { what: "HTTP API", addr: cfg.http_addr, source })?;

@@ -21,12 +21,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use p2p_transfer::blob::{BlobHash, BlobStore as SwarmStore, StoreConfig};
 use p2p_transfer::swarm::{BlobNode, NodeConfig, NodeStats, NodeTls};
 use p2p_transfer::tls::{ClusterCa, NodeCert};
 use proto::agent::{SwarmAnnounce, SwarmPeer};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::api::App;
 use crate::blobs::{BlobError, parse_hash};
@@ -41,8 +40,6 @@ pub const TRACKER_ENTRY_TTL: Duration = Duration::from_secs(600);
 pub const MAX_PEERS_PER_ANSWER: usize = 8;
 /// Hosts remembered per blob; beyond it the stalest entry makes room.
 pub const MAX_TRACKED_HOSTS_PER_BLOB: usize = 100_000;
-/// How long pulling a blob from another node may take before the origin gives up.
-pub const ORIGIN_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Starting the origin failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,41 +154,9 @@ impl Swarm {
 
 /// Pulls blob `hex` into this node's coordinator store from the first other node that has it.
 async fn pull_from_peers(app: &App, hex: &str) -> Result<(), BlobError> {
-    let peers: Vec<String> = {
-        let m = app.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != app.node_id)
-            .map(|(_, n)| n.http_addr.clone())
-            .collect()
-    };
-    for addr in peers {
-        let mut req =
-            app.http.get(format!("http://{addr}/v1/blobs/{hex}")).timeout(ORIGIN_PULL_TIMEOUT);
-        if let Some(token) = &app.admin_token {
-            req = req.header(reqwest::header::AUTHORIZATION, format!("token {token}"));
-        }
-        match req.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let body = resp.bytes_stream().map(|chunk| chunk.map_err(|e| e.to_string()));
-                match app.blobs.put(Box::pin(body), Some(hex)).await {
-                    Ok(_) => {
-                        info!(blob = hex, peer = addr, "pulled the blob for the origin");
-                        return Ok(());
-                    }
-                    Err(e) => warn!(blob = hex, peer = addr, error = %e, "pulling the blob failed"),
-                }
-            }
-            Ok(resp) => {
-                warn!(blob = hex, peer = addr, status = %resp.status(), "peer lacks the blob")
-            }
-            Err(e) => {
-                warn!(blob = hex, peer = addr, error = %e, "asking a peer for the blob failed")
-            }
-        }
-    }
-    Err(BlobError::NotFound(hex.to_string()))
+    let peers = crate::blob_copies::peer_addrs(app);
+    let addrs: Vec<&str> = peers.iter().map(|(_, addr)| addr.as_str()).collect();
+    crate::blob_copies::pull_from(app, hex, &addrs, "for the origin").await
 }
 
 /// Leader memory: per blob, the hosts that announced it.

@@ -572,3 +572,71 @@ async fn stop_hosts_and_all_deploy_candidates() {
     assert_eq!(r["opCode"], "STOP", "{r}");
     assert_eq!(r["deployGoal"]["deployStage"], "STOPPING");
 }
+
+/// A node that comes back without its blobs (a replaced blob disk) no longer counts as a copy:
+/// the nodes copy the blobs that builds name back to two nodes, verified, and leave blobs no
+/// build names alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_lost_with_a_disk_are_copied_back_to_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = DevCluster::start(spec(
+        dir.path().into(),
+        3,
+        vec![("TT_MAX_BLOB_BYTES", "2000000"), ("TT_BLOB_REPAIR_INTERVAL_MS", "200")],
+    ))
+    .unwrap();
+    cluster.wait_leader(&cluster.ids(), Duration::from_secs(30)).await.unwrap();
+    let c = reqwest::Client::new();
+    let upload = async |bytes: Vec<u8>| {
+        let (s, up) = body(
+            c.post(format!("{}/v1/blobs", cluster.base_url(2))).body(bytes).send().await.unwrap(),
+        )
+        .await;
+        assert_eq!(s, 201, "{up}");
+        up
+    };
+    let named: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    let unnamed: Vec<u8> = (0..300_000u32).map(|i| (i % 239) as u8).collect();
+    let (named_hash, unnamed_hash) =
+        (blake3::hash(&named).to_hex().to_string(), blake3::hash(&unnamed).to_hex().to_string());
+    let up = upload(named.clone()).await;
+    upload(unnamed.clone()).await;
+    let build = json!({"name": "svc", "artifactUrl": up["url"], "artifactBlake3": named_hash,
+        "repo": "r", "branch": "main", "commit": "c0ffee"});
+    let (s, b) = body(
+        c.post(format!("{}/v1/builds", cluster.base_url(1))).json(&build).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+
+    fn holders_in(cluster: &DevCluster, hash: &str) -> Vec<u64> {
+        let held = |id: &u64| cluster.node(*id).data_dir.join("blobs").join(hash).exists();
+        cluster.ids().into_iter().filter(held).collect()
+    }
+    assert_eq!(holders_in(&cluster, &named_hash).len(), 2);
+    assert!(holders_in(&cluster, &unnamed_hash).contains(&2));
+
+    // Node 2 (a holder of both) loses its blob directory and comes back.
+    cluster.kill9(2);
+    let blob_dir = cluster.node(2).data_dir.join("blobs");
+    std::fs::remove_dir_all(&blob_dir).unwrap();
+    assert_eq!(holders_in(&cluster, &named_hash).len(), 1, "the fault took one of the two copies");
+    assert_eq!(holders_in(&cluster, &unnamed_hash).len(), 1);
+    cluster.restart(2).unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while holders_in(&cluster, &named_hash).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copies: {:?}",
+            holders_in(&cluster, &named_hash)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in holders_in(&cluster, &named_hash) {
+        let r = c.get(format!("{}/v1/blobs/{named_hash}", cluster.base_url(id))).send().await;
+        assert_eq!(r.unwrap().bytes().await.unwrap().as_ref(), named.as_slice(), "node {id}");
+    }
+    // The round that restored the named blob also looked at the unnamed one and left it.
+    assert_eq!(holders_in(&cluster, &unnamed_hash).len(), 1, "a blob no build names is not copied");
+}

@@ -702,6 +702,19 @@ impl State {
         self.builds.get(id)
     }
 
+    /// The BLAKE3 hashes of the blobs builds live in (`tt://blob/<hash>` artifacts), each once.
+    pub fn build_blob_hashes(&self) -> std::collections::BTreeSet<String> {
+        self.builds
+            .values()
+            .filter(|b| {
+                b.artifact_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with(proto::beans::BLOB_URL_PREFIX))
+            })
+            .filter_map(|b| b.artifact_blake3.clone())
+            .collect()
+    }
+
     /// Builds, newest first, optionally of one name.
     pub fn builds_newest_first(
         &self,
