@@ -161,15 +161,7 @@ async fn replicate(
     // The copy to a peer carries the uploader's credentials: the peer authorizes it too.
     let auth = headers.get(header::AUTHORIZATION).cloned();
     let mut copies = vec![app.node_id];
-    let peers: Vec<(u64, String)> = {
-        let m = app.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != app.node_id)
-            .map(|(id, n)| (*id, n.http_addr.clone()))
-            .collect()
-    };
+    let peers = crate::blob_copies::peer_addrs(app);
     let wanted = MIN_BLOB_COPIES.min(peers.len() + 1);
     let mut errors = Vec::new();
     for (id, addr) in peers {
