@@ -85,6 +85,9 @@ pub struct AgentConfig {
     /// (port 0 picks a free port). Set with `swarm_tls_dir` to fetch `tt://blob/` builds
     /// through the swarm and serve them to peers; unset, they come from the coordinators.
     pub swarm_listen: Option<SocketAddr>,
+    /// The `tt-blob/1` address the tracker hands to peers, when it is not `swarm_listen`
+    /// (a NAT or a proxy in front of the host forwards it there). Unset: `swarm_listen`.
+    pub swarm_advertise: Option<SocketAddr>,
     /// `node.pem`, `node.key` and `ca.pem`: this host's certificate from the cluster CA
     /// (`coordinator certs issue`); blob peers authenticate each other with it.
     pub swarm_tls_dir: Option<PathBuf>,
@@ -141,6 +144,7 @@ impl Default for AgentConfig {
             hook_env: BTreeMap::new(),
             tags: BTreeMap::new(),
             swarm_listen: None,
+            swarm_advertise: None,
             swarm_tls_dir: None,
             swarm_dir: None,
             swarm_max_bytes: DEFAULT_SWARM_MAX_BYTES,
