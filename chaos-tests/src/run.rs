@@ -721,7 +721,11 @@ impl Ctx {
         ];
         let (links, swarm): (BTreeMap<LinkClass, ProxyStats>, _) = {
             let lab = self.lab.lock().await;
-            (lab.proxy_stats(), lab.swarm_report())
+            let slowest = crate::swarm_lab::slowest_download(&w.progress);
+            let swarm = lab
+                .swarm_report()
+                .map(|r| crate::swarm_lab::SwarmReport { slowest_download: slowest, ..r });
+            (lab.proxy_stats(), swarm)
         };
         let unreachable: BTreeSet<String> = w
             .progress

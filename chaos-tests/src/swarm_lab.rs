@@ -9,6 +9,7 @@
 //! banned; per bad peer what it served and who banned it. A bad peer nobody asked did not
 //! fire, and the report says so.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use p2p_transfer::tls::ClusterCa;
 use serde::{Deserialize, Serialize};
 
 use crate::badpeer::{BadPeerMode, BadPeerProcess, BadPeerStats};
+use crate::history::ProgressSample;
 use crate::proxy::{LinkFaults, Proxy, ProxyStats};
 
 /// The coordinators' origin address (port 0: each node picks one; the tracker hands it out).
@@ -122,11 +124,46 @@ impl BadPeerReport {
     }
 }
 
+/// The longest a host sat in DOWNLOADING on one deploy, as the progress samples saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlowestDownload {
+    pub host: String,
+    pub deploy: String,
+    pub ms: u64,
+}
+
+/// The longest DOWNLOADING step in `progress`: from the first sample showing a host in
+/// DOWNLOADING on a deploy to the first later one showing it elsewhere (or the last sample).
+pub fn slowest_download(progress: &[ProgressSample]) -> Option<SlowestDownload> {
+    let mut since: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut spans: Vec<SlowestDownload> = Vec::new();
+    let end_us = progress.last().map_or(0, |s| s.t_us);
+    for sample in progress {
+        for row in &sample.rows {
+            let Some(deploy) = &row.deploy else { continue };
+            let key = (row.host.clone(), deploy.clone());
+            if row.step == "DOWNLOADING" {
+                since.entry(key).or_insert(sample.t_us);
+            } else if let Some(start) = since.remove(&key) {
+                let ms = (sample.t_us - start) / 1000;
+                spans.push(SlowestDownload { host: key.0, deploy: key.1, ms });
+            }
+        }
+    }
+    for ((host, deploy), start) in since {
+        spans.push(SlowestDownload { host, deploy, ms: (end_us - start) / 1000 });
+    }
+    spans.into_iter().max_by_key(|s| s.ms)
+}
+
 /// What the swarm did in a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwarmReport {
     pub hosts: Vec<HostSwarm>,
     pub bad_peers: Vec<BadPeerReport>,
+    /// The longest DOWNLOADING step of the run (a stalled swarm shows here).
+    #[serde(default)]
+    pub slowest_download: Option<SlowestDownload>,
 }
 
 impl SwarmReport {
@@ -153,7 +190,7 @@ impl SwarmReport {
                 BadPeerReport { mode: p.mode, advertise, stats: p.stats(), banned_by }
             })
             .collect();
-        SwarmReport { hosts, bad_peers }
+        SwarmReport { hosts, bad_peers, slowest_download: None }
     }
 
     /// Bytes honest hosts received from peers (not the origin), in total.
@@ -168,7 +205,6 @@ impl SwarmReport {
 
     /// The summary's lines.
     pub fn summary(&self) -> String {
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let mut s = String::new();
         let origin: u64 = self.hosts.iter().map(|h| h.stats.downloaded_from_origin_bytes).sum();
         let bad: u64 = self.hosts.iter().map(|h| h.stats.bad_responses).sum();
@@ -176,11 +212,20 @@ impl SwarmReport {
         let fallbacks: u64 = self.hosts.iter().map(|h| h.stats.fallbacks).sum();
         let _ = writeln!(
             s,
-            "swarm: honest hosts received {:.1} MiB from peers and {:.1} MiB from the origin, sent each other {:.1} MiB; {fetched} builds fetched through the swarm, {fallbacks} read from the coordinators instead; {bad} bad responses",
-            mib(self.from_peers_bytes()),
-            mib(origin),
-            mib(self.honest_uploaded_bytes()),
+            "swarm: honest hosts received {} from peers and {} from the origin, sent each other {}; {fetched} builds fetched through the swarm, {fallbacks} read from the coordinators instead; {bad} bad responses",
+            human_bytes(self.from_peers_bytes()),
+            human_bytes(origin),
+            human_bytes(self.honest_uploaded_bytes()),
         );
+        if let Some(d) = &self.slowest_download {
+            let _ = writeln!(
+                s,
+                "  longest DOWNLOADING step: {:.1} s ({} on {})",
+                d.ms as f64 / 1e3,
+                d.host,
+                d.deploy
+            );
+        }
         for p in &self.bad_peers {
             let fired = if p.fired() {
                 String::new()
@@ -195,15 +240,25 @@ impl SwarmReport {
             };
             let _ = writeln!(
                 s,
-                "  bad peer {} at {}: {} pieces served, {:.2} MiB, {} uploads held back by its cap, {banned}{fired}",
+                "  bad peer {} at {}: {} pieces served, {} sent, {} uploads held back by its cap, {banned}{fired}",
                 p.mode.label(),
                 p.advertise,
                 p.stats.pieces_served,
-                mib(p.stats.uploaded_bytes),
+                human_bytes(p.stats.uploaded_bytes),
                 p.stats.upload_throttle_waits,
             );
         }
         s
+    }
+}
+
+/// `bytes` in KiB below a MiB, else in MiB.
+fn human_bytes(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    if bytes < MIB {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
     }
 }
 
@@ -266,6 +321,7 @@ mod tests {
                 bad(BadPeerMode::FlipByte, "b:1", &["host-1"], 0),
                 bad(BadPeerMode::LieAboutPieces, "l:1", &[], 0),
             ],
+            slowest_download: None,
         };
         assert_eq!(report.from_peers_bytes(), 600);
         assert_eq!(report.honest_uploaded_bytes(), 600);
@@ -277,5 +333,42 @@ mod tests {
             lines[2].contains("lie-about-pieces") && lines[2].contains("never fired"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod download_tests {
+    use super::*;
+    use crate::history::HostRow;
+
+    fn sample(t_ms: u64, rows: &[(&str, &str)]) -> ProgressSample {
+        let rows = rows
+            .iter()
+            .map(|(host, step)| HostRow {
+                host: host.to_string(),
+                deploy: Some("d2".into()),
+                step: step.to_string(),
+                state: "NORMAL".into(),
+                status: "UNKNOWN".into(),
+            })
+            .collect();
+        ProgressSample { t_us: t_ms * 1000, rows }
+    }
+
+    #[test]
+    fn the_slowest_download_spans_from_its_first_sample_to_the_next_step() {
+        let progress = [
+            sample(0, &[("h1", "PRE_DOWNLOAD"), ("h2", "DOWNLOADING")]),
+            sample(100, &[("h1", "DOWNLOADING"), ("h2", "DOWNLOADING")]),
+            sample(400, &[("h1", "POST_DOWNLOAD"), ("h2", "DOWNLOADING")]),
+            sample(900, &[("h1", "RESTARTING"), ("h2", "POST_DOWNLOAD")]),
+        ];
+        let slowest = slowest_download(&progress).unwrap();
+        assert_eq!(slowest, SlowestDownload { host: "h2".into(), deploy: "d2".into(), ms: 900 });
+        // One still downloading at the end counts until the last sample.
+        let stuck = slowest_download(&progress[..3]).unwrap();
+        assert_eq!((stuck.host.as_str(), stuck.ms), ("h2", 400));
+        assert_eq!(slowest_download(&progress[..1]).unwrap().ms, 0);
+        assert!(slowest_download(&[]).is_none());
     }
 }
