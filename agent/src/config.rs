@@ -262,6 +262,15 @@ mod tests {
         assert_eq!(cfg.coordinators.len(), 3);
         assert_eq!(cfg.lease_ms, DEFAULT_LEASE_MS);
 
+        std::fs::write(
+            &path,
+            "swarm_listen = \"127.0.0.1:7420\"\nswarm_advertise = \"10.1.2.3:9\"\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.swarm_advertise, Some("10.1.2.3:9".parse().unwrap()));
+        assert_eq!(AgentConfig::default().swarm_advertise, None, "peers dial swarm_listen");
+
         std::fs::write(&path, "max_retyr = 5\n").unwrap();
         let err = AgentConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("max_retyr"), "a typo is named: {err}");
