@@ -58,7 +58,8 @@ pub enum LabError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Swarm(#[from] SwarmLabError),
-    /// A node did not come up as itself (a port drawn twice); the lab starts again.
+    /// A node did not come up as itself (a port drawn twice) or exited at start; the lab
+    /// starts again.
     #[error("node {node} is not up as itself: {message}")]
     Identity { node: u64, message: String },
     /// Sending a signal failed (the process is gone?).
@@ -202,7 +203,8 @@ fn loopback() -> SocketAddr {
 
 impl Lab {
     /// Starts the proxies, the cluster (waiting for its first leader) and the agents. A
-    /// cluster whose nodes are not all up as themselves is started again in a fresh directory,
+    /// cluster whose nodes are not all up as themselves (or one of which exited before the
+    /// first leader) is started again in a fresh directory,
     /// up to [`LAB_START_ATTEMPTS`] times (`ops::devcluster` picks free ports by binding port
     /// 0 and letting go, so two nodes can draw the same port; the second then never starts,
     /// and the first answers for both).
@@ -254,10 +256,17 @@ impl Lab {
             raft_proxies[i].set_upstream(n.raft_addr)?;
             agent_proxies[i].set_upstream(n.agent_addr)?;
         }
-        cluster
-            .wait_leader(&cluster.ids(), FIRST_LEADER_WAIT)
-            .await
-            .map_err(process_err("waiting for the first leader"))?;
+        if let Err(e) = cluster.wait_leader(&cluster.ids(), FIRST_LEADER_WAIT).await {
+            // A node that exited at start most likely lost a port it was handed to another
+            // process's ephemeral bind (ports are drawn, released, then bound): start again.
+            if let Some(id) = cluster.ids().into_iter().find(|&id| !cluster.is_running(id)) {
+                return Err(LabError::Identity {
+                    node: id,
+                    message: format!("it exited at start ({e:#})"),
+                });
+            }
+            return Err(process_err("waiting for the first leader")(e));
+        }
         verify_identities(&mut cluster).await?;
         let ca = if spec.swarm {
             let dir = cluster.dir().join("ca");
