@@ -85,6 +85,9 @@ pub struct AgentConfig {
     /// (port 0 picks a free port). Set with `swarm_tls_dir` to fetch `tt://blob/` builds
     /// through the swarm and serve them to peers; unset, they come from the coordinators.
     pub swarm_listen: Option<SocketAddr>,
+    /// The `tt-blob/1` address the tracker hands to peers, when it is not `swarm_listen`
+    /// (a NAT or a proxy in front of the host forwards it there). Unset: `swarm_listen`.
+    pub swarm_advertise: Option<SocketAddr>,
     /// `node.pem`, `node.key` and `ca.pem`: this host's certificate from the cluster CA
     /// (`coordinator certs issue`); blob peers authenticate each other with it.
     pub swarm_tls_dir: Option<PathBuf>,
@@ -141,6 +144,7 @@ impl Default for AgentConfig {
             hook_env: BTreeMap::new(),
             tags: BTreeMap::new(),
             swarm_listen: None,
+            swarm_advertise: None,
             swarm_tls_dir: None,
             swarm_dir: None,
             swarm_max_bytes: DEFAULT_SWARM_MAX_BYTES,
@@ -257,6 +261,15 @@ mod tests {
         let cfg = AgentConfig::load(&example).expect("the shipped example config loads");
         assert_eq!(cfg.coordinators.len(), 3);
         assert_eq!(cfg.lease_ms, DEFAULT_LEASE_MS);
+
+        std::fs::write(
+            &path,
+            "swarm_listen = \"127.0.0.1:7420\"\nswarm_advertise = \"10.1.2.3:9\"\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        assert_eq!(cfg.swarm_advertise, Some("10.1.2.3:9".parse().unwrap()));
+        assert_eq!(AgentConfig::default().swarm_advertise, None, "peers dial swarm_listen");
 
         std::fs::write(&path, "max_retyr = 5\n").unwrap();
         let err = AgentConfig::load(&path).unwrap_err().to_string();

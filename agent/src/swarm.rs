@@ -55,7 +55,7 @@ pub enum SwarmError {
 }
 
 /// What [`STATS_FILE`] holds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SwarmStats {
     /// Piece bytes this host sent to peers.
     pub uploaded_bytes: u64,
@@ -69,11 +69,22 @@ pub struct SwarmStats {
     pub fallbacks: u64,
     /// Builds fetched ahead of admission on a coordinator's prefetch hint.
     pub prefetches: u64,
+    /// The part of `downloaded_bytes` that came from the coordinators' origin.
+    pub downloaded_from_origin_bytes: u64,
+    /// Peers a download of this process banned for bad data (as the tracker named them),
+    /// first [`MAX_BANNED_PEERS_LISTED`] only.
+    pub banned_peers: Vec<String>,
 }
+
+/// Most peers [`SwarmStats::banned_peers`] lists.
+pub const MAX_BANNED_PEERS_LISTED: usize = 64;
 
 /// The downloader's blob source when the host runs a `tt-blob/1` node.
 pub struct SwarmSource {
     node: BlobNode,
+    /// What the tracker hands to peers: `swarm_advertise`, else the node's own address.
+    advertise: String,
+    banned: std::sync::Mutex<Vec<String>>,
     client: Arc<CoordinatorClient>,
     zone: Option<String>,
     state: tokio::sync::Mutex<Fetched>,
@@ -130,9 +141,13 @@ impl SwarmSource {
             tls,
             store,
         )?;
-        info!(swarm_addr = %node.peer_id(), "serving and fetching builds over tt-blob/1");
+        info!(swarm_addr = %node.peer_id(), advertise = ?cfg.swarm_advertise, "serving and fetching builds over tt-blob/1");
+        let advertise =
+            cfg.swarm_advertise.map_or_else(|| node.peer_id().to_string(), |a| a.to_string());
         let source = Arc::new_cyclic(|me| SwarmSource {
             node,
+            advertise,
+            banned: Default::default(),
             client: client.clone(),
             zone: cfg.availability_zone.clone(),
             state: Default::default(),
@@ -159,12 +174,25 @@ impl SwarmSource {
             swarm_downloads: self.swarm_downloads.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             prefetches: self.prefetches.load(Ordering::Relaxed),
+            downloaded_from_origin_bytes: node.downloaded_from_origin_bytes,
+            banned_peers: self.banned.lock().expect("banned lock").clone(),
         }
     }
 
     /// The node's own counters (bytes by source, bans, throttling).
     pub fn node_stats(&self) -> p2p_transfer::swarm::NodeStats {
         self.node.stats()
+    }
+
+    /// Adds `peers` to [`SwarmStats::banned_peers`] (each once, up to the bound).
+    fn note_banned(&self, peers: impl Iterator<Item = String>) {
+        let mut banned = self.banned.lock().expect("banned lock");
+        for peer in peers {
+            if banned.len() < MAX_BANNED_PEERS_LISTED && !banned.contains(&peer) {
+                warn!(%peer, "a peer sent bad data and was banned");
+                banned.push(peer);
+            }
+        }
     }
 
     /// Remembers `hex` for the hellos (newest last, at most [`MAX_HELLO_BLOBS`]).
@@ -181,7 +209,7 @@ impl SwarmSource {
 
     fn announce(&self, hex: &str, complete: bool) -> SwarmAnnounce {
         SwarmAnnounce {
-            blob_addr: self.node.peer_id().to_string(),
+            blob_addr: self.advertise.clone(),
             blake3: hex.to_owned(),
             complete,
             zone: self.zone.clone(),
@@ -229,6 +257,7 @@ impl SwarmSource {
             banned = report.banned_peers.len(),
             "build fetched through the swarm"
         );
+        self.note_banned(report.banned_peers.iter().map(|(peer, _)| peer.to_string()));
         if let Err(e) = self.client.announce(&self.announce(hex, true)).await {
             warn!(error = %e, "announcing the complete build failed");
         }
@@ -266,7 +295,7 @@ impl SwarmSource {
 impl SwarmPinger for SwarmSource {
     fn hello(&self) -> SwarmHello {
         SwarmHello {
-            blob_addr: self.node.peer_id().to_string(),
+            blob_addr: self.advertise.clone(),
             zone: self.zone.clone(),
             holding: self.known.lock().expect("known lock").iter().cloned().collect(),
         }

@@ -10,6 +10,9 @@
 //!   alone), and followers redirect agents to the leader's *advertised* agent address, one
 //!   shared proxy per node, where a cut agent's ports are dropped the same way.
 //!
+//! - agent ↔ agent (with the swarm on): each agent's `tt-blob/1` port behind a proxy of its
+//!   own, which it advertises; bad peers the same way (`swarm_lab`, `badpeer`).
+//!
 //! Cuts are declared ([`Cuts`]) and [`Lab::apply`] turns them, with the link quality per class,
 //! into each proxy's faults; call it again after processes restart (their ports change).
 
@@ -25,11 +28,15 @@ use ops::devcluster::{Advertise, DevCluster, Spec};
 use ops::devfleet::{AgentSpec, DevAgent};
 use serde::{Deserialize, Serialize};
 
+use crate::badpeer::{BadPeerMode, BadPeerProcess};
 use crate::procnet;
 use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
 use crate::scenario::HookMode;
+use crate::swarm_lab::{self, SwarmLabError, SwarmReport};
 use crate::workload::HOOK_FAULT_ENV;
 
+/// Names the `chaos` binary bad peers run (else it is looked for beside this executable).
+pub const CHAOS_BIN_ENV: &str = "TT_CHAOS_BIN";
 /// Longest the lab waits for the cluster's first leader.
 pub const FIRST_LEADER_WAIT: Duration = Duration::from_secs(60);
 /// Attempts to start a lab whose nodes all come up as themselves.
@@ -49,7 +56,10 @@ pub enum LabError {
     Process { what: String, message: String },
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    /// A node did not come up as itself (a port drawn twice); the lab starts again.
+    #[error(transparent)]
+    Swarm(#[from] SwarmLabError),
+    /// A node did not come up as itself (a port drawn twice) or exited at start; the lab
+    /// starts again.
     #[error("node {node} is not up as itself: {message}")]
     Identity { node: u64, message: String },
     /// Sending a signal failed (the process is gone?).
@@ -100,6 +110,8 @@ pub struct LabSpec {
     pub coordinator_env: Vec<(String, String)>,
     /// Extra agent config lines (TOML).
     pub agent_config: String,
+    /// Agents fetch builds through the blob swarm, each behind a proxy (`swarm_lab`).
+    pub swarm: bool,
 }
 
 /// The kinds of links whose quality can be set.
@@ -110,6 +122,8 @@ pub enum LinkClass {
     Raft,
     /// Agent → coordinator (`tt-agent/1`, blob fetches too).
     Agent,
+    /// Agent ↔ agent and agent → bad peer (`tt-blob/1`).
+    Swarm,
 }
 
 /// Which links are cut.
@@ -139,6 +153,14 @@ pub struct LabAgent {
     pub journal: PathBuf,
     /// Its hooks' fault switch (`workload::HOOK_FAULT_ENV`).
     pub hook_fault: PathBuf,
+    /// In front of its `tt-blob/1` port (the address it advertises), with the swarm on.
+    pub swarm_proxy: Option<Proxy>,
+}
+
+/// A bad peer and the proxy in front of it.
+pub struct LabBadPeer {
+    pub process: BadPeerProcess,
+    pub proxy: Proxy,
 }
 
 pub struct Lab {
@@ -159,6 +181,11 @@ pub struct Lab {
     paused_agents: BTreeSet<usize>,
     /// Hook faults in force per agent, oldest first.
     hook_faults: BTreeMap<usize, Vec<HookMode>>,
+    /// The cluster CA, with the swarm on (agents' and bad peers' certificates).
+    ca: Option<p2p_transfer::tls::ClusterCa>,
+    /// The builds' archives (their bytes are the blobs), for bad peers to serve.
+    blob_files: Vec<PathBuf>,
+    pub bad_peers: Vec<LabBadPeer>,
 }
 
 /// A seed for the `i`-th thing of kind `tag`, derived from the run's seed.
@@ -176,7 +203,8 @@ fn loopback() -> SocketAddr {
 
 impl Lab {
     /// Starts the proxies, the cluster (waiting for its first leader) and the agents. A
-    /// cluster whose nodes are not all up as themselves is started again in a fresh directory,
+    /// cluster whose nodes are not all up as themselves (or one of which exited before the
+    /// first leader) is started again in a fresh directory,
     /// up to [`LAB_START_ATTEMPTS`] times (`ops::devcluster` picks free ports by binding port
     /// 0 and letting go, so two nodes can draw the same port; the second then never starts,
     /// and the first answers for both).
@@ -212,7 +240,15 @@ impl Lab {
             base_http_port: None,
             base_raft_port: None,
             coordinator_bin: spec.coordinator_bin.clone(),
-            env: spec.coordinator_env.clone(),
+            env: spec
+                .coordinator_env
+                .iter()
+                .cloned()
+                .chain(spec.swarm.then(|| {
+                    let (k, v) = swarm_lab::ORIGIN_ADDR_ENV;
+                    (k.to_string(), v.to_string())
+                }))
+                .collect(),
             advertise: Some(advertise),
         })
         .map_err(process_err("starting the cluster"))?;
@@ -220,11 +256,24 @@ impl Lab {
             raft_proxies[i].set_upstream(n.raft_addr)?;
             agent_proxies[i].set_upstream(n.agent_addr)?;
         }
-        cluster
-            .wait_leader(&cluster.ids(), FIRST_LEADER_WAIT)
-            .await
-            .map_err(process_err("waiting for the first leader"))?;
+        if let Err(e) = cluster.wait_leader(&cluster.ids(), FIRST_LEADER_WAIT).await {
+            // A node that exited at start most likely lost a port it was handed to another
+            // process's ephemeral bind (ports are drawn, released, then bound): start again.
+            if let Some(id) = cluster.ids().into_iter().find(|&id| !cluster.is_running(id)) {
+                return Err(LabError::Identity {
+                    node: id,
+                    message: format!("it exited at start ({e:#})"),
+                });
+            }
+            return Err(process_err("waiting for the first leader")(e));
+        }
         verify_identities(&mut cluster).await?;
+        let ca = if spec.swarm {
+            let dir = cluster.dir().join("ca");
+            Some(p2p_transfer::tls::ClusterCa::load(&dir).map_err(SwarmLabError::from)?)
+        } else {
+            None
+        };
         let mut lab = Lab {
             spec,
             cluster,
@@ -238,6 +287,9 @@ impl Lab {
             paused: BTreeSet::new(),
             paused_agents: BTreeSet::new(),
             hook_faults: BTreeMap::new(),
+            ca,
+            blob_files: Vec::new(),
+            bad_peers: Vec::new(),
         };
         for i in 0..lab.spec.agents {
             lab.start_agent(i).await?;
@@ -255,6 +307,15 @@ impl Lab {
         }
         let journal = root.join("journal");
         let hook_fault = root.join("hook-fault");
+        let mut extra_config = self.spec.agent_config.clone();
+        let mut swarm_proxy = None;
+        if let Some(ca) = &self.ca {
+            let tls = swarm_lab::issue_tls(ca, &root, &host)?;
+            let seed = sub_seed(self.spec.seed, "swarm", i as u64);
+            let (listen, proxy) = swarm_lab::listen_behind_proxy(seed).await?;
+            extra_config.push_str(&swarm_lab::agent_config(listen, &proxy, &tls));
+            swarm_proxy = Some(proxy);
+        }
         let agent = DevAgent::start(
             &self.spec.agent_bin,
             AgentSpec {
@@ -268,11 +329,11 @@ impl Lab {
                     ("JOURNAL".into(), journal.display().to_string()),
                     (HOOK_FAULT_ENV.into(), hook_fault.display().to_string()),
                 ],
-                extra_config: self.spec.agent_config.clone(),
+                extra_config,
             },
         )
         .map_err(process_err(format!("starting agent {host}")))?;
-        self.agents.push(LabAgent { agent, proxies, journal, hook_fault });
+        self.agents.push(LabAgent { agent, proxies, journal, hook_fault, swarm_proxy });
         Ok(())
     }
 
@@ -380,7 +441,79 @@ impl Lab {
                 p.set_faults(f.clone())?;
             }
         }
+        let swarm_quality = self.quality.get(&LinkClass::Swarm).cloned().unwrap_or_default();
+        swarm_lab::apply_quality(self.swarm_proxies(), &swarm_quality)?;
         Ok(())
+    }
+
+    /// The proxies in front of every swarm node but the origins (agents', bad peers').
+    fn swarm_proxies(&self) -> impl Iterator<Item = &Proxy> {
+        let agents = self.agents.iter().filter_map(|a| a.swarm_proxy.as_ref());
+        agents.chain(self.bad_peers.iter().map(|b| &b.proxy))
+    }
+
+    /// The builds' archives bad peers serve (set once they are written).
+    pub fn set_blob_files(&mut self, files: Vec<PathBuf>) {
+        self.blob_files = files;
+    }
+
+    /// Starts a bad peer for every build of [`Lab::set_blob_files`], behind a proxy; returns
+    /// its index. Needs the swarm on.
+    pub async fn start_bad_peer(
+        &mut self,
+        mode: BadPeerMode,
+        upload_bytes_per_s: Option<u64>,
+    ) -> Result<usize, LabError> {
+        let i = self.bad_peers.len();
+        let name = format!("bad-peer-{}", i + 1);
+        let no_swarm = || LabError::Process {
+            what: format!("starting {name}"),
+            message: "the lab runs no swarm (scenario swarm = false) or has no builds".into(),
+        };
+        let ca = self.ca.as_ref().ok_or_else(no_swarm)?;
+        if self.blob_files.is_empty() {
+            return Err(no_swarm());
+        }
+        let dir = self.spec.dir.join(&name);
+        let tls_dir = swarm_lab::issue_tls(ca, &dir, &name)?;
+        let (listen, proxy) =
+            swarm_lab::listen_behind_proxy(sub_seed(self.spec.seed, "bad-peer", i as u64)).await?;
+        let bin = ops::devcluster::find_sibling_bin("chaos", CHAOS_BIN_ENV)
+            .map_err(process_err(format!("finding the chaos binary for {name}")))?;
+        let args = crate::badpeer::Args {
+            mode,
+            listen,
+            advertise: proxy.addr(),
+            tls_dir,
+            store: dir.join("store"),
+            coordinators: self.cluster.agent_addrs(),
+            blobs: self.blob_files.clone(),
+            upload_bytes_per_s,
+            stats: dir.join("stats.json"),
+        };
+        let process = BadPeerProcess::start(&bin, &dir, &args)
+            .map_err(process_err(format!("starting {name}")))?;
+        self.bad_peers.push(LabBadPeer { process, proxy });
+        self.apply()?;
+        Ok(i)
+    }
+
+    /// `kill -9` bad peer `i`.
+    pub fn stop_bad_peer(&mut self, i: usize) {
+        if let Some(b) = self.bad_peers.get_mut(i) {
+            b.process.kill();
+        }
+    }
+
+    /// What the swarm did (`None` without it): read from every agent's and bad peer's stats.
+    pub fn swarm_report(&self) -> Option<SwarmReport> {
+        self.ca.as_ref()?;
+        let hosts = self.agents.iter().map(|a| {
+            let advertise =
+                a.swarm_proxy.as_ref().map(|p| p.addr().to_string()).unwrap_or_default();
+            (a.agent.spec.hostname.clone(), advertise, a.agent.spec.root.as_path())
+        });
+        Some(SwarmReport::collect(hosts, self.bad_peers.iter().map(|b| &b.process)))
     }
 
     /// `kill -9` node `id`.
@@ -529,8 +662,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Resumes every paused process, starts every stopped node and agent, heals the network.
+    /// Resumes every paused process, starts every stopped node and agent, stops every bad
+    /// peer, heals the network.
     pub fn heal_all(&mut self) -> Result<(), LabError> {
+        for b in &mut self.bad_peers {
+            b.process.kill();
+        }
         for id in self.paused.clone() {
             self.resume_node(id)?;
         }
@@ -579,6 +716,9 @@ impl Lab {
             self.agent_proxies.iter().chain(self.agents.iter().flat_map(|a| &a.proxies));
         for p in agent_side {
             out.entry(LinkClass::Agent).or_default().add(&p.stats());
+        }
+        if self.swarm_proxies().next().is_some() {
+            out.insert(LinkClass::Swarm, swarm_lab::stats(self.swarm_proxies()));
         }
         out
     }

@@ -6,8 +6,11 @@
 //!   ([`procnet`] finds a process's UDP ports).
 //! - [`scenario`]: the TOML scenario files; [`workload`]: the recorded operator traffic;
 //!   [`run`]: one scenario from start to verdicts; [`report`] and [`timeline`]: its results.
+//! - [`swarm_lab`]: the agents' blob swarm behind proxies, and [`badpeer`]: peers that corrupt,
+//!   lie or crawl on purpose (`chaos bad-peer`).
 //! - [`checkers`]: pure functions from a recorded [`history`] to a verdict per invariant.
 
+pub mod badpeer;
 pub mod checkers;
 pub mod history;
 pub mod lab;
@@ -16,5 +19,6 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod swarm_lab;
 pub mod timeline;
 pub mod workload;

@@ -46,6 +46,9 @@ enum Cmd {
     /// Check a recorded history again (`<out>/<scenario>-seed<S>.history.json`): the
     /// linearizability of its register operations and one leader per term.
     Check { history: PathBuf },
+    /// Run a bad blob peer (the lab starts these; see `chaos_tests::badpeer`).
+    #[command(hide = true)]
+    BadPeer(chaos_tests::badpeer::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match real_main(cli) {
@@ -76,6 +80,10 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             for s in all {
                 println!("{:<width$}  {:>5.1}s  {}", s.name, s.duration_s, s.description);
             }
+            Ok(true)
+        }
+        Cmd::BadPeer(args) => {
+            chaos_tests::badpeer::main(args)?;
             Ok(true)
         }
         Cmd::Check { history } => {

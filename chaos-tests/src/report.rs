@@ -114,6 +114,9 @@ pub struct Report {
     pub loadavg: String,
     /// The run's files (logs of every process).
     pub work_dir: PathBuf,
+    /// What the blob swarm did (with the swarm on): bytes by source, bans, bad peers.
+    #[serde(default)]
+    pub swarm: Option<crate::swarm_lab::SwarmReport>,
 }
 
 impl Report {
@@ -166,6 +169,7 @@ impl Report {
                 .trim()
                 .to_string(),
             work_dir,
+            swarm: None,
         }
     }
 
@@ -261,6 +265,9 @@ impl Report {
                 st.corrupted
             )
             .map(|_| ());
+        }
+        if let Some(swarm) = &self.swarm {
+            s.push_str(&swarm.summary());
         }
         let _ = writeln!(
             s,

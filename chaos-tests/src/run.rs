@@ -74,6 +74,8 @@ pub struct Recorded {
 enum Targets {
     Nodes(Vec<u64>),
     Agents(Vec<usize>),
+    /// A bad peer the lab started (its index).
+    BadPeer(usize),
     None,
 }
 
@@ -267,6 +269,10 @@ impl Faults {
                 self.lab.lock().await.set_quality(*class, link.clone())?;
                 (Targets::None, None)
             }
+            Fault::BadPeer { mode, upload_bytes_per_s } => {
+                let mut lab = self.lab.lock().await;
+                (Targets::BadPeer(lab.start_bad_peer(*mode, *upload_bytes_per_s).await?), None)
+            }
         };
         Ok((targets, leader))
     }
@@ -342,6 +348,11 @@ impl Faults {
                 }
             }
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
+            Fault::BadPeer { .. } => {
+                if let Targets::BadPeer(i) = targets {
+                    lab.stop_bad_peer(*i);
+                }
+            }
         }
         Ok(None)
     }
@@ -499,6 +510,7 @@ impl Ctx {
             group: GROUP.into(),
             coordinator_env,
             agent_config,
+            swarm: scenario.swarm,
         })
         .await?;
         let urls = lab.ids().into_iter().map(|id| (id, lab.cluster.base_url(id))).collect();
@@ -533,8 +545,12 @@ impl Ctx {
             .map_err(|e| RunError::Harness(format!("creating {}: {e}", dir.display())))?;
         let mut builds = Vec::new();
         for n in 0..n_builds {
-            builds.push(workload::prepare_build(&self.api, &dir, n, s.hook_ms).await?);
+            let payload = s.build_payload_bytes;
+            builds
+                .push(workload::prepare_build_sized(&self.api, &dir, n, s.hook_ms, payload).await?);
         }
+        let archives = (0..n_builds).map(|n| workload::build_archive(&dir, n)).collect();
+        self.lab.lock().await.set_blob_files(archives);
         Ok(builds)
     }
 
@@ -703,7 +719,14 @@ impl Ctx {
             checkers::one_leader_per_term(&w.status),
             checkers::replicas_agree(&finals.by_node),
         ];
-        let links: BTreeMap<LinkClass, ProxyStats> = self.lab.lock().await.proxy_stats();
+        let (links, swarm): (BTreeMap<LinkClass, ProxyStats>, _) = {
+            let lab = self.lab.lock().await;
+            let slowest = crate::swarm_lab::slowest_download(&w.progress);
+            let swarm = lab
+                .swarm_report()
+                .map(|r| crate::swarm_lab::SwarmReport { slowest_download: slowest, ..r });
+            (lab.proxy_stats(), swarm)
+        };
         let unreachable: BTreeSet<String> = w
             .progress
             .iter()
@@ -711,7 +734,7 @@ impl Ctx {
             .filter(|r| r.state == "UNREACHABLE")
             .map(|r| r.host.clone())
             .collect();
-        Report::new(
+        let mut report = Report::new(
             s,
             self.seed,
             self.duration_s,
@@ -728,7 +751,9 @@ impl Ctx {
             w.kills_at_steps.clone(),
             timing,
             opts.work_dir.clone(),
-        )
+        );
+        report.swarm = swarm;
+        report
     }
 }
 
@@ -782,6 +807,7 @@ async fn run_schedule(
         let names = match &tg {
             Targets::Nodes(n) => n.iter().map(|n| format!("node {n}")).collect(),
             Targets::Agents(a) => a.iter().map(|a| format!("host-{}", a + 1)).collect(),
+            Targets::BadPeer(i) => vec![format!("bad-peer-{}", i + 1)],
             Targets::None => Vec::new(),
         };
         let hits_leader =

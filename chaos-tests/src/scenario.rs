@@ -83,6 +83,14 @@ pub struct Scenario {
     /// purges, and a lagging follower is sent entries instead of a snapshot.
     #[serde(default)]
     pub purge_batch_entries: Option<u64>,
+    /// Whether the agents fetch `tt://blob/` builds through the blob swarm (each behind a
+    /// proxy of its own, link class `swarm`) rather than from the coordinators.
+    #[serde(default = "default_swarm")]
+    pub swarm: bool,
+    /// Incompressible bytes added to every build (`payload.bin`), so that a download spans
+    /// many swarm pieces (256 KiB each); 0 keeps the builds a few KiB.
+    #[serde(default)]
+    pub build_payload_bytes: u64,
     #[serde(default)]
     pub faults: Vec<ScheduledFault>,
 }
@@ -98,6 +106,9 @@ fn default_hook_ms() -> u64 {
 }
 fn default_bound() -> f64 {
     DEFAULT_CONVERGENCE_BOUND_S
+}
+fn default_swarm() -> bool {
+    true
 }
 fn default_workers() -> u32 {
     DEFAULT_REGISTER_WORKERS
@@ -233,6 +244,15 @@ pub enum Fault {
     /// Degrade every link of a class (delay, loss, duplication, reordering, a bandwidth cap,
     /// corruption: `link = { delay_ms = 50, drop_rate = 0.1 }`); perfect again when undone.
     Link { class: LinkClass, link: LinkFaults },
+    /// Start a bad peer (`chaos bad-peer`) that the tracker lists for every build: it serves
+    /// corrupt pieces (`mode = "flip-byte"` or `"wrong-piece"`), advertises pieces it lacks
+    /// (`"lie-about-pieces"`) or crawls (`"crawl"`, uploads capped at `upload_bytes_per_s`);
+    /// killed when undone. Needs `swarm`.
+    BadPeer {
+        mode: crate::badpeer::BadPeerMode,
+        #[serde(default)]
+        upload_bytes_per_s: Option<u64>,
+    },
 }
 
 impl Fault {
@@ -283,6 +303,10 @@ impl Fault {
                 }
                 format!("{class:?} links: {}", parts.join(", ")).to_lowercase()
             }
+            Fault::BadPeer { mode, upload_bytes_per_s } => match upload_bytes_per_s {
+                Some(b) => format!("bad peer: {} (upload {} KiB/s)", mode.label(), b / 1024),
+                None => format!("bad peer: {}", mode.label()),
+            },
         }
     }
 }
@@ -328,6 +352,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
         if let Fault::Link { link: faults, .. } = &f.fault {
             faults.validate().map_err(|e| invalid(e.to_string()))?;
+        }
+        if matches!(f.fault, Fault::BadPeer { .. }) && !s.swarm {
+            return Err(invalid("a bad-peer fault needs swarm = true".into()));
         }
         if let Fault::DiskFault { failpoints, .. } = &f.fault {
             coordinator::failpoints::parse(failpoints).map_err(|e| invalid(e.to_string()))?;
@@ -378,6 +405,44 @@ mod tests {
             let file = default_dir().join(format!("{}.toml", s.name));
             assert!(file.exists(), "{} lives in a file named after it", s.name);
         }
+    }
+
+    #[test]
+    fn bad_peer_faults_parse_and_need_the_swarm() {
+        let text = r#"
+            name = "x"
+            description = "d"
+            seed = 3
+            duration_s = 10.0
+            build_payload_bytes = 1024
+            [[faults]]
+            at_s = 0.0
+            fault = "bad-peer"
+            mode = "crawl"
+            upload_bytes_per_s = 8192
+            [[faults]]
+            at_s = 1.0
+            fault = "link"
+            class = "swarm"
+            link = { drop_rate = 0.1 }
+        "#;
+        let s = parse(Path::new("x.toml"), text).unwrap();
+        assert!(s.swarm, "the swarm is on by default");
+        assert_eq!(s.build_payload_bytes, 1024);
+        assert_eq!(
+            s.faults[0].fault,
+            Fault::BadPeer {
+                mode: crate::badpeer::BadPeerMode::Crawl,
+                upload_bytes_per_s: Some(8192)
+            }
+        );
+        assert_eq!(s.faults[0].fault.label(), "bad peer: crawl (upload 8 KiB/s)");
+        assert_eq!(s.faults[1].fault.label(), "swarm links: drop 10%");
+        let off = format!("swarm = false\n{text}");
+        let err = parse(Path::new("x.toml"), &off).unwrap_err().to_string();
+        assert!(err.contains("needs swarm = true"), "{err}");
+        let typo = text.replace("\"crawl\"", "\"sulk\"");
+        assert!(parse(Path::new("x.toml"), &typo).is_err());
     }
 
     #[test]

@@ -331,11 +331,35 @@ pub async fn prepare_build(
     number: u32,
     hook_ms: u64,
 ) -> Result<PreparedBuild, WorkloadError> {
-    let path = dir.join(format!("build-{number}.tar.gz"));
+    prepare_build_sized(api, dir, number, hook_ms, 0).await
+}
+
+/// The archive of build `number` in `dir` (see [`prepare_build`]).
+pub fn build_archive(dir: &Path, number: u32) -> std::path::PathBuf {
+    dir.join(format!("build-{number}.tar.gz"))
+}
+
+/// [`prepare_build`] with a `payload.bin` of `payload_bytes` incompressible bytes (none for
+/// 0), so that the archive spans many swarm pieces.
+pub async fn prepare_build_sized(
+    api: &Api,
+    dir: &Path,
+    number: u32,
+    hook_ms: u64,
+    payload_bytes: u64,
+) -> Result<PreparedBuild, WorkloadError> {
+    let path = build_archive(dir, number);
     let mut files: Vec<(String, u32, Vec<u8>)> =
         vec![("VERSION".into(), 0o644, format!("{number}\n").into_bytes())];
     for step in HOOK_STEPS {
         files.push((format!("teletraan/{step}"), 0o755, hook_script(step, hook_ms).into_bytes()));
+    }
+    if payload_bytes > 0 {
+        files.push((
+            "payload.bin".into(),
+            0o644,
+            ops::bench::swarm::build_bytes(payload_bytes, number.into()),
+        ));
     }
     let refs: Vec<(&str, u32, &[u8])> =
         files.iter().map(|(n, m, b)| (n.as_str(), *m, b.as_slice())).collect();

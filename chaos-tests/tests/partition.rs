@@ -20,6 +20,7 @@ async fn lab(dir: &std::path::Path) -> Lab {
         group: "g".into(),
         coordinator_env: vec![],
         agent_config: String::new(),
+        swarm: false,
     })
     .await
     .unwrap()

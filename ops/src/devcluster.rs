@@ -133,7 +133,8 @@ pub fn free_tcp_port() -> anyhow::Result<u16> {
     free_port(false)
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
+/// A loopback UDP port for a process this one starts (see [`free_port`]).
+pub fn free_udp_port() -> anyhow::Result<u16> {
     free_port(true)
 }
 
