@@ -6,8 +6,11 @@
 //!   ([`procnet`] finds a process's UDP ports).
 //! - [`scenario`]: the TOML scenario files; [`workload`]: the recorded operator traffic;
 //!   [`run`]: one scenario from start to verdicts; [`report`] and [`timeline`]: its results.
+//! - [`actions`]: the operator's deploy actions, pauses, host actions and setting changes;
+//!   [`simagents`]: the simulated-agent process for scale.
 //! - [`checkers`]: pure functions from a recorded [`history`] to a verdict per invariant.
 
+pub mod actions;
 pub mod checkers;
 pub mod history;
 pub mod lab;
@@ -16,5 +19,6 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod simagents;
 pub mod timeline;
 pub mod workload;
