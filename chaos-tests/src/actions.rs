@@ -5,7 +5,8 @@
 //!   previous deploy, [`promote`] a new build from the hostless staging stage), after which it
 //!   waits for the fleet to settle as after any deploy;
 //! - [`Operator`]: stage pauses and resumes, host pauses and resets, and stage setting changes
-//!   at random times, drawn by the scenario's weights. Whatever it paused it resumes before it
+//!   at random times, drawn by the scenario's weights (in rounds: every enabled kind runs once
+//!   in each round of as many actions as the weights sum to). Whatever it paused it resumes before it
 //!   stops ([`Operator::resume_everything`]), so convergence is judged on a running rollout.
 
 use std::time::{Duration, Instant};
@@ -176,23 +177,21 @@ impl Operator {
             (Action::ResetHost, a.reset_host),
             (Action::Config, a.config),
         ];
-        let total = a.total();
+        // Drawn without replacement from a deck of `weight` cards per kind, dealt again when
+        // empty: every enabled kind runs within each round of `total` actions.
+        let mut deck: Vec<Action> = Vec::new();
         let mut configs = 0u64;
-        while total > 0 && !*stop.borrow() {
+        while a.total() > 0 && !*stop.borrow() {
             let gap = self.spec.action_every_s * rng.random_range(0.5..1.5);
             if wait_or_stop(&mut stop, Duration::from_secs_f64(gap)).await {
                 break;
             }
-            let mut roll = rng.random_range(0..total);
-            let action = weighted
-                .iter()
-                .find(|(_, w)| {
-                    let hit = roll < *w;
-                    roll = roll.saturating_sub(*w);
-                    hit
-                })
-                .map(|(a, _)| *a)
-                .expect("weights sum to total");
+            if deck.is_empty() {
+                for (kind, w) in weighted {
+                    deck.extend(std::iter::repeat_n(kind, w as usize));
+                }
+            }
+            let action = deck.swap_remove(rng.random_range(0..deck.len()));
             let hold = Duration::from_secs_f64(self.spec.hold_s);
             match action {
                 Action::PauseStage => {

@@ -144,7 +144,7 @@ fn default_hold() -> f64 {
 /// [workload]
 /// next_deploy = { build = 2, rollback = 1, promote = 1 }  # what follows a settled deploy
 /// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1 }
-/// action_every_s = 2.0   # one action per 0.5x..1.5x this, kinds drawn by weight
+/// action_every_s = 2.0   # one action per 0.5x..1.5x this; kinds by weight, in rounds
 /// hold_s = 1.0           # how long a stage or host stays paused before it is resumed
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
