@@ -3,8 +3,10 @@
 //! Each one is shown violating histories in its tests and must say so; a checker that never
 //! fails proves nothing.
 //!
-//! - [`parallelism`]: hosts of a stage deploying at once, from the hooks' own journals.
-//! - [`convergence`]: every live host reaches the goal or a reported failure in time.
+//! - [`parallelism`]: hosts of a stage deploying at once, from the hooks' own journals (or the
+//!   simulated hosts' runs of steps), with the host actions of the history ([`host_actions`]).
+//! - [`convergence`]: every live host reaches the stage's last deploy or a reported failure in
+//!   time.
 //! - [`integrity`]: every archive and staged tree on every host matches the published build.
 //! - [`durability`]: every acknowledged write is still there after every node restarted.
 //! - [`one_leader_per_term`] and [`replicas_agree`]: the cluster itself.
