@@ -3,8 +3,10 @@
 //! Each one is shown violating histories in its tests and must say so; a checker that never
 //! fails proves nothing.
 //!
-//! - [`parallelism`]: hosts of a stage deploying at once, from the hooks' own journals.
-//! - [`convergence`]: every live host reaches the goal or a reported failure in time.
+//! - [`parallelism`]: hosts of a stage deploying at once, from the hooks' own journals (or the
+//!   simulated hosts' runs of steps), with the host actions of the history ([`host_actions`]).
+//! - [`convergence`]: every live host reaches the stage's last deploy or a reported failure in
+//!   time.
 //! - [`integrity`]: every archive and staged tree on every host matches the published build.
 //! - [`durability`]: every acknowledged write is still there after every node restarted.
 //! - [`one_leader_per_term`] and [`replicas_agree`]: the cluster itself.
@@ -133,21 +135,101 @@ pub fn hook_intervals(entries: &[JournalEntry], run_end_us: u64) -> Vec<Interval
 /// Tighter than [`hook_intervals`] (a host holds its slot between steps too), but only sound
 /// while no host's lease can expire mid-deploy.
 pub fn deploy_spans(hooks: &[Interval]) -> Vec<Interval> {
-    let mut spans: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    deploy_spans_with(hooks, &HostActions::default())
+}
+
+/// What host actions in the history say about the hosts' slots. A host paused by the user
+/// holds no slot (Teletraan's "deploying" predicate leaves PAUSED_BY_USER out) although the hook
+/// it was running goes on, and the stage may admit another host meanwhile; a reset host deploys
+/// the same deploy again from the start, after holding no slot since it finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostActions {
+    /// Per host: from a pause's invocation until the completion of the acknowledged NORMAL
+    /// that ended it (`u64::MAX`: none did). A pause of unknown outcome may take effect late,
+    /// so it lasts until the host's last acknowledged NORMAL.
+    pub paused: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Per host: when resets that may have taken effect were invoked.
+    pub resets: BTreeMap<String, Vec<u64>>,
+}
+
+/// The host actions of a history (failed ones changed nothing and are left out).
+pub fn host_actions(ops: &[Op]) -> HostActions {
+    let mut by_host: BTreeMap<&str, Vec<(&Op, &str)>> = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.outcome != Outcome::Failed) {
+        if let OpKind::HostAction { host, action } = &op.kind {
+            by_host.entry(host).or_default().push((op, action));
+        }
+    }
+    let mut out = HostActions::default();
+    for (host, mut acts) in by_host {
+        acts.sort_by_key(|(o, _)| o.invoke_us);
+        let resumes: Vec<&Op> = acts
+            .iter()
+            .filter(|(o, a)| *a == "NORMAL" && o.outcome == Outcome::Ok)
+            .map(|(o, _)| *o)
+            .collect();
+        for (op, action) in &acts {
+            match *action {
+                "PAUSED_BY_USER" => {
+                    let mut later = resumes.iter().filter(|r| r.invoke_us >= op.invoke_us);
+                    let end =
+                        if op.outcome == Outcome::Ok { later.next() } else { later.next_back() };
+                    let until = end.map_or(u64::MAX, |r| r.complete_us);
+                    out.paused.entry(host.to_string()).or_default().push((op.invoke_us, until));
+                }
+                "RESET" => out.resets.entry(host.to_string()).or_default().push(op.invoke_us),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Like [`deploy_spans`], but a host's hooks on one deploy make a new span after each reset of
+/// the host (a hook belongs to the run begun by the last reset invoked before it started).
+pub fn deploy_spans_with(hooks: &[Interval], acts: &HostActions) -> Vec<Interval> {
+    let run_of = |i: &Interval| {
+        acts.resets.get(&i.host).map_or(0, |r| r.iter().filter(|&&t| t <= i.start_us).count())
+    };
+    let mut spans: BTreeMap<(&str, &str, usize), (u64, u64)> = BTreeMap::new();
     for i in hooks {
-        let s = spans.entry((&i.host, &i.deploy)).or_insert((i.start_us, i.end_us));
+        let s = spans.entry((&i.host, &i.deploy, run_of(i))).or_insert((i.start_us, i.end_us));
         s.0 = s.0.min(i.start_us);
         s.1 = s.1.max(i.end_us);
     }
     spans
         .into_iter()
-        .map(|((host, deploy), (start_us, end_us))| Interval {
+        .map(|((host, deploy, _), (start_us, end_us))| Interval {
             host: host.to_string(),
             deploy: deploy.to_string(),
             start_us,
             end_us,
         })
         .collect()
+}
+
+/// The intervals without the times their host was paused by the user (an interval a pause
+/// cuts in two becomes two).
+pub fn without_paused(intervals: &[Interval], acts: &HostActions) -> Vec<Interval> {
+    let mut out = Vec::new();
+    for i in intervals {
+        let mut windows: Vec<(u64, u64)> = acts.paused.get(&i.host).cloned().unwrap_or_default();
+        windows.sort();
+        let mut from = i.start_us;
+        for (a, b) in windows {
+            if b <= from || a >= i.end_us {
+                continue;
+            }
+            if a > from {
+                out.push(Interval { start_us: from, end_us: a, ..i.clone() });
+            }
+            from = from.max(b);
+        }
+        if from < i.end_us {
+            out.push(Interval { start_us: from, ..i.clone() });
+        }
+    }
+    out
 }
 
 /// At no instant are more than `limit` hosts inside an interval (deploys in `exempt`, e.g.
@@ -318,20 +400,19 @@ pub fn durability(
                     violations.push(format!("acknowledged build {id} is gone"));
                 }
             }
-            OpKind::CreateDeploy { id: Some(id), .. } => {
-                checked += 1;
-                if !present_deploys.contains(id) {
-                    violations.push(format!("acknowledged deploy {id} is gone"));
+            kind => {
+                if let Some(id) = kind.created_deploy() {
+                    checked += 1;
+                    if !present_deploys.contains(id) {
+                        violations.push(format!("acknowledged deploy {id} is gone"));
+                    }
                 }
             }
-            _ => {}
         }
     }
     for (key, value) in final_values {
-        let writes: Vec<&Op> = ops
-            .iter()
-            .filter(|o| matches!(&o.kind, OpKind::Write { key: k, .. } if k == key))
-            .collect();
+        let writes: Vec<&Op> =
+            ops.iter().filter(|o| o.kind.register_write().is_some_and(|(k, _)| k == key)).collect();
         let acked: Vec<&Op> = writes.iter().copied().filter(|o| o.outcome == Outcome::Ok).collect();
         checked += acked.len() as u64;
         let Some(value) = value else {
@@ -344,8 +425,7 @@ pub fn durability(
             continue;
         };
         let source = writes.iter().find(|o| {
-            o.outcome != Outcome::Failed
-                && matches!(&o.kind, OpKind::Write { value: v, .. } if v == value)
+            o.outcome != Outcome::Failed && o.kind.register_write().is_some_and(|(_, v)| v == value)
         });
         let Some(source) = source else {
             violations.push(format!("{key} holds {value:?}, which no write wrote"));
@@ -354,7 +434,7 @@ pub fn durability(
         // An unknown write may have taken effect arbitrarily late.
         let source_done = if source.outcome == Outcome::Ok { source.complete_us } else { u64::MAX };
         if let Some(lost) = acked.iter().find(|w| source_done < w.invoke_us) {
-            let OpKind::Write { value: lost_value, .. } = &lost.kind else { unreachable!() };
+            let (_, lost_value) = lost.kind.register_write().expect("a register write");
             violations.push(format!(
                 "{key} holds {value:?}, written before the acknowledged write of {lost_value:?} at {}: that write was lost",
                 secs(lost.invoke_us)
@@ -443,7 +523,7 @@ pub fn linearizable(ops: &[Op]) -> Verdict {
     let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
     for op in ops {
         match &op.kind {
-            OpKind::Write { key, .. } | OpKind::Read { key, .. } => {
+            OpKind::Write { key, .. } | OpKind::Read { key, .. } | OpKind::Config { key, .. } => {
                 by_key.entry(key).or_default().push(op)
             }
             _ => {}
@@ -460,7 +540,7 @@ pub fn linearizable(ops: &[Op]) -> Verdict {
             let complete_us = if unknown { u64::MAX } else { op.complete_us };
             let r = match (&op.kind, op.outcome) {
                 (_, Outcome::Failed) => continue,
-                (OpKind::Write { value, .. }, _) => {
+                (OpKind::Write { value, .. } | OpKind::Config { value, .. }, _) => {
                     let n = values.len() as u32;
                     let id = *values.entry(value).or_insert(n);
                     RegOp { invoke_us: op.invoke_us, complete_us, write: Some(id), read: None }

@@ -32,6 +32,55 @@ pub enum OpKind {
     CreateBuild { id: Option<String> },
     /// Start a deploy of `build`; `id` is what the cluster acknowledged.
     CreateDeploy { build: String, id: Option<String> },
+    /// Roll the deploy stage back to deploy `to` (`actionType=ROLLBACK`); `id` is the new
+    /// deploy the cluster acknowledged.
+    Rollback { to: String, id: Option<String> },
+    /// Promote deploy `from` (of the staging stage) to the deploy stage
+    /// (`actionType=PROMOTE`); `id` is the new deploy.
+    Promote { from: String, id: Option<String> },
+    /// Pause (`paused`) or resume the deploy stage's deploy (`actionType=PAUSE|RESUME`).
+    StageState { paused: bool },
+    /// A host action on one host of the deploy stage: `PAUSED_BY_USER`, `NORMAL` or `RESET`.
+    HostAction { host: String, action: String },
+    /// Set a stage setting (`key` is `env/stage:field`), a register written by one client and
+    /// read after the full restart.
+    Config { key: String, value: String },
+}
+
+impl OpKind {
+    /// The kind's name in counts and reports.
+    pub fn name(&self) -> String {
+        match self {
+            OpKind::Write { .. } => "write".into(),
+            OpKind::Read { .. } => "read".into(),
+            OpKind::CreateBuild { .. } => "create-build".into(),
+            OpKind::CreateDeploy { .. } => "create-deploy".into(),
+            OpKind::Rollback { .. } => "rollback".into(),
+            OpKind::Promote { .. } => "promote".into(),
+            OpKind::StageState { paused: true } => "pause-stage".into(),
+            OpKind::StageState { paused: false } => "resume-stage".into(),
+            OpKind::HostAction { action, .. } => format!("host-{}", action.to_lowercase()),
+            OpKind::Config { .. } => "config".into(),
+        }
+    }
+
+    /// The deploy this operation created, if the cluster acknowledged one.
+    pub fn created_deploy(&self) -> Option<&str> {
+        match self {
+            OpKind::CreateDeploy { id, .. }
+            | OpKind::Rollback { id, .. }
+            | OpKind::Promote { id, .. } => id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A register write: its key and value (stage descriptions and stage settings).
+    pub fn register_write(&self) -> Option<(&str, &str)> {
+        match self {
+            OpKind::Write { key, value } | OpKind::Config { key, value } => Some((key, value)),
+            _ => None,
+        }
+    }
 }
 
 /// One operator operation.

@@ -32,6 +32,7 @@ use crate::badpeer::{BadPeerMode, BadPeerProcess};
 use crate::procnet;
 use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
 use crate::scenario::HookMode;
+use crate::simagents::{SimAgents, SimSpec};
 use crate::swarm_lab::{self, SwarmLabError, SwarmReport};
 use crate::workload::HOOK_FAULT_ENV;
 
@@ -186,6 +187,8 @@ pub struct Lab {
     /// The builds' archives (their bytes are the blobs), for bad peers to serve.
     blob_files: Vec<PathBuf>,
     pub bad_peers: Vec<LabBadPeer>,
+    /// The simulated-agent process, if the scenario has simulated hosts ([`Lab::start_sim`]).
+    pub sim: Option<SimAgents>,
 }
 
 /// A seed for the `i`-th thing of kind `tag`, derived from the run's seed.
@@ -290,6 +293,7 @@ impl Lab {
             ca,
             blob_files: Vec::new(),
             bad_peers: Vec::new(),
+            sim: None,
         };
         for i in 0..lab.spec.agents {
             lab.start_agent(i).await?;
@@ -433,6 +437,9 @@ impl Lab {
             f.drop_from_ports = agent_ports.clone();
             f.drop_to_ports = agent_ports.clone();
             proxy.set_faults(f)?;
+        }
+        if let Some(sim) = &self.sim {
+            sim.set_quality(&agent_quality)?;
         }
         for (a, agent) in self.agents.iter().enumerate() {
             let mut f = agent_quality.clone();
@@ -720,7 +727,40 @@ impl Lab {
         if self.swarm_proxies().next().is_some() {
             out.insert(LinkClass::Swarm, swarm_lab::stats(self.swarm_proxies()));
         }
+        if let Some(sim) = &self.sim {
+            out.entry(LinkClass::Agent).or_default().add(&sim.proxy_stats());
+        }
         out
+    }
+
+    /// Starts the simulated-agent process: `hosts` hosts named `{prefix}{i}` in `group`, each
+    /// deploy step taking `step`, behind a proxy of their own per node (agent link quality
+    /// applies to them; agent cuts, kills and hook faults do not).
+    pub async fn start_sim(
+        &mut self,
+        hosts: usize,
+        prefix: &str,
+        group: &str,
+        step: Duration,
+    ) -> Result<(), LabError> {
+        let nodes = self.cluster.nodes.iter().map(|n| n.agent_addr).collect::<Vec<_>>();
+        let seeds = (0..nodes.len() as u64).map(|n| sub_seed(self.spec.seed, "sim", n)).collect();
+        let spec = SimSpec {
+            dir: self.spec.dir.join("simagents"),
+            hosts,
+            prefix: prefix.to_string(),
+            group: group.to_string(),
+            step,
+            nodes,
+            ca_dir: self.cluster.ca_file().parent().map(PathBuf::from).unwrap_or_default(),
+            seeds,
+        };
+        let sim = SimAgents::start(spec).await.map_err(|e| LabError::Process {
+            what: "starting the simulated agents".into(),
+            message: e.to_string(),
+        })?;
+        self.sim = Some(sim);
+        self.apply()
     }
 }
 

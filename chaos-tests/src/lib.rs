@@ -8,8 +8,11 @@
 //!   [`run`]: one scenario from start to verdicts; [`report`] and [`timeline`]: its results.
 //! - [`swarm_lab`]: the agents' blob swarm behind proxies, and [`badpeer`]: peers that corrupt,
 //!   lie or crawl on purpose (`chaos bad-peer`).
+//! - [`actions`]: the operator's deploy actions, pauses, host actions and setting changes;
+//!   [`simagents`]: the simulated-agent process for scale.
 //! - [`checkers`]: pure functions from a recorded [`history`] to a verdict per invariant.
 
+pub mod actions;
 pub mod badpeer;
 pub mod checkers;
 pub mod history;
@@ -19,6 +22,7 @@ pub mod proxy;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod simagents;
 pub mod swarm_lab;
 pub mod timeline;
 pub mod workload;

@@ -43,6 +43,28 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Run simulated agents (the lab starts this process for scenarios with `sim_hosts`):
+    /// `--hosts` Teletraan agents long-polling `--agent-addr`s, their deploy steps written to
+    /// `--out` until SIGTERM.
+    Simagents {
+        #[arg(long)]
+        hosts: usize,
+        #[arg(long, default_value = "sim-")]
+        prefix: String,
+        #[arg(long)]
+        group: String,
+        /// How long each deploy step takes, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        step_ms: u64,
+        /// A coordinator's agent endpoint (repeat for each node).
+        #[arg(long = "agent-addr", required = true)]
+        agent_addrs: Vec<std::net::SocketAddr>,
+        /// The cluster's CA directory (holding `ca.pem`).
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a recorded history again (`<out>/<scenario>-seed<S>.history.json`): the
     /// linearizability of its register operations and one leader per term.
     Check { history: PathBuf },
@@ -102,6 +124,24 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
             Ok(verdicts.iter().all(|v| v.passed()))
+        }
+        Cmd::Simagents { hosts, prefix, group, step_ms, agent_addrs, ca_dir, out } => {
+            let args = chaos_tests::simagents::SimArgs {
+                hosts,
+                prefix,
+                group,
+                step: std::time::Duration::from_millis(step_ms),
+                agent_addrs,
+                ca_dir,
+                out,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(chaos_tests::simagents::serve(args)).context("simulated agents")?;
+            Ok(true)
         }
         Cmd::Run { names, all, seed, duration, out, keep } => {
             let scenarios: Vec<Scenario> = if all {

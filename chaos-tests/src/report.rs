@@ -59,6 +59,9 @@ pub struct OpCounts {
     pub writes: u64,
     pub builds: u64,
     pub deploys: u64,
+    /// Acknowledged operations per kind (`OpKind::name`: `rollback`, `pause-stage`, …).
+    #[serde(default)]
+    pub ok_by_kind: BTreeMap<String, u64>,
 }
 
 impl OpCounts {
@@ -76,6 +79,10 @@ impl OpCounts {
                 OpKind::Write { .. } => c.writes += 1,
                 OpKind::CreateBuild { .. } => c.builds += 1,
                 OpKind::CreateDeploy { .. } => c.deploys += 1,
+                _ => {}
+            }
+            if o.outcome == Outcome::Ok {
+                *c.ok_by_kind.entry(o.kind.name()).or_default() += 1;
             }
         }
         c
@@ -109,6 +116,9 @@ pub struct Report {
     pub unreachable_hosts: Vec<String>,
     /// Where the every-step killer struck (`host:STEP`).
     pub agent_kills_at_steps: Vec<String>,
+    /// Deploys the simulated stage's driver started in the window (0 without simulated hosts).
+    #[serde(default)]
+    pub sim_deploys: usize,
     pub timing: Timing,
     /// `/proc/loadavg` at the end (a starved machine explains slow recoveries).
     pub loadavg: String,
@@ -163,6 +173,7 @@ impl Report {
             links,
             unreachable_hosts,
             agent_kills_at_steps,
+            sim_deploys: 0,
             timing,
             loadavg: std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
@@ -170,6 +181,15 @@ impl Report {
                 .to_string(),
             work_dir,
             swarm: None,
+        }
+    }
+
+    /// Adds verdicts (of checks run after the report was made), keeping the totals true.
+    pub fn add_verdicts(&mut self, verdicts: Vec<Verdict>) {
+        for v in verdicts {
+            self.violations += v.violation_count;
+            self.passed &= v.passed();
+            self.verdicts.push(v);
         }
     }
 
@@ -227,6 +247,20 @@ impl Report {
             o.deploys,
             self.deploys.len()
         );
+        let actions: Vec<String> = o
+            .ok_by_kind
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(k.as_str(), "read" | "write" | "create-build" | "create-deploy")
+            })
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        if !actions.is_empty() {
+            let _ = writeln!(s, "operator actions acknowledged: {}", actions.join(", "));
+        }
+        if self.sim_deploys > 0 {
+            let _ = writeln!(s, "simulated stage: {} deploys in the window", self.sim_deploys);
+        }
         let _ = writeln!(s, "invariants:");
         for v in &self.verdicts {
             let tag = match v.status {

@@ -33,6 +33,12 @@ pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
 pub const HOOK_TERMINATION_S: u64 = 1;
 /// The group every agent of a run is in (the deploy stage's capacity).
 pub const GROUP: &str = "chaos-hosts";
+/// The group of the simulated hosts (the simulated stage's capacity).
+pub const SIM_GROUP: &str = "chaos-sim";
+/// The simulated hosts' name prefix.
+pub const SIM_PREFIX: &str = "sim-";
+/// How often the simulated stage's progress is sampled (hundreds of rows each time).
+pub const SIM_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Agent settings every run uses: quick hook retries and heartbeats, long-poll on.
 pub const AGENT_CONFIG: &str = "process_wait_interval = 1\nmin_running_time = 1\n";
 
@@ -67,6 +73,12 @@ pub struct Recorded {
     pub status: Vec<StatusSample>,
     pub progress: Vec<ProgressSample>,
     pub journal: Vec<crate::history::JournalEntry>,
+    /// The simulated stage's progress samples (scenarios with `sim_hosts`).
+    #[serde(default)]
+    pub sim_progress: Vec<ProgressSample>,
+    /// The simulated hosts' runs of deploy steps, on the run's clock.
+    #[serde(default)]
+    pub sim_intervals: Vec<checkers::Interval>,
 }
 
 /// What a fault was resolved to when injected.
@@ -428,12 +440,15 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Reco
     let ctx = Ctx::start(scenario, opts).await?;
     let builds = ctx.prepare(opts).await?;
     let first = ctx.first_deploy(&builds[0]).await?;
+    let sim_first = ctx.sim_first_deploy(&builds[0]).await?;
     let window = ctx.window(&builds[1..], &first).await?;
     let restart_at_us = ctx.clock.now_us();
     ctx.full_restart().await?;
-    let finals = final_state(&ctx.api, &ctx.rec, scenario.register_keys).await?;
+    let config = scenario.workload.actions.config > 0;
+    let finals = final_state(&ctx.api, &ctx.rec, scenario.register_keys, config).await?;
     let (journal, host_builds) = ctx.collect_disk().await;
     let run_end_us = ctx.clock.now_us();
+    let sim_intervals = ctx.sim_intervals(run_end_us).await?;
     let timing = Timing {
         window_start_us: window.start_us,
         faults_end_us: window.faults_end_us,
@@ -441,10 +456,14 @@ pub async fn run(scenario: &Scenario, opts: &RunOptions) -> Result<(Report, Reco
         run_end_us,
     };
     let ops = ctx.rec.ops();
-    let report =
+    let mut report =
         ctx.judge(opts, &first, &window, &ops, &finals, &journal, &host_builds, timing).await;
-    let Window { status, progress, .. } = window;
-    Ok((report, Recorded { ops, status, progress, journal }))
+    if let Some(sim_first) = &sim_first {
+        ctx.judge_sim(&mut report, sim_first, &window, &sim_intervals);
+    }
+    let Window { status, progress, sim_progress, .. } = window;
+    let recorded = Recorded { ops, status, progress, journal, sim_progress, sim_intervals };
+    Ok((report, recorded))
 }
 
 /// What a run shares between its phases.
@@ -460,6 +479,8 @@ struct Ctx {
     rec: Recorder,
     hosts: Vec<String>,
     driver: Driver,
+    /// The simulated stage's driver and hosts, if the scenario has simulated hosts.
+    sim: Option<(Driver, Vec<String>)>,
 }
 
 /// What the fault window left.
@@ -471,6 +492,9 @@ struct Window {
     status: Vec<StatusSample>,
     progress: Vec<ProgressSample>,
     kills_at_steps: Vec<String>,
+    /// The simulated stage's goal and progress samples.
+    sim_goal: Option<String>,
+    sim_progress: Vec<ProgressSample>,
 }
 
 impl Ctx {
@@ -501,7 +525,7 @@ impl Ctx {
                 "process_timeout = {t}\ntermination_timeout = {HOOK_TERMINATION_S}\n"
             ));
         }
-        let lab = Lab::start(LabSpec {
+        let mut lab = Lab::start(LabSpec {
             dir: opts.work_dir.clone(),
             seed,
             coordinator_bin: opts.coordinator_bin.clone(),
@@ -513,12 +537,20 @@ impl Ctx {
             swarm: scenario.swarm,
         })
         .await?;
+        if scenario.sim_hosts > 0 {
+            let step = Duration::from_millis(scenario.sim_step_ms);
+            lab.start_sim(scenario.sim_hosts, SIM_PREFIX, SIM_GROUP, step).await?;
+        }
         let urls = lab.ids().into_iter().map(|id| (id, lab.cluster.base_url(id))).collect();
         let hosts: Vec<String> = lab.agents.iter().map(|a| a.agent.spec.hostname.clone()).collect();
         let api = Api::new(urls);
         let rec = Recorder::new(clock);
-        let driver =
-            Driver { api: api.clone(), rec: rec.clone(), hosts: hosts.len(), log: Arc::default() };
+        let mut driver = Driver::new(api.clone(), rec.clone(), workload::STAGE, hosts.len(), 0);
+        driver.mix = scenario.workload.next_deploy.clone();
+        let sim = lab.sim.as_ref().map(|s| {
+            let d = Driver::new(api.clone(), rec.clone(), workload::SIM_STAGE, s.hosts, 1);
+            (d, s.host_names())
+        });
         Ok(Ctx {
             scenario: scenario.clone(),
             seed,
@@ -530,6 +562,7 @@ impl Ctx {
             rec,
             hosts,
             driver,
+            sim,
         })
     }
 
@@ -538,6 +571,13 @@ impl Ctx {
         let s = &self.scenario;
         workload::setup_stages(&self.api, &self.rec, GROUP, s.max_parallel, s.register_keys)
             .await?;
+        if s.workload.next_deploy.promote > 0 {
+            workload::create_stage(&self.api, workload::STAGING, None, 1).await?;
+        }
+        if s.sim_hosts > 0 {
+            let (api, stage) = (&self.api, workload::SIM_STAGE);
+            workload::create_stage(api, stage, Some(SIM_GROUP), s.sim_max_parallel).await?;
+        }
         // A deploy takes a couple of seconds at least; one build per two seconds suffices.
         let n_builds = 2 + (self.duration_s / 2.0).ceil() as u32;
         let dir = opts.work_dir.join("builds");
@@ -564,19 +604,75 @@ impl Ctx {
             .deploy_once(&mut rng, build, &never)
             .await
             .ok_or_else(|| RunError::Harness("the first deploy was never started".into()))?;
+        self.wait_first_settled(workload::STAGE, &first, self.hosts.len()).await?;
+        Ok(first)
+    }
+
+    /// Waits until every one of `hosts` hosts of `stage` settled on its first deploy `first`.
+    async fn wait_first_settled(
+        &self,
+        stage: &str,
+        first: &str,
+        hosts: usize,
+    ) -> Result<(), RunError> {
         let deadline = Instant::now() + FIRST_DEPLOY_WAIT;
-        while !workload::hosts_now(&self.api)
+        while !workload::hosts_of(&self.api, stage)
             .await
-            .is_some_and(|r| workload::settled(&r, &first, self.hosts.len()))
+            .is_some_and(|r| workload::settled(&r, first, hosts))
         {
             if Instant::now() > deadline {
                 return Err(RunError::Harness(format!(
-                    "the first deploy {first} did not settle within {FIRST_DEPLOY_WAIT:?}"
+                    "the first deploy {first} of stage {stage} did not settle within {FIRST_DEPLOY_WAIT:?}"
                 )));
             }
             tokio::time::sleep(workload::PROGRESS_EVERY).await;
         }
-        Ok(first)
+        Ok(())
+    }
+
+    /// The simulated stage's first deploy (every host at once), like [`Ctx::first_deploy`].
+    async fn sim_first_deploy(&self, build: &PreparedBuild) -> Result<Option<String>, RunError> {
+        let Some((driver, hosts)) = &self.sim else { return Ok(None) };
+        let (_never_tx, never) = watch::channel(false);
+        let mut rng = StdRng::seed_from_u64(sub_seed(self.seed, "sim-driver", 0));
+        let first = driver
+            .deploy_once(&mut rng, build, &never)
+            .await
+            .ok_or_else(|| RunError::Harness("the simulated first deploy never started".into()))?;
+        self.wait_first_settled(workload::SIM_STAGE, &first, hosts.len()).await?;
+        Ok(Some(first))
+    }
+
+    /// The simulated hosts' runs of deploy steps, from the process's file.
+    async fn sim_intervals(&self, run_end_us: u64) -> Result<Vec<checkers::Interval>, RunError> {
+        let lab = self.lab.lock().await;
+        let Some(sim) = &lab.sim else { return Ok(Vec::new()) };
+        let (_, intervals) = crate::simagents::read_intervals(&sim.out, self.epoch_ns, run_end_us)
+            .map_err(|e| RunError::Harness(e.to_string()))?;
+        Ok(intervals)
+    }
+
+    /// The simulated stage's parallelism (its own limit) and convergence, added to `report`.
+    fn judge_sim(
+        &self,
+        report: &mut Report,
+        first: &str,
+        w: &Window,
+        intervals: &[checkers::Interval],
+    ) {
+        let Some((driver, hosts)) = &self.sim else { return };
+        let s = &self.scenario;
+        let exempt: BTreeSet<String> = [first.to_string()].into();
+        let mut par = checkers::parallelism(intervals, s.sim_max_parallel as usize, &exempt);
+        par.invariant = format!("parallelism-{}", workload::SIM_STAGE);
+        let goal = w.sim_goal.clone().unwrap_or_else(|| first.to_string());
+        let bound_us = (s.convergence_bound_s * 1e6) as u64;
+        let (mut conv, _) =
+            checkers::convergence(&w.sim_progress, &goal, hosts, w.faults_end_us, bound_us);
+        conv.invariant = format!("convergence-{}", workload::SIM_STAGE);
+        let deploys = driver.log.lock().unwrap().deploys.len().saturating_sub(1);
+        report.add_verdicts(vec![par, conv]);
+        report.sim_deploys = deploys;
     }
 
     /// The fault window with the workload running, the heal, and convergence.
@@ -615,8 +711,32 @@ impl Ctx {
         let driver = tokio::spawn(self.driver.clone().run(
             sub_seed(seed, "driver", 1),
             builds.to_vec(),
-            stop_driver,
+            stop_driver.clone(),
         ));
+        let operator = crate::actions::Operator {
+            api: api.clone(),
+            rec: self.rec.clone(),
+            spec: self.scenario.workload.clone(),
+            hosts: self.hosts.clone(),
+        };
+        let operator =
+            tokio::spawn(operator.run(sub_seed(seed, "operator", 1), stop_driver.clone()));
+        let sim_progress: Arc<Mutex<Vec<ProgressSample>>> = Arc::default();
+        let sim_driver = self.sim.as_ref().map(|(d, _)| {
+            tasks.push(tokio::spawn(workload::progress_sampler_of(
+                api.clone(),
+                workload::SIM_STAGE,
+                SIM_PROGRESS_EVERY,
+                clock,
+                sim_progress.clone(),
+                stop.clone(),
+            )));
+            tokio::spawn(d.clone().run(
+                sub_seed(seed, "sim-driver", 1),
+                builds.to_vec(),
+                stop_driver,
+            ))
+        });
         let mut faults = Faults {
             lab: self.lab.clone(),
             api: api.clone(),
@@ -632,8 +752,15 @@ impl Ctx {
         self.lab.lock().await.heal_all()?;
         let faults_end_us = clock.now_us();
         let _ = driver.await;
+        // The operator resumes whatever it paused before it ends.
+        let _ = operator.await;
+        if let Some(d) = sim_driver {
+            let _ = d.await;
+        }
         let log = self.driver.log.lock().unwrap().clone();
         let goal = log.deploys.last().cloned().unwrap_or_else(|| first.to_string());
+        let sim_goal =
+            self.sim.as_ref().and_then(|(d, _)| d.log.lock().unwrap().deploys.last().cloned());
 
         // Convergence: until every host settled on the goal, or the bound.
         let bound_us = (self.scenario.convergence_bound_s * 1e6) as u64;
@@ -641,7 +768,15 @@ impl Ctx {
             let done = progress.lock().unwrap().last().is_some_and(|s| {
                 s.t_us > faults_end_us && workload::settled(&s.rows, &goal, self.hosts.len())
             });
-            if done || clock.now_us() > faults_end_us + bound_us {
+            let sim_done = match (&self.sim, &sim_goal) {
+                (Some((_, hosts)), Some(g)) => {
+                    sim_progress.lock().unwrap().last().is_some_and(|s| {
+                        s.t_us > faults_end_us && workload::settled(&s.rows, g, hosts.len())
+                    })
+                }
+                _ => true,
+            };
+            if (done && sim_done) || clock.now_us() > faults_end_us + bound_us {
                 break;
             }
             tokio::time::sleep(workload::PROGRESS_EVERY).await;
@@ -653,7 +788,18 @@ impl Ctx {
         let kills_at_steps = faults.kills_at_steps.lock().unwrap().clone();
         let status = status.lock().unwrap().clone();
         let progress = progress.lock().unwrap().clone();
-        Ok(Window { start_us, faults_end_us, events, goal, status, progress, kills_at_steps })
+        let sim_progress = sim_progress.lock().unwrap().clone();
+        Ok(Window {
+            start_us,
+            faults_end_us,
+            events,
+            goal,
+            status,
+            progress,
+            kills_at_steps,
+            sim_goal,
+            sim_progress,
+        })
     }
 
     /// Durability's premise: every node killed and restarted at once.
@@ -701,10 +847,12 @@ impl Ctx {
     ) -> Report {
         let s = &self.scenario;
         let hooks = checkers::hook_intervals(journal, timing.run_end_us);
+        let acts = checkers::host_actions(ops);
         let intervals = match s.parallelism {
-            Observation::Spans => checkers::deploy_spans(&hooks),
+            Observation::Spans => checkers::deploy_spans_with(&hooks, &acts),
             Observation::Steps => hooks,
         };
+        let intervals = checkers::without_paused(&intervals, &acts);
         let exempt: BTreeSet<String> = [first.to_string()].into();
         let bound_us = (s.convergence_bound_s * 1e6) as u64;
         let (conv, conv_times) =
@@ -844,23 +992,39 @@ struct Finals {
 
 /// After the full restart: each register read (linearizably, and recorded: the history's last
 /// reads), each node's own copy once it caught up, and which acknowledged creations exist.
-async fn final_state(api: &Api, rec: &Recorder, keys: u32) -> Result<Finals, RunError> {
+/// With `config`, the deploy stage's setting the operator writes is a register too.
+async fn final_state(
+    api: &Api,
+    rec: &Recorder,
+    keys: u32,
+    config: bool,
+) -> Result<Finals, RunError> {
+    // (register key, stage path, field)
+    let mut registers: Vec<(String, String, &str)> = (1..=keys)
+        .map(|k| {
+            let path = format!("/v1/envs/{}/{}", workload::ENV, workload::register_stage(k));
+            (workload::register_key(k), path, "description")
+        })
+        .collect();
+    if config {
+        let path = format!("/v1/envs/{}/{}", workload::ENV, workload::STAGE);
+        registers.push((crate::actions::config_key(), path, crate::actions::CONFIG_FIELD));
+    }
     let mut values = BTreeMap::new();
-    for k in 1..=keys {
-        let path = format!("/v1/envs/{}/{}", workload::ENV, workload::register_stage(k));
+    for (key, path, field) in &registers {
         let invoke_us = rec.clock.now_us();
-        let v = api.until_ok("reading a register", reqwest::Method::GET, &path, None).await?;
-        let value = v["description"].as_str().map(str::to_string);
+        let v = api.until_ok("reading a register", reqwest::Method::GET, path, None).await?;
+        let value = v[*field].as_str().map(str::to_string);
         rec.record(Op {
             process: 0,
             node: 0,
-            kind: OpKind::Read { key: workload::register_key(k), value: value.clone() },
+            kind: OpKind::Read { key: key.clone(), value: value.clone() },
             invoke_us,
             complete_us: rec.clock.now_us(),
             outcome: crate::history::Outcome::Ok,
             error: None,
         });
-        values.insert(workload::register_key(k), value);
+        values.insert(key.clone(), value);
     }
     let ops = rec.ops();
     // Every node applies at least what the leader had when the registers were read, then
@@ -882,13 +1046,12 @@ async fn final_state(api: &Api, rec: &Recorder, keys: u32) -> Result<Finals, Run
             tokio::time::sleep(workload::RETRY_PAUSE).await;
         }
         let mut m = BTreeMap::new();
-        for k in 1..=keys {
-            let path =
-                format!("/v1/envs/{}/{}?stale=true", workload::ENV, workload::register_stage(k));
+        for (key, path, field) in &registers {
+            let path = format!("{path}?stale=true");
             if let workload::Answer::Ok(v) =
                 api.call(n, reqwest::Method::GET, &path, None, workload::OP_TIMEOUT).await
             {
-                m.insert(workload::register_key(k), v["description"].as_str().map(str::to_string));
+                m.insert(key.clone(), v[*field].as_str().map(str::to_string));
             }
         }
         by_node.insert(n, m);
@@ -902,15 +1065,16 @@ async fn final_state(api: &Api, rec: &Recorder, keys: u32) -> Result<Finals, Run
             {
                 builds.insert(id.clone());
             }
-            OpKind::CreateDeploy { id: Some(id), .. }
-                if api
-                    .get_opt("reading a deploy", &format!("/v1/deploys/{id}"))
-                    .await?
-                    .is_some() =>
-            {
-                deploys.insert(id.clone());
+            kind => {
+                if let Some(id) = kind.created_deploy()
+                    && api
+                        .get_opt("reading a deploy", &format!("/v1/deploys/{id}"))
+                        .await?
+                        .is_some()
+                {
+                    deploys.insert(id.to_string());
+                }
             }
-            _ => {}
         }
     }
     Ok(Finals { values, by_node, builds, deploys })

@@ -28,6 +28,10 @@ pub const DEFAULT_HOOK_MS: u64 = 300;
 pub const DEFAULT_CONVERGENCE_BOUND_S: f64 = 60.0;
 pub const DEFAULT_REGISTER_WORKERS: u32 = 3;
 pub const DEFAULT_REGISTER_KEYS: u32 = 3;
+pub const DEFAULT_SIM_MAX_PARALLEL: u32 = 10;
+pub const DEFAULT_SIM_STEP_MS: u64 = 20;
+pub const DEFAULT_ACTION_EVERY_S: f64 = 2.0;
+pub const DEFAULT_HOLD_S: f64 = 1.0;
 
 /// One scenario file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +95,19 @@ pub struct Scenario {
     /// many swarm pieces (256 KiB each); 0 keeps the builds a few KiB.
     #[serde(default)]
     pub build_payload_bytes: u64,
+    /// What the operator does besides rolling deploys and register traffic (`[workload]`);
+    /// without the table, only new-build deploys.
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    /// Simulated hosts (one extra process, `chaos simagents`) in a stage of their own; 0: none.
+    #[serde(default)]
+    pub sim_hosts: usize,
+    /// The simulated stage's `maxParallel`.
+    #[serde(default = "default_sim_max_parallel")]
+    pub sim_max_parallel: u32,
+    /// How long each simulated deploy step takes.
+    #[serde(default = "default_sim_step_ms")]
+    pub sim_step_ms: u64,
     #[serde(default)]
     pub faults: Vec<ScheduledFault>,
 }
@@ -115,6 +132,97 @@ fn default_workers() -> u32 {
 }
 fn default_keys() -> u32 {
     DEFAULT_REGISTER_KEYS
+}
+fn default_sim_max_parallel() -> u32 {
+    DEFAULT_SIM_MAX_PARALLEL
+}
+fn default_sim_step_ms() -> u64 {
+    DEFAULT_SIM_STEP_MS
+}
+fn default_build_weight() -> u32 {
+    1
+}
+fn default_action_every() -> f64 {
+    DEFAULT_ACTION_EVERY_S
+}
+fn default_hold() -> f64 {
+    DEFAULT_HOLD_S
+}
+
+/// The operator's workload beyond register traffic (the `[workload]` table):
+///
+/// ```toml
+/// [workload]
+/// next_deploy = { build = 2, rollback = 1, promote = 1 }  # what follows a settled deploy
+/// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1 }
+/// action_every_s = 2.0   # one action per 0.5x..1.5x this; kinds by weight, in rounds
+/// hold_s = 1.0           # how long a stage or host stays paused before it is resumed
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSpec {
+    #[serde(default)]
+    pub next_deploy: DeployMix,
+    #[serde(default)]
+    pub actions: ActionMix,
+    #[serde(default = "default_action_every")]
+    pub action_every_s: f64,
+    #[serde(default = "default_hold")]
+    pub hold_s: f64,
+}
+
+impl Default for WorkloadSpec {
+    fn default() -> Self {
+        WorkloadSpec {
+            next_deploy: DeployMix::default(),
+            actions: ActionMix::default(),
+            action_every_s: DEFAULT_ACTION_EVERY_S,
+            hold_s: DEFAULT_HOLD_S,
+        }
+    }
+}
+
+/// Weights of what the deploy driver starts once a deploy settled: a deploy of a new build, a
+/// rollback to the previous deploy, or a promotion of a new build from the staging stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployMix {
+    #[serde(default = "default_build_weight")]
+    pub build: u32,
+    #[serde(default)]
+    pub rollback: u32,
+    #[serde(default)]
+    pub promote: u32,
+}
+
+impl Default for DeployMix {
+    fn default() -> Self {
+        DeployMix { build: 1, rollback: 0, promote: 0 }
+    }
+}
+
+/// Weights of the operator actions issued beside the deploys (all 0: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ActionMix {
+    /// PAUSE the deploy stage's deploy, RESUME it `hold_s` later.
+    #[serde(default)]
+    pub pause_stage: u32,
+    /// Pause one host (`PAUSED_BY_USER`), set it back to `NORMAL` `hold_s` later.
+    #[serde(default)]
+    pub pause_host: u32,
+    /// RESET one host: it deploys the current deploy again from the start.
+    #[serde(default)]
+    pub reset_host: u32,
+    /// Change the deploy stage's settings (`chatroom`, `emailRecipients`).
+    #[serde(default)]
+    pub config: u32,
+}
+
+impl ActionMix {
+    pub fn total(&self) -> u32 {
+        self.pause_stage + self.pause_host + self.reset_host + self.config
+    }
 }
 
 /// How the parallelism checker sees a host as deploying.
@@ -334,6 +442,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     if s.duration_s <= 0.0 || s.agents == 0 || s.max_parallel == 0 {
         return Err(invalid("duration_s, agents and max_parallel must be above 0".into()));
     }
+    let w = &s.workload;
+    if w.next_deploy.build + w.next_deploy.rollback + w.next_deploy.promote == 0 {
+        return Err(invalid("[workload] next_deploy needs a weight above 0".into()));
+    }
+    if w.action_every_s <= 0.0 || w.hold_s < 0.0 {
+        return Err(invalid("[workload] action_every_s must be above 0, hold_s not below".into()));
+    }
+    if s.sim_hosts > 0 && s.sim_max_parallel == 0 {
+        return Err(invalid("sim_max_parallel must be above 0".into()));
+    }
     if let (Some(agent), Some(ttl)) = (s.agent_lease_ms, s.lease_ttl_ms)
         && agent >= ttl
     {
@@ -443,6 +561,28 @@ mod tests {
         assert!(err.contains("needs swarm = true"), "{err}");
         let typo = text.replace("\"crawl\"", "\"sulk\"");
         assert!(parse(Path::new("x.toml"), &typo).is_err());
+    }
+
+    #[test]
+    fn the_workload_table_defaults_to_new_build_deploys_only() {
+        let head = "name = \"x\"\ndescription = \"d\"\nseed = 1\nduration_s = 5.0\n";
+        let s = parse(Path::new("x.toml"), head).unwrap();
+        assert_eq!(s.workload, WorkloadSpec::default());
+        assert_eq!((s.workload.next_deploy.build, s.workload.actions.total()), (1, 0));
+        assert_eq!(s.sim_hosts, 0);
+        let text = format!(
+            "{head}sim_hosts = 50\n[workload]\nnext_deploy = {{ rollback = 2 }}\nactions = {{ pause-host = 3, config = 1 }}\nhold_s = 0.5\n"
+        );
+        let s = parse(Path::new("x.toml"), &text).unwrap();
+        let w = &s.workload;
+        assert_eq!((w.next_deploy.build, w.next_deploy.rollback, w.next_deploy.promote), (1, 2, 0));
+        assert_eq!((w.actions.pause_host, w.actions.config, w.actions.total()), (3, 1, 4));
+        assert_eq!((w.hold_s, w.action_every_s), (0.5, DEFAULT_ACTION_EVERY_S));
+        assert_eq!((s.sim_hosts, s.sim_max_parallel), (50, DEFAULT_SIM_MAX_PARALLEL));
+        let typo = text.replace("pause-host", "pause-hosts");
+        assert!(parse(Path::new("x.toml"), &typo).is_err(), "unknown actions are refused");
+        let nothing = format!("{head}[workload]\nnext_deploy = {{ build = 0 }}\n");
+        assert!(parse(Path::new("x.toml"), &nothing).is_err(), "the driver needs something to do");
     }
 
     #[test]

@@ -19,11 +19,16 @@ use crate::checkers::Published;
 use crate::history::{
     Edge, HostRow, Op, OpKind, Outcome, ProgressSample, StatusSample, journal_line,
 };
+use crate::scenario::DeployMix;
 
 /// The environment every stage of a run lives in.
 pub const ENV: &str = "chaos";
 /// The stage the rolling deploys target.
 pub const STAGE: &str = "prod";
+/// The hostless stage whose deploys are promoted to [`STAGE`].
+pub const STAGING: &str = "staging";
+/// The simulated hosts' stage.
+pub const SIM_STAGE: &str = "sim";
 /// Timeout of one recorded operation; past it the outcome is unknown.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between a register client's operations (uniform in this range, milliseconds).
@@ -263,15 +268,7 @@ pub async fn setup_stages(
     keys: u32,
 ) -> Result<(), WorkloadError> {
     use reqwest::Method;
-    let stage = json!({"envName": ENV, "stageName": STAGE, "maxParallel": max_parallel, "buildName": "svc"});
-    api.until_ok("creating the deploy stage", Method::POST, "/v1/envs", Some(&stage)).await?;
-    api.until_ok(
-        "setting the stage's capacity",
-        Method::PUT,
-        &format!("/v1/envs/{ENV}/{STAGE}/capacity?capacityType=GROUP"),
-        Some(&json!([group])),
-    )
-    .await?;
+    create_stage(api, STAGE, Some(group), max_parallel).await?;
     for k in 1..=keys {
         let value = format!("initial-{k}");
         let body = json!({"envName": ENV, "stageName": register_stage(k), "description": value});
@@ -286,6 +283,28 @@ pub async fn setup_stages(
             outcome: Outcome::Ok,
             error: None,
         });
+    }
+    Ok(())
+}
+
+/// Creates a deploy stage with `max_parallel`, and `group` as its capacity if given.
+pub async fn create_stage(
+    api: &Api,
+    stage: &str,
+    group: Option<&str>,
+    max_parallel: u32,
+) -> Result<(), WorkloadError> {
+    use reqwest::Method;
+    let body = json!({"envName": ENV, "stageName": stage, "maxParallel": max_parallel, "buildName": "svc"});
+    api.until_ok(&format!("creating stage {stage}"), Method::POST, "/v1/envs", Some(&body)).await?;
+    if let Some(group) = group {
+        api.until_ok(
+            &format!("setting the capacity of stage {stage}"),
+            Method::PUT,
+            &format!("/v1/envs/{ENV}/{stage}/capacity?capacityType=GROUP"),
+            Some(&json!([group])),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -395,15 +414,16 @@ pub async fn prepare_build_sized(
 
 /// Publishes `build` as a build record, recording each attempt, until acknowledged (an
 /// unknown outcome is resolved by looking the commit up). Returns the build id, or `None` if
-/// `stop` was raised first.
+/// `stop` was raised first. `salt` tells apart the commits of publishers of the same builds.
 async fn publish(
     api: &Api,
     rec: &Recorder,
     rng: &mut StdRng,
     build: &PreparedBuild,
+    salt: u128,
     stop: &watch::Receiver<bool>,
 ) -> Option<String> {
-    let commit = format!("{:040x}", u128::from(build.number) + 0xc4a05);
+    let commit = format!("{:040x}", u128::from(build.number) + 0xc4a05 + (salt << 64));
     let body = json!({"name": "svc", "artifactUrl": build.url, "commit": commit, "branch": "main",
                       "repo": "chaos/svc", "artifactBlake3": build.blake3, "artifactSize": build.size});
     while !*stop.borrow() {
@@ -440,16 +460,17 @@ async fn publish(
     None
 }
 
-/// Starts a deploy of `build_id`, recording each attempt, until acknowledged (an unknown
-/// outcome is resolved by reading the stage's current deploy).
-async fn start_deploy(
+/// Starts a deploy of `build_id` on `stage`, recording each attempt, until acknowledged (an
+/// unknown outcome is resolved by reading the stage's current deploy).
+pub(crate) async fn start_deploy(
     api: &Api,
     rec: &Recorder,
     rng: &mut StdRng,
+    stage: &str,
     build_id: &str,
     stop: &watch::Receiver<bool>,
 ) -> Option<String> {
-    let path = format!("/v1/envs/{ENV}/{STAGE}/deploys?buildId={build_id}");
+    let path = format!("/v1/envs/{ENV}/{stage}/deploys?buildId={build_id}");
     while !*stop.borrow() {
         let node = pick(rng, &api.nodes());
         let invoke_us = rec.clock.now_us();
@@ -475,7 +496,7 @@ async fn start_deploy(
             && let Ok(Some(cur)) = api
                 .get_opt(
                     "reading the current deploy",
-                    &format!("/v1/envs/{ENV}/{STAGE}/deploys/current"),
+                    &format!("/v1/envs/{ENV}/{stage}/deploys/current"),
                 )
                 .await
             && cur["buildId"] == build_id
@@ -488,14 +509,19 @@ async fn start_deploy(
     None
 }
 
-fn pick(rng: &mut StdRng, nodes: &[u64]) -> u64 {
+pub(crate) fn pick(rng: &mut StdRng, nodes: &[u64]) -> u64 {
     nodes[rng.random_range(0..nodes.len())]
 }
 
-/// The stage's hosts now (a linearizable read from any node that answers).
+/// The deploy stage's hosts now (a linearizable read from any node that answers).
 pub async fn hosts_now(api: &Api) -> Option<Vec<HostRow>> {
+    hosts_of(api, STAGE).await
+}
+
+/// `stage`'s hosts now (a linearizable read from any node that answers).
+pub async fn hosts_of(api: &Api, stage: &str) -> Option<Vec<HostRow>> {
     for node in api.nodes() {
-        let path = format!("/v1/envs/{ENV}/{STAGE}/agents");
+        let path = format!("/v1/envs/{ENV}/{stage}/agents");
         if let Answer::Ok(v) =
             api.call(node, reqwest::Method::GET, &path, None, SAMPLE_TIMEOUT).await
         {
@@ -538,17 +564,36 @@ pub struct DriverLog {
     pub published: BTreeMap<String, Published>,
 }
 
-/// Publishes builds and deploys them to the stage, one at a time.
+/// Publishes builds and deploys them to a stage, one at a time.
 #[derive(Clone)]
 pub struct Driver {
     pub api: Api,
     pub rec: Recorder,
+    /// The stage it deploys to.
+    pub stage: String,
     /// Hosts in the stage.
     pub hosts: usize,
+    /// What follows a settled deploy (a new build, a rollback, a promotion).
+    pub mix: DeployMix,
+    /// Tells apart this driver's build commits from another driver's of the same builds.
+    pub commit_salt: u128,
     pub log: Arc<Mutex<DriverLog>>,
 }
 
 impl Driver {
+    /// A driver of `stage`'s `hosts` with only new-build deploys.
+    pub fn new(api: Api, rec: Recorder, stage: &str, hosts: usize, commit_salt: u128) -> Self {
+        Driver {
+            api,
+            rec,
+            stage: stage.to_string(),
+            hosts,
+            mix: DeployMix::default(),
+            commit_salt,
+            log: Arc::default(),
+        }
+    }
+
     /// Publishes one build and deploys it, waiting until every host settled or `stop`.
     /// Returns the deploy id.
     pub async fn deploy_once(
@@ -557,18 +602,40 @@ impl Driver {
         build: &PreparedBuild,
         stop: &watch::Receiver<bool>,
     ) -> Option<String> {
-        let build_id = publish(&self.api, &self.rec, rng, build, stop).await?;
-        {
-            let mut log = self.log.lock().unwrap();
-            let p = Published { blake3: build.blake3.clone(), files: build.files.clone() };
-            log.published.insert(build_id.clone(), p);
-            log.builds.insert(build.number, build_id.clone());
-        }
-        let deploy = start_deploy(&self.api, &self.rec, rng, &build_id, stop).await?;
+        let build_id = self.publish(rng, build, stop).await?;
+        let deploy = start_deploy(&self.api, &self.rec, rng, &self.stage, &build_id, stop).await?;
+        self.settle(deploy, stop).await
+    }
+
+    /// Publishes `build` and notes what it holds; answers its id.
+    pub(crate) async fn publish(
+        &self,
+        rng: &mut StdRng,
+        build: &PreparedBuild,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<String> {
+        let build_id = publish(&self.api, &self.rec, rng, build, self.commit_salt, stop).await?;
+        let mut log = self.log.lock().unwrap();
+        let p = Published { blake3: build.blake3.clone(), files: build.files.clone() };
+        log.published.insert(build_id.clone(), p);
+        log.builds.insert(build.number, build_id.clone());
+        Some(build_id)
+    }
+
+    /// Notes `deploy` as the stage's newest and waits until every host settled on it, up to
+    /// [`DEPLOY_SETTLE_WAIT`] or `stop`.
+    pub(crate) async fn settle(
+        &self,
+        deploy: String,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<String> {
         self.log.lock().unwrap().deploys.push(deploy.clone());
         let deadline = Instant::now() + DEPLOY_SETTLE_WAIT;
         while !*stop.borrow() && Instant::now() < deadline {
-            if hosts_now(&self.api).await.is_some_and(|r| settled(&r, &deploy, self.hosts)) {
+            if hosts_of(&self.api, &self.stage)
+                .await
+                .is_some_and(|r| settled(&r, &deploy, self.hosts))
+            {
                 break;
             }
             tokio::time::sleep(PROGRESS_EVERY).await;
@@ -576,14 +643,34 @@ impl Driver {
         Some(deploy)
     }
 
-    /// Rolling deploys back to back until `stop`: each a new build.
+    /// Deploys back to back until `stop` or the builds run out: after each settled deploy, a
+    /// new build, a rollback to the previous deploy or a promotion of a new build from the
+    /// staging stage, drawn by the mix's weights.
     pub async fn run(self, seed: u64, builds: Vec<PreparedBuild>, stop: watch::Receiver<bool>) {
         let mut rng = StdRng::seed_from_u64(seed);
-        for build in &builds {
-            if *stop.borrow() {
+        let mut builds = builds.iter();
+        while !*stop.borrow() {
+            let previous = {
+                let log = self.log.lock().unwrap();
+                log.deploys.len().checked_sub(2).map(|i| log.deploys[i].clone())
+            };
+            let m = &self.mix;
+            let rollback = if previous.is_some() { m.rollback } else { 0 };
+            let total = m.build + rollback + m.promote;
+            let roll = if total == 0 { 0 } else { rng.random_range(0..total) };
+            let done = if roll < m.build || total == 0 {
+                let Some(build) = builds.next() else { return };
+                self.deploy_once(&mut rng, build, &stop).await
+            } else if roll < m.build + rollback {
+                let to = previous.expect("weighted only with a previous deploy");
+                crate::actions::rollback(&self, &mut rng, &to, &stop).await
+            } else {
+                let Some(build) = builds.next() else { return };
+                crate::actions::promote(&self, &mut rng, build, &stop).await
+            };
+            if done.is_none() {
                 return;
             }
-            self.deploy_once(&mut rng, build, &stop).await;
         }
     }
 }
@@ -688,19 +775,31 @@ where
     out
 }
 
-/// Samples the stage's hosts until `stop`.
+/// Samples the deploy stage's hosts until `stop`.
 pub async fn progress_sampler(
     api: Api,
     clock: Clock,
     out: Arc<Mutex<Vec<ProgressSample>>>,
     stop: watch::Receiver<bool>,
 ) {
+    progress_sampler_of(api, STAGE, PROGRESS_EVERY, clock, out, stop).await
+}
+
+/// Samples `stage`'s hosts `every` so often until `stop`.
+pub async fn progress_sampler_of(
+    api: Api,
+    stage: &str,
+    every: Duration,
+    clock: Clock,
+    out: Arc<Mutex<Vec<ProgressSample>>>,
+    stop: watch::Receiver<bool>,
+) {
     while !*stop.borrow() {
         let t_us = clock.now_us();
-        if let Some(rows) = hosts_now(&api).await {
+        if let Some(rows) = hosts_of(&api, stage).await {
             out.lock().unwrap().push(ProgressSample { t_us, rows });
         }
-        tokio::time::sleep(PROGRESS_EVERY).await;
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -16,11 +16,28 @@ async fn the_quick_subset_holds_every_invariant() {
     assert!(r.recovery.iter().all(|x| x.leader_ms.is_some() && x.writes_ms.is_some()), "{r:?}");
     // The journals really show the rollout using its parallelism: one slot fewer and the
     // checker objects (so a slot too many would not go unseen).
-    let spans =
-        checkers::deploy_spans(&checkers::hook_intervals(&recorded.journal, r.timing.run_end_us));
+    // The operator paused and reset hosts: spans are judged as the run judged them (a
+    // user-paused host holds no slot, a reset host starts a new span).
+    let acts = checkers::host_actions(&recorded.ops);
+    let hooks = checkers::hook_intervals(&recorded.journal, r.timing.run_end_us);
+    let spans = checkers::without_paused(&checkers::deploy_spans_with(&hooks, &acts), &acts);
     let exempt: BTreeSet<String> = [r.first_deploy.clone()].into();
     assert!(checkers::parallelism(&spans, 2, &exempt).passed());
     assert_eq!(checkers::parallelism(&spans, 1, &exempt).status, Status::Fail);
+    // The operator's actions happened, through the fault, and were acknowledged.
+    let ok = &r.operations.ok_by_kind;
+    for kind in [
+        "pause-stage",
+        "resume-stage",
+        "host-paused_by_user",
+        "host-normal",
+        "host-reset",
+        "config",
+    ] {
+        assert!(ok.get(kind).is_some_and(|&n| n > 0), "no acknowledged {kind}: {ok:?}");
+    }
+    let deploy_actions = ok.get("rollback").unwrap_or(&0) + ok.get("promote").unwrap_or(&0);
+    assert!(deploy_actions > 0, "neither a rollback nor a promotion: {ok:?}");
 
     let (r, _) = run_scenario("leader-isolated").await;
     assert!(r.links[&LinkClass::Raft].dropped_blocked_port > 0, "the leader's own dials were cut");

@@ -27,6 +27,11 @@ fn r(key: &str, value: Option<&str>, invoke: u64, complete: u64) -> Op {
 
 use Outcome::{Failed, Ok as Acked, Unknown};
 
+/// An operation of `kind` from 0 to 1 µs.
+fn op(kind: OpKind, outcome: Outcome) -> Op {
+    Op { process: 0, node: 1, kind, invoke_us: 0, complete_us: 1, outcome, error: None }
+}
+
 // --- linearizability --------------------------------------------------------------------------
 
 #[test]
@@ -163,15 +168,6 @@ fn durability_needs_the_last_acknowledged_write_or_a_later_one() {
 
 #[test]
 fn durability_needs_every_acknowledged_creation() {
-    let op = |kind, outcome| Op {
-        process: 0,
-        node: 1,
-        kind,
-        invoke_us: 0,
-        complete_us: 1,
-        outcome,
-        error: None,
-    };
     let h = vec![
         op(OpKind::CreateBuild { id: Some("b1".into()) }, Acked),
         op(OpKind::CreateDeploy { build: "b1".into(), id: Some("d1".into()) }, Acked),
@@ -247,6 +243,109 @@ fn spans_catch_a_host_admitted_while_another_is_between_steps() {
     let none = BTreeSet::new();
     assert!(parallelism(&hooks, 1, &none).passed(), "hook by hook it looks fine");
     assert_eq!(parallelism(&deploy_spans(&hooks), 1, &none).status, Status::Fail);
+}
+
+fn host_op(host: &str, action: &str, invoke: u64, complete: u64, outcome: Outcome) -> Op {
+    let kind = OpKind::HostAction { host: host.into(), action: action.into() };
+    Op { invoke_us: invoke, complete_us: complete, ..op(kind, outcome) }
+}
+
+#[test]
+fn a_user_paused_host_holds_no_slot_only_while_paused() {
+    // Limit 2; c's hook runs on while c is paused by the user, and b is admitted meanwhile.
+    let hooks = vec![iv("a", "d", 0, 100), iv("c", "d", 0, 60), iv("b", "d", 30, 90)];
+    let none = BTreeSet::new();
+    let judge = |ops: &[Op]| {
+        parallelism(&without_paused(&deploy_spans(&hooks), &host_actions(ops)), 2, &none)
+    };
+    assert_eq!(judge(&[]).status, Status::Fail, "without the pause it is a violation");
+    let paused =
+        [host_op("c", "PAUSED_BY_USER", 20, 25, Acked), host_op("c", "NORMAL", 70, 75, Acked)];
+    assert!(judge(&paused).passed(), "{:?}", judge(&paused));
+    // A refused pause changed nothing.
+    let refused =
+        [host_op("c", "PAUSED_BY_USER", 20, 25, Failed), host_op("c", "NORMAL", 70, 75, Acked)];
+    assert_eq!(judge(&refused).status, Status::Fail);
+    // Resumed before b came: c held its slot again.
+    let resumed =
+        [host_op("c", "PAUSED_BY_USER", 5, 8, Acked), host_op("c", "NORMAL", 10, 12, Acked)];
+    assert_eq!(judge(&resumed).status, Status::Fail);
+    // A resume refused (no free slot) does not end the pause; the acknowledged one does.
+    let retried = [
+        host_op("c", "PAUSED_BY_USER", 20, 25, Acked),
+        host_op("c", "NORMAL", 26, 27, Failed),
+        host_op("c", "NORMAL", 95, 96, Acked),
+    ];
+    assert!(judge(&retried).passed());
+    // An unknown pause may land late: it lasts until the host's last acknowledged NORMAL.
+    let acts = host_actions(&[
+        host_op("c", "PAUSED_BY_USER", 20, 25, Unknown),
+        host_op("c", "NORMAL", 40, 45, Acked),
+        host_op("c", "NORMAL", 80, 85, Acked),
+    ]);
+    assert_eq!(acts.paused["c"], vec![(20, 85)]);
+    // A pause cuts an interval in two.
+    let cut = without_paused(&[iv("c", "d", 0, 100)], &host_actions(&paused));
+    assert_eq!(cut, vec![iv("c", "d", 0, 20), iv("c", "d", 75, 100)]);
+}
+
+#[test]
+fn a_reset_host_starts_a_new_span() {
+    // Limit 2: a finished d at 10, was reset at 50 and deployed d again from 60 to 70; b and
+    // c deployed from 20 to 40, while a held no slot.
+    let hooks = vec![
+        iv("a", "d", 0, 5),
+        iv("a", "d", 5, 10),
+        iv("a", "d", 60, 70),
+        iv("b", "d", 20, 40),
+        iv("c", "d", 20, 40),
+    ];
+    let none = BTreeSet::new();
+    let reset = host_actions(&[host_op("a", "RESET", 50, 52, Acked)]);
+    assert_eq!(parallelism(&deploy_spans(&hooks), 2, &none).status, Status::Fail);
+    let spans = deploy_spans_with(&hooks, &reset);
+    assert_eq!(spans[..2], [iv("a", "d", 0, 10), iv("a", "d", 60, 70)]);
+    assert!(parallelism(&spans, 2, &none).passed());
+    // Its second run overlapping two others is still caught.
+    let mut late = hooks.clone();
+    late.push(iv("b", "d", 55, 75));
+    late.push(iv("c", "d", 55, 75));
+    assert_eq!(parallelism(&deploy_spans_with(&late, &reset), 2, &none).status, Status::Fail);
+    // A refused reset does not split.
+    let refused = host_actions(&[host_op("a", "RESET", 50, 52, Failed)]);
+    assert_eq!(parallelism(&deploy_spans_with(&hooks, &refused), 2, &none).status, Status::Fail);
+}
+
+#[test]
+fn deploys_made_by_actions_and_stage_settings_are_durable() {
+    let h = vec![
+        op(OpKind::Rollback { to: "d1".into(), id: Some("d2".into()) }, Acked),
+        op(OpKind::Promote { from: "s1".into(), id: Some("d3".into()) }, Acked),
+        Op {
+            invoke_us: 10,
+            complete_us: 20,
+            ..op(OpKind::Config { key: "c".into(), value: "1".into() }, Acked)
+        },
+        Op {
+            invoke_us: 30,
+            complete_us: 40,
+            ..op(OpKind::Config { key: "c".into(), value: "2".into() }, Acked)
+        },
+    ];
+    let none = BTreeSet::new();
+    let deploys: BTreeSet<String> = ["d2".to_string(), "d3".to_string()].into();
+    let finals = |v: &str| -> BTreeMap<String, Option<String>> {
+        [("c".to_string(), Some(v.to_string()))].into()
+    };
+    assert!(durability(&h, &finals("2"), &none, &deploys).passed());
+    let v = durability(&h, &finals("2"), &none, &["d2".to_string()].into());
+    assert!(v.violations[0].contains("deploy d3"), "{v:?}");
+    let v = durability(&h, &finals("1"), &none, &deploys);
+    assert!(v.violations[0].contains("was lost"), "a setting went back: {v:?}");
+    // The setting is a register for the linearizability search too.
+    let mut read_back = h.clone();
+    read_back.push(r("c", Some("1"), 50, 60));
+    assert_eq!(linearizable(&read_back).status, Status::Fail);
 }
 
 // --- convergence ------------------------------------------------------------------------------
