@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use p2p_transfer::blob::{BlobSpec, BlobStore, ReserveError, StoreConfig};
 use p2p_transfer::swarm::{
-    BlobNode, Download, DownloadError, DownloadOptions, NodeConfig, NodeTls, PeerId, PeerInfo,
-    PeerRole, ServeFault, UPLOAD_QUEUE_MAX,
+    BlobNode, CONNECT_TIMEOUT, Download, DownloadError, DownloadOptions, NodeConfig, NodeTls,
+    PeerId, PeerInfo, PeerRole, ServeFault, UPLOAD_QUEUE_MAX,
 };
 use p2p_transfer::tls::{self, ClusterCa};
 use p2p_transfer::wire::{self, CLOSE_PROTOCOL_VIOLATION};
@@ -178,6 +178,32 @@ async fn two_groups_that_never_meet_each_get_the_blob_from_the_origin() {
         let copies = stats.uploaded_bytes as f64 / spec.size as f64;
         assert!(stats.repeats_declined > 0, "{stats:?}");
         assert!((2.0..4.0).contains(&copies), "origin sent {copies:.2} copies");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_answers_holds_the_peers_back_only_for_the_head_start() {
+    guarded(async {
+        let cluster = Cluster::new();
+        // A bound UDP socket that reads nothing: dialing it lasts the whole CONNECT_TIMEOUT.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let silent_origin =
+            PeerInfo { peer: PeerId(silent.local_addr().unwrap()), role: PeerRole::Origin };
+        let seeder = cluster.host(|_, _| {});
+        let data = test_data(MIB, 12);
+        let spec = seeder.import(&data);
+        let host = cluster.host(|_, _| {});
+        let download = host.download(spec, vec![silent_origin, seeder.peer(PeerRole::Peer)]).await;
+        // Peers wait for an origin dial at most ORIGIN_HEAD_START (200 ms), so the blob
+        // arrives from the seeder while the origin's first dial is still under way (it ends
+        // only after CONNECT_TIMEOUT, 5 s), not after the origin was given up.
+        let report = tokio::time::timeout(CONNECT_TIMEOUT, download.finish())
+            .await
+            .expect("the download waited for the silent origin's dial")
+            .unwrap();
+        assert_eq!(report.blob.read_to_vec().unwrap(), data);
+        assert_eq!(host.node.stats().downloaded_from_origin_bytes, 0);
     })
     .await;
 }

@@ -35,6 +35,12 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_DIALS: u32 = 3;
 /// Pause before re-dialing a peer whose connection failed or ended.
 pub const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest time a download talks to its origins alone: peers are dialed once an origin has
+/// answered a first request (or said it holds nothing) or no origin can be reached, and after
+/// this long at the latest. A flash crowd's peer handshakes would otherwise queue ahead of
+/// the origin's handshake and first pieces on a loaded host, and until an origin has sent
+/// those, no peer has anything to give.
+pub const ORIGIN_HEAD_START: Duration = Duration::from_millis(200);
 /// The driver wakes at least this often to check for a stall.
 const DRIVER_TICK: Duration = Duration::from_millis(250);
 
@@ -258,6 +264,8 @@ impl BlobNode {
                     wanted: HashMap::new(),
                     links: HashMap::new(),
                     dialing: HashSet::new(),
+                    held_back: None,
+                    origin_answered: false,
                     dial_attempts: HashMap::new(),
                     dials: JoinSet::new(),
                     requests: HashMap::new(),
@@ -303,6 +311,10 @@ struct Driver {
     /// Peers with a link we subscribed on.
     links: HashMap<PeerId, Arc<Link>>,
     dialing: HashSet<PeerId>,
+    /// Peers not dialed yet while an origin is ([`ORIGIN_HEAD_START`]), and until when.
+    held_back: Option<(Instant, Vec<PeerId>)>,
+    /// An origin answered a request or said it holds nothing: peers may be dialed.
+    origin_answered: bool,
     dial_attempts: HashMap<PeerId, u32>,
     dials: JoinSet<(PeerId, Result<Arc<Link>, ConnectError>)>,
     requests: HashMap<(PeerId, u32), AbortHandle>,
@@ -352,13 +364,18 @@ impl Driver {
     async fn run_inner(&mut self) -> Result<DownloadReport, DownloadError> {
         loop {
             let now = now();
+            if let Some((until, _)) = &self.held_back
+                && (now >= *until || !self.origin_pending())
+            {
+                self.release_held_back();
+            }
             while let Some(action) = self.core.poll_action(now) {
                 self.act(action);
             }
             if self.core.is_complete() {
                 return self.finalize().await;
             }
-            if self.core.can_progress(now) || !self.dialing.is_empty() {
+            if self.core.can_progress(now) || !self.dialing.is_empty() || self.held_back.is_some() {
                 self.stalled_since = None;
             } else {
                 let since = *self.stalled_since.get_or_insert(now);
@@ -370,8 +387,11 @@ impl Driver {
                     });
                 }
             }
-            let wake =
+            let mut wake =
                 self.core.poll_timeout().map_or(now + DRIVER_TICK, |t| t.min(now + DRIVER_TICK));
+            if let Some((until, _)) = &self.held_back {
+                wake = wake.min(*until);
+            }
             tokio::select! {
                 event = self.rx.recv() => match event {
                     Some(event) => self.handle_event(event)?,
@@ -433,6 +453,7 @@ impl Driver {
             Err(FetchFailure::Store(_)) => 0,
         };
         if self.wanted.get(&peer) == Some(&PeerRole::Origin) {
+            self.origin_answered = true;
             self.node.counters.downloaded_from_origin_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         match result {
@@ -494,6 +515,7 @@ impl Driver {
             }
             DownloadEvent::DontHave { peer } => {
                 if self.links.contains_key(&peer) {
+                    self.origin_answered |= self.wanted.get(&peer) == Some(&PeerRole::Origin);
                     self.core.handle_dont_have(peer, now);
                 }
             }
@@ -514,7 +536,35 @@ impl Driver {
             if self.wanted.insert(peer, role) != Some(role) {
                 if self.links.contains_key(&peer) {
                     self.core.handle_peer_joined(peer, role, now);
+                } else if role == PeerRole::Peer && self.dialing_origin() {
+                    let (_, held) =
+                        self.held_back.get_or_insert_with(|| (now + ORIGIN_HEAD_START, Vec::new()));
+                    held.push(peer);
                 } else {
+                    self.dial(peer, None);
+                }
+            }
+        }
+    }
+
+    /// Whether an origin's link is being dialed.
+    fn dialing_origin(&self) -> bool {
+        self.dialing.iter().any(|peer| self.wanted.get(peer) == Some(&PeerRole::Origin))
+    }
+
+    /// Whether peers should still wait for an origin: it is being dialed, or linked and has
+    /// not answered yet.
+    fn origin_pending(&self) -> bool {
+        let linked = self.links.keys().any(|peer| self.wanted.get(peer) == Some(&PeerRole::Origin));
+        self.dialing_origin() || (linked && !self.origin_answered)
+    }
+
+    /// Dials the peers held back for an origin ([`ORIGIN_HEAD_START`]).
+    fn release_held_back(&mut self) {
+        if let Some((_, peers)) = self.held_back.take() {
+            debug!(n_peers = peers.len(), "dialing the peers held back for the origin");
+            for peer in peers {
+                if !self.links.contains_key(&peer) {
                     self.dial(peer, None);
                 }
             }
