@@ -71,6 +71,13 @@ fn signal_all(pids: &[u32], signal: nix::sys::signal::Signal) {
     }
 }
 
+/// Writes every dirty page of the machine back to disk before a measured run, so that a run
+/// does not pay for the writeback of the previous one's data (ours or etcd's: etcd, paused
+/// while we run, still has its page cache written back by the kernel behind our fsyncs).
+fn settle_disk() {
+    nix::unistd::sync();
+}
+
 /// Like [`write_path_compare`], with `ours_pids` (our node processes) paused (SIGSTOP) while etcd
 /// is measured. Not used by `tt bench write`: pausing a Raft cluster makes it elect a new leader
 /// when it resumes, which then costs our next run a forwarding hop and failed writes.
@@ -93,12 +100,14 @@ pub async fn write_path_compare_paused(
         let etcd_pids = etcd.as_ref().map(|e| e.pids()).unwrap_or_default();
         if let Some(base_url) = &ours_base_url {
             signal_all(&etcd_pids, Signal::SIGSTOP);
+            settle_disk();
             let target = ours::BuildPublish { base_url: base_url.clone() };
             reports.push(loadgen::run(&spec, Arc::new(target)).await);
             signal_all(&etcd_pids, Signal::SIGCONT);
         }
         if let Some(cluster) = &etcd {
             signal_all(ours_pids, Signal::SIGSTOP);
+            settle_disk();
             let base_url = cluster.leader_client_url().await?;
             let key_prefix = format!("bench/n{concurrency}/");
             let target = etcd::EtcdPut { base_url, key_prefix };
