@@ -12,6 +12,8 @@
 //!
 //! - agent ↔ agent (with the swarm on): each agent's `tt-blob/1` port behind a proxy of its
 //!   own, which it advertises; bad peers the same way (`swarm_lab`, `badpeer`).
+//! - agent → origin (with the swarm on): each node's blob origin behind a proxy it advertises,
+//!   shared by the agents, where a cut agent's ports are dropped as on the agent proxies.
 //!
 //! Cuts are declared ([`Cuts`]) and [`Lab::apply`] turns them, with the link quality per class,
 //! into each proxy's faults; call it again after processes restart (their ports change).
@@ -24,7 +26,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use ops::client::Client;
-use ops::devcluster::{Advertise, DevCluster, Spec};
+use ops::devcluster::{Advertise, DevCluster, Spec, SwarmAdvertise};
 use ops::devfleet::{AgentSpec, DevAgent};
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +173,8 @@ pub struct Lab {
     raft_proxies: Vec<Proxy>,
     /// In front of node i + 1's agent port: what followers redirect agents to.
     agent_proxies: Vec<Proxy>,
+    /// In front of each node's blob origin (with the swarm on): agents reach it only here.
+    origin_proxies: Vec<Proxy>,
     pub agents: Vec<LabAgent>,
     cuts: Cuts,
     quality: BTreeMap<LinkClass, LinkFaults>,
@@ -232,10 +236,25 @@ impl Lab {
             raft_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "raft", i)).await?);
             agent_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "agent", i)).await?);
         }
+        // With the swarm on, each node's blob origin listens behind a proxy too, and the
+        // tracker hands agents the proxy.
+        let mut origin_proxies = Vec::new();
+        let mut origins = Vec::new();
+        for i in 0..NODES {
+            if spec.swarm {
+                let (listen, proxy) =
+                    swarm_lab::listen_behind_proxy(sub_seed(spec.seed, "origin", i)).await?;
+                origins.push(Some(SwarmAdvertise { listen, advertise: proxy.addr() }));
+                origin_proxies.push(proxy);
+            } else {
+                origins.push(None);
+            }
+        }
         let advertise = raft_proxies
             .iter()
             .zip(&agent_proxies)
-            .map(|(r, a)| Advertise { raft: r.addr(), agent: a.addr() })
+            .zip(origins)
+            .map(|((r, a), swarm)| Advertise { raft: r.addr(), agent: a.addr(), swarm })
             .collect();
         let mut cluster = DevCluster::start(Spec {
             nodes: NODES as usize,
@@ -243,15 +262,7 @@ impl Lab {
             base_http_port: None,
             base_raft_port: None,
             coordinator_bin: spec.coordinator_bin.clone(),
-            env: spec
-                .coordinator_env
-                .iter()
-                .cloned()
-                .chain(spec.swarm.then(|| {
-                    let (k, v) = swarm_lab::ORIGIN_ADDR_ENV;
-                    (k.to_string(), v.to_string())
-                }))
-                .collect(),
+            env: spec.coordinator_env.clone(),
             advertise: Some(advertise),
         })
         .map_err(process_err("starting the cluster"))?;
@@ -282,6 +293,7 @@ impl Lab {
             cluster,
             raft_proxies,
             agent_proxies,
+            origin_proxies,
             agents: Vec::new(),
             cuts: Cuts::default(),
             quality: BTreeMap::new(),
@@ -432,7 +444,7 @@ impl Lab {
             proxy.set_faults(f)?;
         }
         let agent_ports: BTreeSet<u16> = self.agent_ports.values().flatten().copied().collect();
-        for proxy in &self.agent_proxies {
+        for proxy in self.agent_proxies.iter().chain(&self.origin_proxies) {
             let mut f = agent_quality.clone();
             f.drop_from_ports = agent_ports.clone();
             f.drop_to_ports = agent_ports.clone();
@@ -520,7 +532,9 @@ impl Lab {
                 a.swarm_proxy.as_ref().map(|p| p.addr().to_string()).unwrap_or_default();
             (a.agent.spec.hostname.clone(), advertise, a.agent.spec.root.as_path())
         });
-        Some(SwarmReport::collect(hosts, self.bad_peers.iter().map(|b| &b.process)))
+        let mut report = SwarmReport::collect(hosts, self.bad_peers.iter().map(|b| &b.process));
+        report.origin_links = swarm_lab::stats(self.origin_proxies.iter());
+        Some(report)
     }
 
     /// `kill -9` node `id`.
@@ -719,8 +733,11 @@ impl Lab {
         for p in &self.raft_proxies {
             out.entry(LinkClass::Raft).or_default().add(&p.stats());
         }
-        let agent_side =
-            self.agent_proxies.iter().chain(self.agents.iter().flat_map(|a| &a.proxies));
+        let agent_side = self
+            .agent_proxies
+            .iter()
+            .chain(&self.origin_proxies)
+            .chain(self.agents.iter().flat_map(|a| &a.proxies));
         for p in agent_side {
             out.entry(LinkClass::Agent).or_default().add(&p.stats());
         }

@@ -2,7 +2,9 @@
 //! certificate from the cluster CA) behind a fault proxy of its own, and advertises the proxy
 //! (`swarm_advertise`), so the tracker hands the proxy to its peers and every agent ↔ agent
 //! link goes through one (link class `swarm`). Bad peers ([`crate::badpeer`]) sit behind a
-//! proxy the same way. The coordinators run the origin (`TT_SWARM_ADDR`).
+//! proxy the same way. The coordinators run the origin, each behind a proxy it advertises
+//! (`--swarm-addr`, `--swarm-advertise`), shared by the agents like the agent port's: agent
+//! link quality and agent cuts apply there too.
 //!
 //! After a run, [`SwarmReport`] says what the swarm did: per honest host the bytes it received
 //! from peers and from the origin, what it sent, the bad responses it saw and the peers it
@@ -21,8 +23,6 @@ use crate::badpeer::{BadPeerMode, BadPeerProcess, BadPeerStats};
 use crate::history::ProgressSample;
 use crate::proxy::{LinkFaults, Proxy, ProxyStats};
 
-/// The coordinators' origin address (port 0: each node picks one; the tracker hands it out).
-pub const ORIGIN_ADDR_ENV: (&str, &str) = ("TT_SWARM_ADDR", "127.0.0.1:0");
 /// Where an agent's or bad peer's certificate lives, under its root.
 pub const SWARM_TLS_DIR: &str = "swarm-tls";
 
@@ -164,6 +164,9 @@ pub struct SwarmReport {
     /// The longest DOWNLOADING step of the run (a stalled swarm shows here).
     #[serde(default)]
     pub slowest_download: Option<SlowestDownload>,
+    /// The proxies in front of the coordinators' blob origins (agents reach them only there).
+    #[serde(default)]
+    pub origin_links: ProxyStats,
 }
 
 impl SwarmReport {
@@ -190,7 +193,12 @@ impl SwarmReport {
                 BadPeerReport { mode: p.mode, advertise, stats: p.stats(), banned_by }
             })
             .collect();
-        SwarmReport { hosts, bad_peers, slowest_download: None }
+        SwarmReport {
+            hosts,
+            bad_peers,
+            slowest_download: None,
+            origin_links: ProxyStats::default(),
+        }
     }
 
     /// Bytes honest hosts received from peers (not the origin), in total.
@@ -212,10 +220,13 @@ impl SwarmReport {
         let fallbacks: u64 = self.hosts.iter().map(|h| h.stats.fallbacks).sum();
         let _ = writeln!(
             s,
-            "swarm: honest hosts received {} from peers and {} from the origin, sent each other {}; {fetched} builds fetched through the swarm, {fallbacks} read from the coordinators instead; {bad} bad responses",
+            "swarm: honest hosts received {} from peers and {} from the origin, sent each other {}; {fetched} builds fetched through the swarm, {fallbacks} read from the coordinators instead; {bad} bad responses; origin links: {} datagrams to the origins' proxies, {} back, {} dropped by cuts",
             human_bytes(self.from_peers_bytes()),
             human_bytes(origin),
             human_bytes(self.honest_uploaded_bytes()),
+            self.origin_links.to_upstream,
+            self.origin_links.to_client,
+            self.origin_links.dropped_blocked_port,
         );
         if let Some(d) = &self.slowest_download {
             let _ = writeln!(
@@ -322,11 +333,13 @@ mod tests {
                 bad(BadPeerMode::LieAboutPieces, "l:1", &[], 0),
             ],
             slowest_download: None,
+            origin_links: ProxyStats { to_upstream: 7, ..Default::default() },
         };
         assert_eq!(report.from_peers_bytes(), 600);
         assert_eq!(report.honest_uploaded_bytes(), 600);
         let text = report.summary();
         let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("origin links: 7 datagrams"), "{text}");
         assert!(lines[1].contains("flip-byte") && lines[1].contains("banned by host-1"), "{text}");
         assert!(!lines[1].contains("never fired"), "{text}");
         assert!(

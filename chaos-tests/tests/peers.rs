@@ -44,4 +44,8 @@ async fn corrupt_lying_and_crawling_peers_are_survived_and_banned() {
     assert!(swarm.from_peers_bytes() > 0, "{summary}");
     assert!(swarm.honest_uploaded_bytes() > 0, "honest hosts served each other\n{summary}");
     assert!(report.links[&LinkClass::Swarm].to_upstream > 0, "peer links went through proxies");
+    // The origin's pieces came through the proxies in front of the coordinators' origins too.
+    let from_origin: u64 = swarm.hosts.iter().map(|h| h.stats.downloaded_from_origin_bytes).sum();
+    assert!(from_origin > 0, "{summary}");
+    assert!(swarm.origin_links.to_upstream > 0 && swarm.origin_links.to_client > 0, "{summary}");
 }

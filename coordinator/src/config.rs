@@ -89,6 +89,10 @@ pub struct Config {
     /// one. Unset: no swarm; agents fetch builds from the coordinators piece by piece.
     #[serde(default)]
     pub swarm_addr: Option<SocketAddr>,
+    /// The origin's address as agents should dial it, when that is not `swarm_addr` (behind
+    /// NAT or a proxy); the tracker hands this one out. Needs `swarm_addr`.
+    #[serde(default)]
+    pub swarm_advertise: Option<SocketAddr>,
     /// Directories whose files `POST /v1/blobs/pull` may read for a `file://` URL (absolute;
     /// a path that resolves outside them is refused). Empty: `file://` pulls are refused, so a
     /// publisher cannot read the node's own files (keys, data).
@@ -247,6 +251,8 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     #[arg(long, env = "TT_SWARM_ADDR")]
     pub swarm_addr: Option<SocketAddr>,
+    #[arg(long, env = "TT_SWARM_ADVERTISE")]
+    pub swarm_advertise: Option<SocketAddr>,
     /// Directories `file://` pulls may read; repeat or separate with ';'.
     #[arg(long = "pull-file-root", env = "TT_PULL_FILE_ROOTS", value_delimiter = ';')]
     pub pull_file_roots: Vec<PathBuf>,
@@ -279,6 +285,7 @@ struct FileConfig {
     auth: Option<crate::auth::AuthMode>,
     admin_token: Option<String>,
     swarm_addr: Option<SocketAddr>,
+    swarm_advertise: Option<SocketAddr>,
     #[serde(default)]
     pull_file_roots: Vec<PathBuf>,
 }
@@ -360,6 +367,7 @@ impl Config {
             auth: o.auth.or(file.auth).unwrap_or_default(),
             admin_token: o.admin_token.clone().or(file.admin_token),
             swarm_addr: o.swarm_addr.or(file.swarm_addr),
+            swarm_advertise: o.swarm_advertise.or(file.swarm_advertise),
             pull_file_roots: if o.pull_file_roots.is_empty() {
                 file.pull_file_roots
             } else {
@@ -431,6 +439,16 @@ impl Config {
                 "swarm_addr ({addr}) must name the IP agents dial, not {}",
                 addr.ip()
             ));
+        }
+        if let Some(addr) = self.swarm_advertise {
+            if self.swarm_addr.is_none() {
+                return bad(format!("swarm_advertise ({addr}) needs swarm_addr"));
+            }
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return bad(format!(
+                    "swarm_advertise ({addr}) must be the exact IP and port agents dial"
+                ));
+            }
         }
         let members = self.parsed_members()?;
         if !members.is_empty() && !members.iter().any(|(id, _)| *id == self.node_id) {
@@ -552,5 +570,24 @@ mod tests {
         o.initial_members = vec!["1=127.0.0.1:1,127.0.0.1:2".into()];
         let c = Config::from_sources(&o).unwrap();
         assert_eq!(c.parsed_members().unwrap()[0].1.raft_addr, "127.0.0.1:2");
+
+        let mut o = base();
+        o.blob_repair_interval_ms = Some(1);
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("blob_repair_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_swarm_advertise_address_needs_the_origin_and_an_exact_address() {
+        let mut o = base();
+        o.swarm_advertise = Some("127.0.0.1:9000".parse().unwrap());
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("needs swarm_addr"), "{e}");
+        o.swarm_addr = Some("127.0.0.1:0".parse().unwrap());
+        let c = Config::from_sources(&o).unwrap();
+        assert_eq!(c.swarm_advertise, Some("127.0.0.1:9000".parse().unwrap()));
+        o.swarm_advertise = Some("0.0.0.0:9000".parse().unwrap());
+        let e = Config::from_sources(&o).unwrap_err();
+        assert!(e.to_string().contains("exact IP and port"), "{e}");
     }
 }

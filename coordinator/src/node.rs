@@ -164,6 +164,7 @@ pub async fn run(
             Some(addr) => Some(Arc::new(
                 crate::swarm::Swarm::start(
                     addr,
+                    cfg.swarm_advertise,
                     &cfg.tls_dir,
                     &cfg.data_dir,
                     crate::swarm::ORIGIN_STORE_MAX_BYTES,

@@ -55,16 +55,20 @@ pub enum SwarmStartError {
 /// One node's origin, and (on the leader) the tracker.
 pub struct Swarm {
     node: BlobNode,
+    /// What the tracker hands out for this origin.
+    advertise: SocketAddr,
     tracker: Mutex<Tracker>,
     /// Serialises imports, so two agents asking at once import a blob once.
     imports: tokio::sync::Mutex<()>,
 }
 
 impl Swarm {
-    /// Binds the origin at `addr` (a concrete IP: peers dial exactly this address; port 0
-    /// picks one) over `<data_dir>/swarm`, presenting the node's cluster certificate.
+    /// Binds the origin at `addr` (a concrete IP: peers dial exactly this address, or
+    /// `advertise` when given; port 0 picks one) over `<data_dir>/swarm`, presenting the node's
+    /// cluster certificate.
     pub fn start(
         addr: SocketAddr,
+        advertise: Option<SocketAddr>,
         tls_dir: &Path,
         data_dir: &Path,
         max_bytes: u64,
@@ -85,13 +89,19 @@ impl Swarm {
             keep_newest: usize::MAX,
         })?;
         let node = BlobNode::start(NodeConfig::origin(addr), tls, store)?;
-        info!(swarm_addr = %node.peer_id(), "blob origin started");
-        Ok(Swarm { node, tracker: Mutex::new(Tracker::default()), imports: Default::default() })
+        let advertise = advertise.unwrap_or(node.peer_id().0);
+        info!(swarm_addr = %node.peer_id(), %advertise, "blob origin started");
+        Ok(Swarm {
+            node,
+            advertise,
+            tracker: Mutex::new(Tracker::default()),
+            imports: Default::default(),
+        })
     }
 
-    /// The address agents dial for this origin.
+    /// The address agents dial for this origin (`swarm_advertise`, else where it listens).
     pub fn addr(&self) -> SocketAddr {
-        self.node.peer_id().0
+        self.advertise
     }
 
     /// The origin's byte counters.

@@ -40,6 +40,16 @@ pub struct Spec {
 pub struct Advertise {
     pub raft: SocketAddr,
     pub agent: SocketAddr,
+    /// The node's blob origin: where it listens (`--swarm-addr`) and what the tracker hands
+    /// agents (`--swarm-advertise`). `None`: as the spec's environment says.
+    pub swarm: Option<SwarmAdvertise>,
+}
+
+/// A node's blob origin behind another address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwarmAdvertise {
+    pub listen: SocketAddr,
+    pub advertise: SocketAddr,
 }
 
 /// One node of the cluster, as written to `cluster.json`.
@@ -285,6 +295,10 @@ impl DevCluster {
             .stderr(log);
         if !self.standby.contains(&n.id) {
             cmd.arg("--initial-member").arg(self.members.join(";"));
+        }
+        if let Some(swarm) = self.spec.advertise.as_ref().and_then(|adv| adv.get(i)?.swarm) {
+            cmd.arg("--swarm-addr").arg(swarm.listen.to_string());
+            cmd.arg("--swarm-advertise").arg(swarm.advertise.to_string());
         }
         for (k, v) in self.spec.env.iter().chain(self.node_env.get(&n.id).into_iter().flatten()) {
             cmd.env(k, v);
