@@ -175,6 +175,9 @@ async fn stages_builds_and_bad_input() {
         .await;
         assert_eq!(s, 201, "{d}");
         deploys.push(d["id"].as_str().unwrap().to_string());
+        // Lists sort by start date (ties by id); two deploys started in the same millisecond
+        // would have no creation order to check below.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     for (query, want) in [
         ("deployState=SUCCEEDED&deployState=ABORTED", vec![deploys[0].as_str()]),
