@@ -32,7 +32,8 @@
 //!   the time the peer's measured rate predicts for the piece (at least
 //!   [`SchedulerConfig::late_floor`]; [`SchedulerConfig::late_unmeasured`] for a peer with no
 //!   rate yet) stops counting against the download's pipeline, and its piece may be asked of
-//!   another peer at once (first, before new pieces), up to the duplicate limit. A crawling or
+//!   another peer at once (first, before new pieces), up to the duplicate limit, or of an
+//!   origin when no other peer holds it (a crawling seeder must not stall the swarm). A crawling or
 //!   silently dead peer (a killed process sends no close) therefore costs a few piece-times,
 //!   not the [`SchedulerConfig::request_timeout`], which still cancels the request itself.
 //! - **Bans:** one response that fails verification bans the peer for this blob for
@@ -571,7 +572,7 @@ impl Scheduler {
             .filter(|&p| !self.done.get(p.into()) && self.requested[p as usize] == 0)
             .collect();
         // Origins first (see the module docs); they only take pieces no peer can supply.
-        for peer in origins {
+        for &peer in &origins {
             if let Some(piece) = self.pick_new(peer, &wanted, now) {
                 return Some(self.request(peer, piece, now));
             }
@@ -579,12 +580,21 @@ impl Scheduler {
         if peers_full {
             return None;
         }
-        // Rescue late pieces first: they are what the download waits on.
+        // Rescue late pieces first: they are what the download waits on. Another peer that
+        // holds the piece comes first; when none does (its only holders crawl), an origin that
+        // holds it and has not declined it as seeded, or a crawling seeder would stall every
+        // download for as long as it lives.
         for &piece in &late {
             let asked = &self.inflight[&piece];
-            let rescuer = peers.iter().copied().find(|p| {
+            let can_rescue = |p: &PeerId| {
                 self.peers[p].have.get(piece.into()) && asked.iter().all(|r| r.peer != *p)
-            });
+            };
+            let seeded = self.seeded.get(&piece).is_some_and(|&until| until > now);
+            let rescuer = peers
+                .iter()
+                .copied()
+                .find(can_rescue)
+                .or_else(|| origins.iter().copied().filter(|_| !seeded).find(can_rescue));
             if let Some(peer) = rescuer {
                 return Some(self.request(peer, piece, now));
             }

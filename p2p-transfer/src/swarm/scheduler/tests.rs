@@ -333,6 +333,31 @@ fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
 }
 
 #[test]
+fn a_late_piece_no_other_peer_holds_is_rescued_by_the_origin() {
+    let start = Instant::now();
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        max_inflight: 1,
+        pipeline_min: 1,
+        ..SchedulerConfig::recommended(3)
+    };
+    let mut s = scheduler(4, config);
+    let (crawler, o) = (peer(1), peer(9));
+    join(&mut s, crawler, PeerRole::Peer, bits(4, 0..4), start);
+    join(&mut s, o, PeerRole::Origin, bits(4, 0..4), start);
+    let first = drain(&mut s, start);
+    assert!(requests_to(&first, o).is_empty(), "pieces a peer holds are left to it: {first:?}");
+    let [stuck] = requests_to(&first, crawler)[..] else { panic!("{first:?}") };
+    // The crawler never answers; with no measured rate its request is late after
+    // LATE_UNMEASURED, and no other peer holds the piece.
+    let late = start + LATE_UNMEASURED;
+    assert!(drain(&mut s, late - Duration::from_millis(1)).is_empty());
+    s.handle_timeout(late);
+    let rescue = drain(&mut s, late);
+    assert_eq!(requests_to(&rescue, o).first(), Some(&stuck), "{rescue:?}");
+}
+
+#[test]
 fn the_pipeline_covers_bandwidth_times_delay() {
     let start = Instant::now();
     // A long fat link: the download-wide cap must not be what limits the pipeline here.
