@@ -289,16 +289,21 @@ fn peers_that_leave_free_their_requests_and_newcomers_get_work() {
     assert_eq!(requests_to(&drain(&mut s, now), b).len(), PIPELINE_MIN as usize);
 }
 
-#[test]
-fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
-    let start = Instant::now();
+/// A scheduler of `n_pieces` that keeps one peer request in flight, in rarest order.
+fn one_request_at_a_time(n_pieces: u32) -> Scheduler {
     let config = SchedulerConfig {
         random_first_pieces: 0,
         max_inflight: 1,
         pipeline_min: 1,
         ..SchedulerConfig::recommended(3)
     };
-    let mut s = scheduler(4, config);
+    scheduler(n_pieces, config)
+}
+
+#[test]
+fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
+    let start = Instant::now();
+    let mut s = one_request_at_a_time(4);
     let (a, b) = (peer(1), peer(2));
     join(&mut s, a, PeerRole::Peer, bits(4, 0..4), start);
     // `a` delivers one piece in 100 ms (2.5 MiB/s), then sits on the next request.
@@ -335,13 +340,7 @@ fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
 #[test]
 fn a_late_piece_no_other_peer_holds_is_rescued_by_the_origin() {
     let start = Instant::now();
-    let config = SchedulerConfig {
-        random_first_pieces: 0,
-        max_inflight: 1,
-        pipeline_min: 1,
-        ..SchedulerConfig::recommended(3)
-    };
-    let mut s = scheduler(4, config);
+    let mut s = one_request_at_a_time(4);
     let (crawler, o) = (peer(1), peer(9));
     join(&mut s, crawler, PeerRole::Peer, bits(4, 0..4), start);
     join(&mut s, o, PeerRole::Origin, bits(4, 0..4), start);
