@@ -14,6 +14,7 @@
 
 mod download;
 mod node;
+pub mod repeats;
 pub mod scheduler;
 
 pub use download::{
@@ -23,8 +24,9 @@ pub use download::{
 };
 pub use node::{
     BlobNode, CONNECT_TIMEOUT, CONTROL_QUEUE_FRAMES, ConnectError, MAX_LINKS,
-    MAX_PIECE_STREAMS_PER_LINK, NodeConfig, NodeStats, NodeTls, RECENT_UPLOADS_MAX,
-    RECOMMENDED_ORIGIN_REPEAT_WINDOW, RECOMMENDED_QUEUED_UPLOADS, RECOMMENDED_UPLOAD_SLOTS,
-    SOCKET_BUFFER_BYTES, ServeFault, StartError, UPLOAD_QUEUE_MAX, UPLOAD_SLICE_BYTES,
+    MAX_PIECE_STREAMS_PER_LINK, NodeConfig, NodeStats, NodeTls, RECOMMENDED_ORIGIN_REPEAT_WINDOW,
+    RECOMMENDED_QUEUED_UPLOADS, RECOMMENDED_UPLOAD_SLOTS, SOCKET_BUFFER_BYTES, ServeFault,
+    StartError, UPLOAD_QUEUE_MAX, UPLOAD_SLICE_BYTES,
 };
+pub use repeats::RECENT_UPLOADS_MAX;
 pub use scheduler::{PeerId, PeerRole};

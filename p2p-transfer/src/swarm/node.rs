@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
 use crate::blob::{BlobHash, BlobSpec, BlobStore, EncodePieceError, Geometry, StoreEvent};
 use crate::ratelimit::{RateLimiter, ThrottleStats};
 use crate::swarm::download::DownloadEvent;
+use crate::swarm::repeats::{RepeatDecision, RepeatGuard};
 use crate::swarm::scheduler::PeerId;
 use crate::tls::{self, ClientAuth, NodeCert, TlsConfigError};
 use crate::wire::{
@@ -62,9 +63,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most piece uploads that may wait for a slot beyond [`NodeConfig::max_concurrent_uploads`],
 /// whatever [`NodeConfig::max_queued_uploads`] says; more are answered "busy".
 pub const UPLOAD_QUEUE_MAX: usize = 256;
-/// Pieces remembered for [`NodeConfig::origin_repeat_window`]; older entries are pruned when
-/// the table grows past this.
-pub const RECENT_UPLOADS_MAX: usize = 65_536;
 /// Piece data is written to the stream in slices of this many bytes, each paid for in the
 /// upload bucket first.
 pub const UPLOAD_SLICE_BYTES: usize = 16 * 1024;
@@ -243,8 +241,8 @@ pub(crate) struct Node {
     upload: RateLimiter,
     pub download: RateLimiter,
     uploads: Arc<UploadSlots>,
-    /// When each piece was last handed out, for [`NodeConfig::origin_repeat_window`].
-    recent_uploads: Mutex<HashMap<(BlobHash, u32), tokio::time::Instant>>,
+    /// For an origin ([`NodeConfig::origin_repeat_window`]): when each piece was handed out.
+    repeats: Option<Mutex<RepeatGuard>>,
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
     dial_locks: Mutex<HashMap<PeerId, Arc<tokio::sync::Mutex<()>>>>,
     pub downloads: Mutex<HashMap<BlobHash, mpsc::Sender<DownloadEvent>>>,
@@ -323,7 +321,7 @@ impl BlobNode {
                 config.max_concurrent_uploads.max(1),
                 config.max_queued_uploads.min(UPLOAD_QUEUE_MAX),
             )),
-            recent_uploads: Mutex::new(HashMap::new()),
+            repeats: config.origin_repeat_window.map(|w| Mutex::new(RepeatGuard::new(w))),
             config,
             store,
             links: Mutex::new(HashMap::new()),
@@ -465,32 +463,25 @@ impl Node {
     /// Whether an origin may hand out `piece` now (see [`NodeConfig::origin_repeat_window`]);
     /// records the upload if so.
     fn may_repeat(&self, hash: BlobHash, piece: u32) -> bool {
-        let Some(window) = self.config.origin_repeat_window else { return true };
-        let now = tokio::time::Instant::now();
-        let mut recent = self.recent_uploads.lock().expect("recent uploads lock");
-        if recent.get(&(hash, piece)).is_some_and(|&last| now < last + window) {
-            return false;
-        }
-        if recent.len() >= RECENT_UPLOADS_MAX {
-            recent.retain(|_, &mut last| now < last + window);
-        }
-        recent.insert((hash, piece), now);
-        true
+        let Some(repeats) = &self.repeats else { return true };
+        let now = tokio::time::Instant::now().into_std();
+        let decision = repeats.lock().expect("repeats lock").decide(hash, piece, now);
+        decision == RepeatDecision::Serve
     }
 
     /// An upload recorded by [`Node::may_repeat`] did not happen (no slot, or the requester
     /// went away): the piece may be handed out again at once.
     fn forget_repeat(&self, hash: BlobHash, piece: u32) {
-        if self.config.origin_repeat_window.is_some() {
-            self.recent_uploads.lock().expect("recent uploads lock").remove(&(hash, piece));
+        if let Some(repeats) = &self.repeats {
+            repeats.lock().expect("repeats lock").forget(hash, piece);
         }
     }
 
     /// An upload finished: the repeat window starts now, when the receiver has the piece.
     fn renew_repeat(&self, hash: BlobHash, piece: u32) {
-        if self.config.origin_repeat_window.is_some() {
-            let now = tokio::time::Instant::now();
-            self.recent_uploads.lock().expect("recent uploads lock").insert((hash, piece), now);
+        if let Some(repeats) = &self.repeats {
+            let now = tokio::time::Instant::now().into_std();
+            repeats.lock().expect("repeats lock").renew(hash, piece, now);
         }
     }
 
