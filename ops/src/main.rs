@@ -376,6 +376,11 @@ fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     ops::ensure_crypto_provider();
+    // The CLI logs nothing unless asked: `TT_LOG=p2p_transfer=debug tt bench swarm …` shows
+    // what the in-process swarm does (the coordinator reads the same variable).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TT_LOG") {
+        telemetry::log::init(None, filter);
+    }
     let rt = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let code = match rt.block_on(run(cli, &matches)) {
         Ok(code) => code,

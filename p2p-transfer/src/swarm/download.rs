@@ -17,7 +17,7 @@ use bao_tree::io::{BaoContentItem, DecodeError};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
-use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, trace, warn};
 
 use crate::blob::{
     BeginDownload, Bitfield, BlobHash, BlobSpec, CompleteBlob, FinalizeError, GroupWriteError,
@@ -422,6 +422,7 @@ impl Driver {
                     self.core.handle_piece_failed(peer, piece, Failure::Transport, now());
                     return;
                 };
+                trace!(%peer, piece, "request");
                 let node = self.node.clone();
                 let partial = self.partial.clone();
                 let span =
@@ -433,6 +434,7 @@ impl Driver {
                 self.requests.insert((peer, piece), handle);
             }
             Action::Cancel { peer, piece } => {
+                trace!(%peer, piece, "cancel");
                 if let Some(handle) = self.requests.remove(&(peer, piece)) {
                     handle.abort();
                 }
@@ -458,6 +460,7 @@ impl Driver {
         }
         match result {
             Ok(bytes) => {
+                trace!(%peer, piece, bytes, "piece received");
                 self.bytes_received += bytes;
                 self.core.handle_piece_received(peer, piece, now);
                 self.publish_progress();
