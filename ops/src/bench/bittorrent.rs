@@ -309,6 +309,8 @@ pub async fn run(spec: &RunSpec, data: &[u8], dir: &Path) -> anyhow::Result<RunR
         cpu_cores: cpu_s / wall_s,
         cpu_s_per_gib: cpu_s / (total as f64 / (1024.0 * MIB as f64)),
         other_load_cores: (machine_s - cpu_s) / wall_s,
+        origin_declined: 0,
+        origin_rescued: 0,
         faults: None,
         timeline: Vec::new(),
         note: Some(format!(

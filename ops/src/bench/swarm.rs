@@ -179,6 +179,10 @@ pub struct RunReport {
     /// Cores the rest of the machine kept busy meanwhile, on average (the machine is shared;
     /// with two cores, a busy neighbour slows a CPU-bound run).
     pub other_load_cores: f64,
+    /// Requests the origin answered "seeded", and those it served inside the repeat window
+    /// because the piece was stranded (`p2p_transfer::swarm::repeats`).
+    pub origin_declined: u64,
+    pub origin_rescued: u64,
     pub faults: Option<FaultReport>,
     /// Progress every [`TIMELINE_INTERVAL`] (ours and origin-only).
     pub timeline: Vec<TimelinePoint>,
@@ -650,6 +654,8 @@ async fn run_fleet_inner(
         cpu_cores: cpu_s / wall_s,
         cpu_s_per_gib: cpu_s / (received.iter().sum::<u64>() as f64 / (1024.0 * MIB as f64)),
         other_load_cores: (machine_s - cpu_s) / wall_s,
+        origin_declined: origin_stats.repeats_declined,
+        origin_rescued: origin_stats.repeats_rescued,
         faults: has_faults.then_some(faults),
         timeline,
         note: projected.then(|| {
@@ -948,6 +954,14 @@ pub fn format_scenario(s: &ScenarioReport) -> String {
             f.honest_peers_banned,
             f.bad_responses,
             f.max_bad_responses_per_host
+        )
+        .unwrap();
+    }
+    if ours.origin_declined > 0 {
+        writeln!(
+            out,
+            "  ours: the origin answered \"seeded\" {} times and sent {} stranded pieces again",
+            ours.origin_declined, ours.origin_rescued
         )
         .unwrap();
     }

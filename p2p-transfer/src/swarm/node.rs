@@ -90,7 +90,8 @@ pub struct NodeConfig {
     /// that piece for this long (counted from when the upload finished), so that the swarm
     /// takes it from whoever got it and the origin spends its upload on pieces nobody has yet
     /// (super-seeding). After the window a piece is sent again, which covers a receiver that
-    /// died before passing it on. `None` for ordinary hosts.
+    /// died before passing it on; a requester turned away twice for a piece is served inside
+    /// the window (the piece is stranded: `repeats.rs`). `None` for ordinary hosts.
     pub origin_repeat_window: Option<Duration>,
     /// Misbehave on purpose; for tests and chaos experiments only.
     pub fault: Option<ServeFault>,
@@ -207,6 +208,9 @@ pub struct NodeStats {
     pub protocol_violations: u64,
     /// Piece requests an origin declined as "seeded" (sent to another peer moments ago).
     pub repeats_declined: u64,
+    /// Piece requests an origin served inside the piece's repeat window because it had
+    /// turned the requester away [`super::repeats::RESCUE_AFTER_DECLINES`] times already.
+    pub repeats_rescued: u64,
     /// Piece requests answered "busy" (every upload slot and queue place taken).
     pub busy_answers: u64,
     /// What the upload and download rate limits held back.
@@ -223,6 +227,7 @@ pub(crate) struct Counters {
     pub bad_responses: AtomicU64,
     pub protocol_violations: AtomicU64,
     pub repeats_declined: AtomicU64,
+    pub repeats_rescued: AtomicU64,
     pub busy_answers: AtomicU64,
 }
 
@@ -354,6 +359,7 @@ impl BlobNode {
             bad_responses: c.bad_responses.load(Ordering::Relaxed),
             protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
             repeats_declined: c.repeats_declined.load(Ordering::Relaxed),
+            repeats_rescued: c.repeats_rescued.load(Ordering::Relaxed),
             busy_answers: c.busy_answers.load(Ordering::Relaxed),
             upload_throttle: self.inner.upload.stats(),
             download_throttle: self.inner.download.stats(),
@@ -462,11 +468,22 @@ impl Node {
 
     /// Whether an origin may hand out `piece` now (see [`NodeConfig::origin_repeat_window`]);
     /// records the upload if so.
-    fn may_repeat(&self, hash: BlobHash, piece: u32) -> bool {
+    fn may_repeat(&self, hash: BlobHash, piece: u32, peer: PeerId) -> bool {
         let Some(repeats) = &self.repeats else { return true };
         let now = tokio::time::Instant::now().into_std();
-        let decision = repeats.lock().expect("repeats lock").decide(hash, piece, now);
-        decision == RepeatDecision::Serve
+        let decision = repeats.lock().expect("repeats lock").decide(hash, piece, peer, now);
+        match decision {
+            RepeatDecision::Serve => true,
+            RepeatDecision::Rescue => {
+                debug!(%peer, piece, "piece stranded at its first receiver; sending it again");
+                self.counters.repeats_rescued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            RepeatDecision::Seeded => {
+                self.counters.repeats_declined.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
     }
 
     /// An upload recorded by [`Node::may_repeat`] did not happen (no slot, or the requester
@@ -706,8 +723,7 @@ async fn serve_piece(
         if node.config.leech_only {
             return respond_status(&mut send, ResponseStatus::Refused).await;
         }
-        if !node.may_repeat(spec.hash, piece) {
-            node.counters.repeats_declined.fetch_add(1, Ordering::Relaxed);
+        if !node.may_repeat(spec.hash, piece, link.peer) {
             return respond_status(&mut send, ResponseStatus::Seeded).await;
         }
         let Some(_slot) = node.uploads.acquire(spec.hash, piece).await else {

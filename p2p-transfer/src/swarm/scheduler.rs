@@ -18,8 +18,12 @@
 //!   peers before measured ones, so newcomers get tried). Each peer gets a pipeline of
 //!   `ceil(rate × rtt / piece) + 1` requests, clamped to
 //!   [`SchedulerConfig::pipeline_min`]..=[`SchedulerConfig::pipeline_max`].
-//! - **Origin protection:** a peer marked origin is asked only for pieces that no usable
-//!   non-origin peer holds, and for at most [`SchedulerConfig::origin_max_inflight`] at once.
+//! - **Origin protection:** a peer marked origin is asked only for pieces that no
+//!   serviceable non-origin peer holds, and for at most
+//!   [`SchedulerConfig::origin_max_inflight`] at once. A holder is serviceable unless banned,
+//!   slow (its measured rate under the reference rate, the median of the peers' rates, over
+//!   [`SchedulerConfig::slow_peer_ratio`]) or saturated ([`SchedulerConfig::busy_streak_limit`]
+//!   "busy" answers in a row): a piece only such peers hold is stranded there.
 //!   Within that, the origin is asked first, before the pieces that peers can supply: its
 //!   upload is what brings new pieces into the swarm, so it must never idle because every
 //!   host is busy with its peers. An origin that answers "seeded" (it sent that piece to
@@ -29,7 +33,8 @@
 //!   in-flight pieces (at most [`SchedulerConfig::endgame_duplicates`] requests per piece);
 //!   the first copy to arrive cancels the others.
 //! - **Late requests:** a request to a peer older than [`SchedulerConfig::late_factor`] times
-//!   the time the peer's measured rate predicts for the piece (at least
+//!   the time the peer's measured rate, or the reference rate if higher, predicts for the
+//!   piece (at least
 //!   [`SchedulerConfig::late_floor`]; [`SchedulerConfig::late_unmeasured`] for a peer with no
 //!   rate yet) stops counting against the download's pipeline, and its piece may be asked of
 //!   another peer at once (first, before new pieces), up to the duplicate limit, or of an
@@ -87,6 +92,13 @@ pub const LATE_FLOOR: Duration = Duration::from_millis(500);
 pub const LATE_UNMEASURED: Duration = Duration::from_secs(2);
 /// Round-trip time assumed until the transport reports one.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(10);
+/// A peer whose measured rate is below the download's reference rate (the median of its
+/// peers' rates) divided by this is slow: its pieces do not keep a piece from the origin.
+pub const SLOW_PEER_RATIO: f64 = 8.0;
+/// "Busy" answers in a row, with no piece delivered between, after which a peer's pieces do
+/// not keep a piece from the origin until it delivers again (a crawling seeder is busy with
+/// its few uploads for seconds at a time).
+pub const BUSY_STREAK_LIMIT: u32 = 3;
 /// Weight of a new throughput sample in the moving average.
 const RATE_EWMA_WEIGHT: f64 = 0.3;
 
@@ -133,6 +145,8 @@ pub struct SchedulerConfig {
     pub late_factor: f64,
     pub late_floor: Duration,
     pub late_unmeasured: Duration,
+    pub slow_peer_ratio: f64,
+    pub busy_streak_limit: u32,
     /// Seed of the tie-breaking randomness; the shell draws it from the OS.
     pub seed: u64,
 }
@@ -156,6 +170,8 @@ impl SchedulerConfig {
             late_factor: LATE_FACTOR,
             late_floor: LATE_FLOOR,
             late_unmeasured: LATE_UNMEASURED,
+            slow_peer_ratio: SLOW_PEER_RATIO,
+            busy_streak_limit: BUSY_STREAK_LIMIT,
             seed,
         }
     }
@@ -210,6 +226,8 @@ struct Peer {
     backoff_until: Option<Instant>,
     refusals: u32,
     pieces_received: u64,
+    /// "Busy" answers since the last piece it delivered.
+    busy_streak: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +260,9 @@ pub struct Scheduler {
     ban_count: BTreeMap<PeerId, u32>,
     /// Per piece: usable (connected, not banned) non-origin peers holding it.
     availability: Vec<u32>,
+    /// The median measured rate of the non-origin peers, bytes per second: what a request
+    /// is expected to get here (lateness, slow peers).
+    reference_rate: Option<f64>,
     cancels: VecDeque<(PeerId, u32)>,
     rng: u64,
 }
@@ -265,6 +286,7 @@ impl Scheduler {
             bad_responses: BTreeMap::new(),
             ban_count: BTreeMap::new(),
             availability: vec![0; geometry.n_pieces() as usize],
+            reference_rate: None,
             cancels: VecDeque::new(),
         }
     }
@@ -347,6 +369,7 @@ impl Scheduler {
                 backoff_until: None,
                 refusals: 0,
                 pieces_received: 0,
+                busy_streak: 0,
             },
         );
     }
@@ -393,6 +416,7 @@ impl Scheduler {
         self.count_availability(peer, now, false);
         self.peers.remove(&peer);
         self.drop_requests_of(peer, false);
+        self.update_reference_rate();
     }
 
     /// The transport measured this round-trip time to the peer.
@@ -408,6 +432,7 @@ impl Scheduler {
         let piece_len = self.geometry.piece_len(piece) as f64;
         if let Some(state) = self.peers.get_mut(&peer) {
             state.pieces_received += 1;
+            state.busy_streak = 0;
             if let Some(since) = since {
                 let start = state.last_delivery.map_or(since, |last| last.max(since));
                 let secs = now.saturating_duration_since(start).as_secs_f64().max(1e-4);
@@ -419,6 +444,7 @@ impl Scheduler {
             }
             state.last_delivery = Some(now);
         }
+        self.update_reference_rate();
         if self.done.set(piece.into()) {
             let others: Vec<PeerId> = self
                 .inflight
@@ -457,7 +483,12 @@ impl Scheduler {
                     self.ban(peer, now);
                 }
             }
-            Failure::Busy => self.back_off(peer, now + self.config.busy_backoff),
+            Failure::Busy => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.busy_streak += 1;
+                }
+                self.back_off(peer, now + self.config.busy_backoff);
+            }
             Failure::Transport => self.back_off(peer, now + self.config.transport_backoff),
             Failure::Seeded => {
                 self.seeded.insert(piece, now + self.config.seeded_retry);
@@ -516,7 +547,13 @@ impl Scheduler {
         if r.to_origin {
             return None;
         }
-        let rate = self.peers.get(&r.peer).and_then(|p| p.rate);
+        // A peer is expected to do at least as well as the download's reference: a crawling
+        // peer's requests are late when a typical peer's would be, not when its own rate says.
+        let own = self.peers.get(&r.peer).and_then(|p| p.rate);
+        let rate = match (own, self.reference_rate) {
+            (Some(own), Some(reference)) => Some(own.max(reference)),
+            (own, reference) => own.or(reference),
+        };
         Some(match rate {
             None => self.config.late_unmeasured,
             Some(rate) => {
@@ -606,7 +643,7 @@ impl Scheduler {
         }
         if wanted.is_empty() {
             for &peer in &order {
-                if let Some(piece) = self.pick_duplicate(peer) {
+                if let Some(piece) = self.pick_duplicate(peer, now) {
                     return Some(self.request(peer, piece, now));
                 }
             }
@@ -645,7 +682,7 @@ impl Scheduler {
     }
 
     /// A piece of `wanted` (missing, not requested) that `peer` holds: random at first, then
-    /// rarest. An origin gets only pieces no usable peer holds and it has not declined.
+    /// rarest. An origin gets only pieces no serviceable peer holds and it has not declined.
     fn pick_new(&mut self, peer: PeerId, wanted: &[u32], now: Instant) -> Option<u32> {
         let state = &self.peers[&peer];
         let origin = state.role == PeerRole::Origin;
@@ -658,7 +695,8 @@ impl Scheduler {
             }
             let availability = self.availability[piece as usize];
             if origin
-                && (availability > 0 || self.seeded.get(&piece).is_some_and(|&until| until > now))
+                && (self.seeded.get(&piece).is_some_and(|&until| until > now)
+                    || self.supplied_by_peers(piece, now))
             {
                 continue;
             }
@@ -682,7 +720,7 @@ impl Scheduler {
     }
 
     /// An in-flight piece `peer` could duplicate in the endgame: the oldest request first.
-    fn pick_duplicate(&self, peer: PeerId) -> Option<u32> {
+    fn pick_duplicate(&self, peer: PeerId, now: Instant) -> Option<u32> {
         let state = &self.peers[&peer];
         let origin = state.role == PeerRole::Origin;
         self.inflight
@@ -691,10 +729,45 @@ impl Scheduler {
                 state.have.get(piece.into())
                     && list.len() < self.config.endgame_duplicates as usize
                     && list.iter().all(|r| r.peer != peer)
-                    && (!origin || self.availability[piece as usize] == 0)
+                    && (!origin || !self.supplied_by_peers(piece, now))
             })
             .min_by_key(|(_, list)| list.iter().map(|r| r.since).min())
             .map(|(&piece, _)| piece)
+    }
+
+    /// Whether a non-origin peer holding `piece` can be expected to serve it soon: not
+    /// banned, not answering "busy" again and again, not slow. A piece only slow or
+    /// saturated peers hold is stranded there, and an origin may be asked for it.
+    fn supplied_by_peers(&self, piece: u32, now: Instant) -> bool {
+        if self.availability[piece as usize] == 0 {
+            return false;
+        }
+        self.peers.iter().any(|(&id, p)| {
+            p.role == PeerRole::Peer
+                && p.have.get(piece.into())
+                && !self.is_banned(id, now)
+                && p.busy_streak < self.config.busy_streak_limit
+                && !self.is_slow(p)
+        })
+    }
+
+    fn is_slow(&self, peer: &Peer) -> bool {
+        match (peer.rate, self.reference_rate) {
+            (Some(rate), Some(reference)) => rate * self.config.slow_peer_ratio < reference,
+            _ => false,
+        }
+    }
+
+    /// Recomputes [`Scheduler::reference_rate`]: the median of the measured non-origin rates.
+    fn update_reference_rate(&mut self) {
+        let mut rates: Vec<f64> = self
+            .peers
+            .values()
+            .filter(|p| p.role == PeerRole::Peer)
+            .filter_map(|p| p.rate)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        self.reference_rate = rates.get(rates.len() / 2).copied();
     }
 
     fn request(&mut self, peer: PeerId, piece: u32, now: Instant) -> Action {

@@ -357,6 +357,85 @@ fn a_late_piece_no_other_peer_holds_is_rescued_by_the_origin() {
 }
 
 #[test]
+fn a_piece_only_a_peer_that_keeps_answering_busy_holds_is_asked_of_the_origin() {
+    let now = Instant::now();
+    let config = SchedulerConfig { origin_max_inflight: 1, ..SchedulerConfig::recommended(9) };
+    let limit = config.busy_streak_limit;
+    let backoff = config.busy_backoff;
+    let mut s = scheduler(1, config);
+    let (origin, saturated) = (peer(1), peer(2));
+    join(&mut s, saturated, PeerRole::Peer, bits(1, [0]), now);
+    join(&mut s, origin, PeerRole::Origin, bits(1, [0]), now);
+    let mut t = now;
+    for answer in 0..limit {
+        let actions = drain(&mut s, t);
+        // While the peer may still be merely busy for a moment, the origin is left alone.
+        assert_eq!(requests_to(&actions, saturated), vec![0], "answer {answer}: {actions:?}");
+        assert!(requests_to(&actions, origin).is_empty(), "answer {answer}: {actions:?}");
+        s.handle_piece_failed(saturated, 0, Failure::Busy, t);
+        t += backoff;
+    }
+    // Busy again and again: the piece is stranded there, so the origin is asked for it.
+    let actions = drain(&mut s, t);
+    assert_eq!(requests_to(&actions, origin), vec![0], "{actions:?}");
+}
+
+#[test]
+fn a_piece_only_a_slow_peer_holds_is_asked_of_the_origin_and_its_requests_are_late_early() {
+    let start = Instant::now();
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        max_inflight: 8,
+        ..SchedulerConfig::recommended(4)
+    };
+    let mut s = scheduler(16, config);
+    let (fast_a, fast_b, slow, origin) = (peer(1), peer(2), peer(3), peer(4));
+    join(&mut s, fast_a, PeerRole::Peer, bits(16, 0..6), start);
+    join(&mut s, fast_b, PeerRole::Peer, bits(16, 0..6), start);
+    join(&mut s, slow, PeerRole::Peer, bits(16, 6..16), start);
+    // Measure everyone: the fast peers deliver a piece in 62.5 ms (4 MiB/s), the slow one in
+    // 2.5 s (0.1 MiB/s). No origin yet.
+    let mut t = start;
+    let first = drain(&mut s, t);
+    let one = |p: PeerId| *requests_to(&first, p).first().expect("a request each");
+    let (pa, pb, ps) = (one(fast_a), one(fast_b), one(slow));
+    s.handle_piece_received(fast_a, pa, t + Duration::from_micros(62_500));
+    s.handle_piece_received(fast_b, pb, t + Duration::from_micros(62_500));
+    t += Duration::from_millis(2500);
+    s.handle_piece_received(slow, ps, t);
+    let rate = |p: PeerId| s.peer_stats(p, t).unwrap().rate_bytes_per_sec.unwrap();
+    assert!(rate(slow) * SLOW_PEER_RATIO < rate(fast_a), "{} {}", rate(slow), rate(fast_a));
+    // The fast peers answer everything else at once; the slow peer's second request of the
+    // first round stays open.
+    let mut pending: Vec<Action> = first.iter().chain(&drain(&mut s, t)).copied().collect();
+    while !pending.is_empty() {
+        for action in std::mem::take(&mut pending) {
+            if let Action::Request { peer, piece } = action
+                && peer != slow
+                && piece != pa
+                && piece != pb
+            {
+                s.handle_piece_received(peer, piece, t);
+            }
+        }
+        pending = drain(&mut s, t);
+    }
+    let old: Vec<u32> = requests_to(&first, slow).into_iter().filter(|&p| p != ps).collect();
+    assert_eq!(old.len(), 1, "{first:?}");
+    // That request is late at the reference rate's pace (4 x 62.5 ms, so the 0.5 s floor),
+    // not at its own (4 x 2.5 s): it was made at the start, 2.5 s ago. (The slow peer's new
+    // request, made now, is not.)
+    let (late, _) = s.late_pieces(t);
+    assert_eq!(late, old);
+    // An origin that joins now is asked for the pieces only the slow peer holds.
+    join(&mut s, origin, PeerRole::Origin, bits(16, 0..16), t);
+    let actions = drain(&mut s, t);
+    let to_origin = requests_to(&actions, origin);
+    assert!(!to_origin.is_empty(), "{actions:?}");
+    assert!(to_origin.iter().all(|p| (6..16).contains(p)), "{actions:?}");
+}
+
+#[test]
 fn the_pipeline_covers_bandwidth_times_delay() {
     let start = Instant::now();
     // A long fat link: the download-wide cap must not be what limits the pipeline here.
