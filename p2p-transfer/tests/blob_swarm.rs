@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use p2p_transfer::blob::{BlobSpec, BlobStore, ReserveError, StoreConfig};
 use p2p_transfer::swarm::{
-    BlobNode, CONNECT_TIMEOUT, Download, DownloadError, DownloadOptions, NodeConfig, NodeTls,
-    PeerId, PeerInfo, PeerRole, ServeFault, UPLOAD_QUEUE_MAX,
+    BlobNode, CONNECT_TIMEOUT, Download, DownloadError, DownloadOptions, MIN_PEER_LINKS,
+    NodeConfig, NodeTls, PeerId, PeerInfo, PeerRole, ServeFault, UPLOAD_QUEUE_MAX,
 };
 use p2p_transfer::tls::{self, ClusterCa};
 use p2p_transfer::wire::{self, CLOSE_PROTOCOL_VIOLATION};
@@ -458,6 +458,37 @@ async fn a_leech_only_host_downloads_but_never_uploads() {
         // The stalled download's partial blob is kept for a resume with better peers.
         assert_eq!(other.count_entries("partial"), 1);
         let _ = Arc::clone(other.node.store());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_blob_links_only_its_peer_budget_and_dials_the_reserve_when_stuck() {
+    guarded(async {
+        let cluster = Cluster::new();
+        // 4 pieces: the budget is MIN_PEER_LINKS.
+        let data = test_data(MIB, 7);
+        let seeders: Vec<Host> = (0..6).map(|_| cluster.host(|_, _| {})).collect();
+        let spec = seeders[0].import(&data);
+        for s in &seeders[1..] {
+            s.import(&data);
+        }
+        let host = cluster.host(|_, _| {});
+        let peers = seeders.iter().map(|s| s.peer(PeerRole::Peer)).collect();
+        let report = host.download(spec, peers).await.finish().await.unwrap();
+        assert_eq!(report.blob.spec(), spec);
+        let linked = host.node.connected_peers().len();
+        assert_eq!(linked, MIN_PEER_LINKS, "six seeders named, {linked} linked");
+
+        // The first peers named hold nothing: the download cannot progress with them, so it
+        // dials the reserve, one peer at a time, until it reaches the seeder.
+        let empty: Vec<Host> = (0..MIN_PEER_LINKS).map(|_| cluster.host(|_, _| {})).collect();
+        let other = cluster.host(|_, _| {});
+        let mut peers: Vec<PeerInfo> = empty.iter().map(|e| e.peer(PeerRole::Peer)).collect();
+        peers.push(seeders[5].peer(PeerRole::Peer));
+        let report = other.download(spec, peers).await.finish().await.unwrap();
+        assert_eq!(report.blob.spec(), spec);
+        assert!(other.node.connected_peers().contains(&seeders[5].node.peer_id()));
     })
     .await;
 }

@@ -19,8 +19,8 @@ pub mod scheduler;
 
 pub use download::{
     DOWNLOAD_EVENT_QUEUE, Download, DownloadError, DownloadOptions, DownloadProgress,
-    DownloadReport, MAX_DIALS, ORIGIN_HEAD_START, PeerAdder, PeerInfo, REDIAL_BACKOFF,
-    STALL_TIMEOUT,
+    DownloadReport, MAX_DIALS, MIN_PEER_LINKS, ORIGIN_HEAD_START, PIECES_PER_PEER_LINK, PeerAdder,
+    PeerInfo, REDIAL_BACKOFF, STALL_TIMEOUT,
 };
 pub use node::{
     BlobNode, CONNECT_TIMEOUT, CONTROL_QUEUE_FRAMES, ConnectError, MAX_LINKS,
