@@ -167,7 +167,18 @@ async fn plan_and_hold(
     }
     let deadline = tokio::time::Instant::now() + wait;
     let mut told_to_wait = false;
+    let ping = app.liveness.begin_ping(&req.host_id);
     loop {
+        // A held ping is planned again with the report it arrived with. If its host pinged
+        // since (a restarted agent pings at once, while the dead process's pings may still be
+        // held), that report is older than the host's rows: planning it again would rewrite a
+        // deploying host's row to what it reported before, free its slot and over-admit.
+        if !app.liveness.is_latest_ping(&req.host_id, ping) {
+            return Err(ApiError::conflict(format!(
+                "host {} pinged again while this ping was held; this one is superseded",
+                req.host_id.as_str()
+            )));
+        }
         let name = req.host_name.as_deref().filter(|h| !h.is_empty());
         app.liveness.seen(&req.host_id, name.unwrap_or(req.host_id.as_str()));
         let now = crate::node::now_ms();
@@ -684,6 +695,9 @@ pub struct Liveness {
     seen: std::sync::Mutex<std::collections::HashMap<HostId, std::time::Instant>>,
     /// By host name: last ping (monotonic, and wall-clock ms for replication).
     seen_by_name: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, i64)>>,
+    /// Per host, how many pings this node has begun: a held ping whose host has pinged again
+    /// since is stale (the host restarted, or gave up on it) and must not be planned again.
+    pings: std::sync::Mutex<std::collections::HashMap<HostId, u64>>,
     leader_since: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     last_replicated: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -695,9 +709,23 @@ impl Liveness {
             host_stale,
             seen: Default::default(),
             seen_by_name: Default::default(),
+            pings: Default::default(),
             leader_since: Default::default(),
             last_replicated: Default::default(),
         }
+    }
+
+    /// A ping from `host` begins; returns its number, which [`Liveness::is_latest_ping`] checks.
+    pub fn begin_ping(&self, host: &HostId) -> u64 {
+        let mut pings = self.pings.lock().expect("liveness lock");
+        let n = pings.entry(host.clone()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Whether ping number `n` of `host` is still its newest.
+    pub fn is_latest_ping(&self, host: &HostId, n: u64) -> bool {
+        self.pings.lock().expect("liveness lock").get(host).copied() == Some(n)
     }
 
     pub fn seen(&self, host: &HostId, name: &str) {
@@ -951,4 +979,23 @@ async fn history(
         .cloned()
         .collect();
     Ok(Json(page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_is_superseded_by_the_host_s_next_ping_and_only_by_its_own() {
+        let liveness = Liveness::new(Duration::from_secs(10), Duration::from_secs(60));
+        let (a, b) = (HostId::new("i-a"), HostId::new("i-b"));
+        let held = liveness.begin_ping(&a);
+        assert!(liveness.is_latest_ping(&a, held));
+        let other = liveness.begin_ping(&b);
+        assert!(liveness.is_latest_ping(&a, held), "another host's ping changes nothing");
+        let again = liveness.begin_ping(&a);
+        assert!(!liveness.is_latest_ping(&a, held), "the restarted host pinged again");
+        assert!(liveness.is_latest_ping(&a, again));
+        assert!(liveness.is_latest_ping(&b, other));
+    }
 }
