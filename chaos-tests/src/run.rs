@@ -718,6 +718,7 @@ impl Ctx {
             rec: self.rec.clone(),
             spec: self.scenario.workload.clone(),
             hosts: self.hosts.clone(),
+            max_parallel: self.scenario.max_parallel,
         };
         let operator =
             tokio::spawn(operator.run(sub_seed(seed, "operator", 1), stop_driver.clone()));
@@ -850,8 +851,9 @@ impl Ctx {
         let acts = checkers::host_actions(ops);
         let intervals = match s.parallelism {
             Observation::Spans => checkers::deploy_spans_with(&hooks, &acts),
-            Observation::Steps => hooks,
+            Observation::Steps => checkers::steps_in_runs(&hooks, &acts),
         };
+        let limits = checkers::Limits::from_history(s.max_parallel as usize, ops);
         let intervals = checkers::without_paused(&intervals, &acts);
         let exempt: BTreeSet<String> = [first.to_string()].into();
         let bound_us = (s.convergence_bound_s * 1e6) as u64;
@@ -859,7 +861,7 @@ impl Ctx {
             checkers::convergence(&w.progress, &w.goal, &self.hosts, w.faults_end_us, bound_us);
         let log = self.driver.log.lock().unwrap().clone();
         let verdicts: Vec<Verdict> = vec![
-            checkers::parallelism(&intervals, s.max_parallel as usize, &exempt),
+            checkers::parallelism_over(&intervals, &limits, &exempt),
             conv,
             checkers::integrity(host_builds, &log.published),
             checkers::durability(ops, &finals.values, &finals.builds, &finals.deploys),

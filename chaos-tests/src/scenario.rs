@@ -154,7 +154,7 @@ fn default_hold() -> f64 {
 /// ```toml
 /// [workload]
 /// next_deploy = { build = 2, rollback = 1, promote = 1 }  # what follows a settled deploy
-/// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1 }
+/// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1, max-parallel = 1 }
 /// action_every_s = 2.0   # one action per 0.5x..1.5x this; kinds by weight, in rounds
 /// hold_s = 1.0           # how long a stage or host stays paused before it is resumed
 /// ```
@@ -217,11 +217,15 @@ pub struct ActionMix {
     /// Change the deploy stage's settings (`chatroom`, `emailRecipients`).
     #[serde(default)]
     pub config: u32,
+    /// Set the deploy stage's `maxParallel` to another value, back to the scenario's
+    /// `max_parallel` `hold_s` later.
+    #[serde(default)]
+    pub max_parallel: u32,
 }
 
 impl ActionMix {
     pub fn total(&self) -> u32 {
-        self.pause_stage + self.pause_host + self.reset_host + self.config
+        self.pause_stage + self.pause_host + self.reset_host + self.config + self.max_parallel
     }
 }
 

@@ -169,6 +169,7 @@ pub fn read_intervals(
             deploy: i.deploy.clone(),
             start_us: us(i.start_ns),
             end_us: i.end_ns.map_or(run_end_us, us),
+            run_start_us: None,
         })
         .collect();
     Ok((file, intervals))
