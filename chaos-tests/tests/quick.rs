@@ -60,6 +60,17 @@ async fn the_quick_subset_holds_every_invariant() {
     let (r, _) = run_scenario("disk-full").await;
     assert!(r.faults.iter().all(|f| f.failpoint_fired > Some(0)), "{:?}", r.faults);
 
+    // Scale: 200 simulated hosts in their own stage through a leader kill; every one of them
+    // settled on the simulated stage's last deploy (run_scenario: zero violations).
+    let (r, recorded) = run_scenario("scale-leader-kill").await;
+    assert!(r.faults.iter().any(|f| f.hits_leader), "the leader was killed: {:?}", r.faults);
+    assert!(r.recovery.iter().all(|x| x.leader_ms.is_some()), "a new leader was elected");
+    let sim = |name: &str| r.verdicts.iter().find(|v| v.invariant == name).cloned();
+    let converged = sim("convergence-sim").expect("the simulated stage is judged");
+    assert_eq!(converged.checked, 200, "{converged:?}");
+    assert!(sim("parallelism-sim").is_some_and(|v| v.checked > 0), "{:?}", r.verdicts);
+    assert!(r.sim_deploys > 0 && !recorded.sim_intervals.is_empty());
+
     let (r, _) = run_scenario("agent-kill-every-step").await;
     for step in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"] {
         assert!(
