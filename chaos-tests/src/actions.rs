@@ -4,8 +4,8 @@
 //! - deploy actions the deploy driver takes in turn with new builds ([`rollback`] to the
 //!   previous deploy, [`promote`] a new build from the hostless staging stage), after which it
 //!   waits for the fleet to settle as after any deploy;
-//! - [`Operator`]: stage pauses and resumes, host pauses and resets, and stage setting changes
-//!   at random times, drawn by the scenario's weights (in rounds: every enabled kind runs once
+//! - [`Operator`]: stage pauses and resumes, host pauses and resets, stage setting changes and
+//!   changes of the stage's parallelism limit (`maxParallel`) at random times, drawn by the scenario's weights (in rounds: every enabled kind runs once
 //!   in each round of as many actions as the weights sum to). Whatever it paused it resumes before it
 //!   stops ([`Operator::resume_everything`]), so convergence is judged on a running rollout.
 
@@ -30,6 +30,10 @@ pub const RESUME_WAIT: Duration = Duration::from_secs(60);
 pub const CONFIG_FIELD: &str = "chatroom";
 /// How often a stopping operator looks again whether the stage or a host is still paused.
 pub const RESUME_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The `maxParallel` values the operator sets the deploy stage to (one other than the
+/// scenario's, drawn with the run's seed): from one host at a time to one fewer than the four
+/// real agents, so a change is felt by a rolling deploy in both directions.
+pub const MAX_PARALLEL_CHOICES: std::ops::RangeInclusive<u32> = 1..=3;
 
 /// The register key of the deploy stage's [`CONFIG_FIELD`].
 pub fn config_key() -> String {
@@ -155,15 +159,19 @@ enum Action {
     PauseHost,
     ResetHost,
     Config,
+    MaxParallel,
 }
 
-/// Stage pauses, host pauses and resets, and stage setting changes on the deploy stage.
+/// Stage pauses, host pauses and resets, stage setting changes and `maxParallel` changes on the
+/// deploy stage.
 pub struct Operator {
     pub api: Api,
     pub rec: Recorder,
     pub spec: WorkloadSpec,
     /// The deploy stage's host names (their host ids too).
     pub hosts: Vec<String>,
+    /// The deploy stage's `maxParallel` as the scenario set it: what a change is undone to.
+    pub max_parallel: u32,
 }
 
 impl Operator {
@@ -176,6 +184,7 @@ impl Operator {
             (Action::PauseHost, a.pause_host),
             (Action::ResetHost, a.reset_host),
             (Action::Config, a.config),
+            (Action::MaxParallel, a.max_parallel),
         ];
         // Drawn without replacement from a deck of `weight` cards per kind, dealt again when
         // empty: every enabled kind runs within each round of `total` actions.
@@ -224,6 +233,19 @@ impl Operator {
                     configs += 1;
                     self.config(&mut rng, configs).await;
                 }
+                Action::MaxParallel => {
+                    let others: Vec<u32> =
+                        MAX_PARALLEL_CHOICES.filter(|&v| v != self.max_parallel).collect();
+                    let value = others[rng.random_range(0..others.len())];
+                    self.set_max_parallel(&mut rng, value).await;
+                    wait_or_stop(&mut stop, hold).await;
+                    let deadline = Instant::now() + RESUME_WAIT;
+                    while self.set_max_parallel(&mut rng, self.max_parallel).await != Outcome::Ok
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
             }
         }
         self.resume_everything(&mut rng).await;
@@ -253,20 +275,33 @@ impl Operator {
     async fn config(&self, rng: &mut StdRng, n: u64) -> Outcome {
         let value = format!("cfg-{n}");
         let body = json!({ CONFIG_FIELD: value, "emailRecipients": format!("ops-{n}@chaos.test") });
-        let path = format!("/v1/envs/{ENV}/{STAGE}");
         let kind = |_: &Answer| OpKind::Config { key: config_key(), value: value.clone() };
-        recorded(&self.api, &self.rec, rng, reqwest::Method::PUT, &path, Some(&body), kind).await.0
+        recorded(&self.api, &self.rec, rng, reqwest::Method::PUT, &stage_path(), Some(&body), kind)
+            .await
+            .0
+    }
+
+    /// Sets the deploy stage's `maxParallel` (Teletraan's update: fields left out are kept).
+    async fn set_max_parallel(&self, rng: &mut StdRng, value: u32) -> Outcome {
+        let body = json!({ "maxParallel": value });
+        let kind = |_: &Answer| OpKind::SetMaxParallel { value };
+        recorded(&self.api, &self.rec, rng, reqwest::Method::PUT, &stage_path(), Some(&body), kind)
+            .await
+            .0
     }
 
     /// Resumes the stage and every host still paused, as the cluster reports them (a pause
-    /// whose outcome was unknown may have taken effect late), until nothing is paused or
-    /// [`RESUME_WAIT`] passed.
+    /// whose outcome was unknown may have taken effect late), and sets the stage's
+    /// `maxParallel` back if a change of unknown outcome landed late, until nothing is paused
+    /// or changed or [`RESUME_WAIT`] passed.
     pub async fn resume_everything(&self, rng: &mut StdRng) {
         let deadline = Instant::now() + RESUME_WAIT;
         while Instant::now() < deadline {
             let stage = self.api.get_opt("reading the deploy stage", &stage_path()).await;
             let stage_paused =
                 matches!(&stage, Ok(Some(v)) if v["envState"].as_str() == Some("PAUSED"));
+            let limit_changed = matches!(&stage, Ok(Some(v))
+                if v["maxParallel"].as_u64().is_some_and(|m| m != u64::from(self.max_parallel)));
             let rows = workload::hosts_now(&self.api).await;
             let paused_hosts: Vec<String> = rows
                 .iter()
@@ -274,11 +309,19 @@ impl Operator {
                 .filter(|r| r.state == "PAUSED_BY_USER")
                 .map(|r| r.host.clone())
                 .collect();
-            if stage.is_ok() && rows.is_some() && !stage_paused && paused_hosts.is_empty() {
+            if stage.is_ok()
+                && rows.is_some()
+                && !stage_paused
+                && !limit_changed
+                && paused_hosts.is_empty()
+            {
                 return;
             }
             if stage_paused {
                 self.stage_state(rng, false).await;
+            }
+            if limit_changed {
+                self.set_max_parallel(rng, self.max_parallel).await;
             }
             for host in &paused_hosts {
                 self.host_action(rng, host, "NORMAL").await;

@@ -80,6 +80,10 @@ pub struct Interval {
     pub deploy: String,
     pub start_us: u64,
     pub end_us: u64,
+    /// When the run of deploy steps this interval belongs to began (its host's admission), if
+    /// earlier than its own start: a hook run after the first of a deploy ([`steps_in_runs`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_start_us: Option<u64>,
 }
 
 /// Each hook run as an interval. A start without its end (the hook or its agent was killed)
@@ -111,6 +115,7 @@ pub fn hook_intervals(entries: &[JournalEntry], run_end_us: u64) -> Vec<Interval
                             deploy: e.deploy.clone(),
                             start_us: start,
                             end_us: e.t_us,
+                            run_start_us: None,
                         });
                     }
                 }
@@ -124,6 +129,7 @@ pub fn hook_intervals(entries: &[JournalEntry], run_end_us: u64) -> Vec<Interval
                 deploy: deploy.to_string(),
                 start_us: start,
                 end_us: end,
+                run_start_us: None,
             });
         }
     }
@@ -185,25 +191,52 @@ pub fn host_actions(ops: &[Op]) -> HostActions {
     out
 }
 
-/// Like [`deploy_spans`], but a host's hooks on one deploy make a new span after each reset of
-/// the host (a hook belongs to the run begun by the last reset invoked before it started).
-pub fn deploy_spans_with(hooks: &[Interval], acts: &HostActions) -> Vec<Interval> {
-    let run_of = |i: &Interval| {
-        acts.resets.get(&i.host).map_or(0, |r| r.iter().filter(|&&t| t <= i.start_us).count())
-    };
-    let mut spans: BTreeMap<(&str, &str, usize), (u64, u64)> = BTreeMap::new();
+/// A hook's run: its host, deploy, and how many resets of the host were invoked before it
+/// started (a hook belongs to the run begun by the last of them).
+type RunKey<'a> = (&'a str, &'a str, usize);
+
+/// Each run's first start and last end, by [`RunKey`].
+fn runs<'a>(hooks: &'a [Interval], acts: &HostActions) -> BTreeMap<RunKey<'a>, (u64, u64)> {
+    let mut spans: BTreeMap<RunKey<'_>, (u64, u64)> = BTreeMap::new();
     for i in hooks {
-        let s = spans.entry((&i.host, &i.deploy, run_of(i))).or_insert((i.start_us, i.end_us));
+        let s = spans.entry(run_key(i, acts)).or_insert((i.start_us, i.end_us));
         s.0 = s.0.min(i.start_us);
         s.1 = s.1.max(i.end_us);
     }
     spans
+}
+
+fn run_key<'a>(i: &'a Interval, acts: &HostActions) -> RunKey<'a> {
+    let resets =
+        acts.resets.get(&i.host).map_or(0, |r| r.iter().filter(|&&t| t <= i.start_us).count());
+    (&i.host, &i.deploy, resets)
+}
+
+/// Like [`deploy_spans`], but a host's hooks on one deploy make a new span after each reset of
+/// the host (a hook belongs to the run begun by the last reset invoked before it started).
+pub fn deploy_spans_with(hooks: &[Interval], acts: &HostActions) -> Vec<Interval> {
+    runs(hooks, acts)
         .into_iter()
         .map(|((host, deploy, _), (start_us, end_us))| Interval {
             host: host.to_string(),
             deploy: deploy.to_string(),
             start_us,
             end_us,
+            run_start_us: None,
+        })
+        .collect()
+}
+
+/// The hook runs, each marked with the start of the run (span) it belongs to: a host admitted
+/// under a higher limit goes on with its later steps after a decrease, so a later step's start
+/// is judged against the limits in effect since its run began ([`parallelism_over`]).
+pub fn steps_in_runs(hooks: &[Interval], acts: &HostActions) -> Vec<Interval> {
+    let spans = runs(hooks, acts);
+    hooks
+        .iter()
+        .map(|i| {
+            let run_start = spans.get(&run_key(i, acts)).map_or(i.start_us, |s| s.0);
+            Interval { run_start_us: (run_start < i.start_us).then_some(run_start), ..i.clone() }
         })
         .collect()
 }
@@ -232,26 +265,143 @@ pub fn without_paused(intervals: &[Interval], acts: &HostActions) -> Vec<Interva
     out
 }
 
+/// How much earlier than its first hook's journal line a host may have been admitted to a
+/// slot. The coordinator admits a host when it answers the host's ping (the admission is
+/// applied on commit, a Raft round trip of a few milliseconds on loopback); the agent then
+/// starts the step's hook, a `sh` that first runs `date` for its journal line: a fork and two
+/// execs, tens of milliseconds on an idle machine and a few hundred on this 2-core VM at load
+/// average 5. A simulated host's run begins when the answer arrives, with no process at all.
+pub const ADMISSION_SLACK_US: u64 = 500_000;
+
+/// One write of a stage's `maxParallel`, as the history recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitWrite {
+    pub value: usize,
+    pub invoke_us: u64,
+    /// `u64::MAX` for a write of unknown outcome (it may take effect at any later time).
+    pub complete_us: u64,
+}
+
+/// What the history says a stage's parallelism limit was over time: the limit it was created
+/// with, then every acknowledged or unknown-outcome write of it (failed ones changed nothing).
+/// A write may take effect anywhere between its invocation and its completion, an unknown one
+/// from its invocation on (or never), so at an instant several limits may be in effect as far
+/// as the history can tell; the checker allows the largest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub initial: usize,
+    pub writes: Vec<LimitWrite>,
+}
+
+impl Limits {
+    /// One limit throughout.
+    pub fn fixed(limit: usize) -> Limits {
+        Limits { initial: limit, writes: Vec::new() }
+    }
+
+    /// `initial` (set before the history began), then the history's `maxParallel` writes.
+    pub fn from_history(initial: usize, ops: &[Op]) -> Limits {
+        let writes = ops
+            .iter()
+            .filter_map(|o| match (&o.kind, o.outcome) {
+                (_, Outcome::Failed) => None,
+                (OpKind::SetMaxParallel { value }, outcome) => Some(LimitWrite {
+                    value: *value as usize,
+                    invoke_us: o.invoke_us,
+                    complete_us: if outcome == Outcome::Unknown { u64::MAX } else { o.complete_us },
+                }),
+                _ => None,
+            })
+            .collect();
+        Limits { initial, writes }
+    }
+
+    /// Every write with the initial one first, as (value, invoke, complete).
+    fn all(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        std::iter::once((self.initial, 0, 0))
+            .chain(self.writes.iter().map(|w| (w.value, w.invoke_us, w.complete_us)))
+    }
+
+    /// The largest limit that may be in effect at some instant of `[from_us, to_us]`. A write
+    /// may be in effect from its invocation until an acknowledged write invoked after it
+    /// completed has completed (that one took effect after it, and by its completion).
+    pub fn max_in(&self, from_us: u64, to_us: u64) -> usize {
+        let all: Vec<(usize, u64, u64)> = self.all().collect();
+        all.iter()
+            .filter(|&&(_, invoke, complete)| {
+                let superseded = all
+                    .iter()
+                    .filter(|&&(_, i, c)| c != u64::MAX && i > complete)
+                    .map(|&(_, _, c)| c)
+                    .min()
+                    .unwrap_or(u64::MAX);
+                invoke <= to_us && superseded > from_us
+            })
+            .map(|&(v, _, _)| v)
+            .max()
+            .unwrap_or(self.initial)
+    }
+
+    fn describe(&self) -> String {
+        let values: BTreeSet<usize> = self.all().map(|(v, _, _)| v).collect();
+        match (values.first(), values.last()) {
+            (Some(lo), Some(hi)) if lo != hi => {
+                format!("limit {lo}-{hi} over time, {} changes", self.writes.len())
+            }
+            _ => format!("limit {}", self.initial),
+        }
+    }
+}
+
 /// At no instant are more than `limit` hosts inside an interval (deploys in `exempt`, e.g.
 /// first deploys, which bypass the limit in Teletraan, are ignored). Touching intervals do not
 /// overlap.
 pub fn parallelism(intervals: &[Interval], limit: usize, exempt: &BTreeSet<String>) -> Verdict {
-    // Events: (time, is_start, host); ends sort before starts at the same instant.
-    let mut events: Vec<(u64, bool, &str)> = Vec::new();
+    parallelism_over(intervals, &Limits::fixed(limit), exempt)
+}
+
+/// The coordinator's rule (`State::can_admit`): a host is admitted only while fewer hosts than
+/// the limit then in effect are deploying, and a host admitted goes on to the end of its
+/// deploy whatever the limit becomes (a lowered limit preempts nobody). So the number of hosts
+/// inside an interval may exceed the limit only through a decrease, never through a start: no
+/// host starts (becomes one more host inside an interval) while the hosts inside, counting it,
+/// exceed the largest limit that may have been in effect since it was admitted, that is during
+/// `[run start - ADMISSION_SLACK_US, start]` (the run start is the interval's own start for a
+/// whole span, its span's start for a later hook run). With one fixed limit this is "at no
+/// instant more than `limit`". Deploys in `exempt` (first deploys, which bypass the limit) are
+/// ignored; touching intervals do not overlap.
+pub fn parallelism_over(
+    intervals: &[Interval],
+    limits: &Limits,
+    exempt: &BTreeSet<String>,
+) -> Verdict {
+    // Events: (time, is_start, host, admitted since); ends sort before starts at one instant.
+    let mut events: Vec<(u64, bool, &str, u64)> = Vec::new();
     let mut checked = 0u64;
     for i in intervals.iter().filter(|i| !exempt.contains(&i.deploy)) {
         checked += 1;
-        events.push((i.start_us, true, &i.host));
-        events.push((i.end_us, false, &i.host));
+        let since = i.run_start_us.unwrap_or(i.start_us).saturating_sub(ADMISSION_SLACK_US);
+        events.push((i.start_us, true, &i.host, since));
+        events.push((i.end_us, false, &i.host, 0));
     }
     events.sort();
     let mut active: BTreeMap<&str, u32> = BTreeMap::new();
     let mut max = 0usize;
     let mut violations = Vec::new();
-    let mut over = false;
-    for (t, is_start, host) in events {
+    for (t, is_start, host, since) in events {
         if is_start {
-            *active.entry(host).or_default() += 1;
+            let n = active.entry(host).or_default();
+            *n += 1;
+            let limit = limits.max_in(since, t);
+            if *n == 1 && active.len() > limit {
+                let hosts: Vec<&str> = active.keys().copied().collect();
+                violations.push(format!(
+                    "at {}: {host} started with {} hosts deploying (limit {limit}): {}",
+                    secs(t),
+                    hosts.len(),
+                    hosts.join(", ")
+                ));
+            }
         } else if let Some(n) = active.get_mut(host) {
             *n -= 1;
             if *n == 0 {
@@ -259,18 +409,9 @@ pub fn parallelism(intervals: &[Interval], limit: usize, exempt: &BTreeSet<Strin
             }
         }
         max = max.max(active.len());
-        if active.len() > limit && !over {
-            let hosts: Vec<&str> = active.keys().copied().collect();
-            violations.push(format!(
-                "at {}: {} hosts deploying (limit {limit}): {}",
-                secs(t),
-                hosts.len(),
-                hosts.join(", ")
-            ));
-        }
-        over = active.len() > limit;
     }
-    let summary = format!("{checked} intervals; at most {max} hosts at once (limit {limit})");
+    let summary =
+        format!("{checked} intervals; at most {max} hosts at once ({})", limits.describe());
     Verdict::new("parallelism", checked, summary, violations)
 }
 

@@ -45,6 +45,8 @@ pub enum OpKind {
     /// Set a stage setting (`key` is `env/stage:field`), a register written by one client and
     /// read after the full restart.
     Config { key: String, value: String },
+    /// Set the deploy stage's parallelism limit (`maxParallel`).
+    SetMaxParallel { value: u32 },
 }
 
 impl OpKind {
@@ -61,6 +63,7 @@ impl OpKind {
             OpKind::StageState { paused: false } => "resume-stage".into(),
             OpKind::HostAction { action, .. } => format!("host-{}", action.to_lowercase()),
             OpKind::Config { .. } => "config".into(),
+            OpKind::SetMaxParallel { .. } => "max-parallel".into(),
         }
     }
 

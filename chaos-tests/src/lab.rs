@@ -93,6 +93,13 @@ pub fn check_failpoints(bin: &std::path::Path, spec: &str) -> Result<(), LabErro
     })
 }
 
+fn sim_err(what: &'static str) -> impl FnOnce(crate::simagents::SimError) -> LabError {
+    move |e| LabError::Process {
+        what: format!("{what} the simulated agents"),
+        message: e.to_string(),
+    }
+}
+
 fn process_err(what: impl Into<String>) -> impl FnOnce(anyhow::Error) -> LabError {
     let what = what.into();
     move |e| LabError::Process { what, message: format!("{e:#}") }
@@ -683,9 +690,46 @@ impl Lab {
         Ok(())
     }
 
-    /// Resumes every paused process, starts every stopped node and agent, stops every bad
-    /// peer, heals the network.
+    /// The simulated-agent process, for a fault aimed at it.
+    fn sim_process(&mut self, what: &str) -> Result<&mut SimAgents, LabError> {
+        self.sim.as_mut().ok_or_else(|| LabError::Process {
+            what: format!("{what} the simulated agents"),
+            message: "the scenario has none (sim_hosts = 0)".into(),
+        })
+    }
+
+    /// `kill -9` the simulated-agent process; answers how many of its hosts were mid-deploy,
+    /// `None` if it was not running.
+    pub fn kill_sim(&mut self) -> Result<Option<u64>, LabError> {
+        self.sim_process("killing")?.kill().map_err(sim_err("killing"))
+    }
+
+    /// Starts the simulated-agent process again (its hosts keep their names, not their state).
+    pub fn restart_sim(&mut self) -> Result<(), LabError> {
+        self.sim_process("restarting")?.restart().map_err(sim_err("restarting"))
+    }
+
+    /// SIGSTOP the simulated-agent process; answers how many of its hosts were mid-deploy,
+    /// `None` if it was not running.
+    pub fn pause_sim(&mut self) -> Result<Option<u64>, LabError> {
+        self.sim_process("pausing")?.pause().map_err(sim_err("pausing"))
+    }
+
+    /// SIGCONT the simulated-agent process (if it was paused).
+    pub fn resume_sim(&mut self) -> Result<(), LabError> {
+        self.sim_process("resuming")?.resume();
+        Ok(())
+    }
+
+    /// Resumes every paused process, starts every stopped node and agent (and the simulated
+    /// agents), stops every bad peer, heals the network.
     pub fn heal_all(&mut self) -> Result<(), LabError> {
+        if let Some(sim) = &mut self.sim {
+            sim.resume();
+            if !sim.is_running() {
+                sim.restart().map_err(sim_err("restarting"))?;
+            }
+        }
         for b in &mut self.bad_peers {
             b.process.kill();
         }

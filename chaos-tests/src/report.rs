@@ -33,6 +33,20 @@ pub struct FaultEvent {
     /// read when it is undone). Zero means the fault was armed but never exercised.
     #[serde(default)]
     pub failpoint_fired: Option<u64>,
+    /// For a fault on the simulated-agent process: what it hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_hit: Option<SimHit>,
+}
+
+/// What a fault on the simulated-agent process hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimHit {
+    /// The process was not running: the fault never fired.
+    NotRunning,
+    /// The process, with this many simulated hosts mid-deploy (runs of steps open in its last
+    /// flush of the intervals file).
+    Process { hosts_mid_deploy: u64 },
 }
 
 /// How quickly the cluster came back from a fault that hit its leader.
@@ -215,6 +229,15 @@ impl Report {
                 0 => ", failpoint never fired (the fault was not exercised)".to_string(),
                 n => format!(", failpoint fired {n}×"),
             });
+            let fired = fired
+                + &f.sim_hit.map_or(String::new(), |h| match h {
+                    SimHit::NotRunning => ", never fired (the process was not running)".into(),
+                    SimHit::Process { hosts_mid_deploy } => {
+                        format!(
+                            ", hit the process with {hosts_mid_deploy} simulated hosts mid-deploy"
+                        )
+                    }
+                });
             let _ =
                 writeln!(s, "  +{:.2}s {}{targets}{until}{fired}", f.at_ms as f64 / 1e3, f.label);
         }

@@ -88,6 +88,8 @@ enum Targets {
     Agents(Vec<usize>),
     /// A bad peer the lab started (its index).
     BadPeer(usize),
+    /// The simulated-agent process, and what the fault hit there.
+    Sim(crate::report::SimHit),
     None,
 }
 
@@ -269,6 +271,17 @@ impl Faults {
                 }
                 (Targets::Agents(ids), None)
             }
+            Fault::KillSim | Fault::PauseSim => {
+                let mut lab = self.lab.lock().await;
+                let mid_deploy = match fault {
+                    Fault::KillSim => lab.kill_sim()?,
+                    _ => lab.pause_sim()?,
+                };
+                let hit = mid_deploy.map_or(crate::report::SimHit::NotRunning, |n| {
+                    crate::report::SimHit::Process { hosts_mid_deploy: n }
+                });
+                (Targets::Sim(hit), None)
+            }
             Fault::HookFault { agents, mode } => {
                 let ids = self.agents(agents, n_agents);
                 let mut lab = self.lab.lock().await;
@@ -359,6 +372,8 @@ impl Faults {
                     lab.clear_hook_fault(a, *mode)?;
                 }
             }
+            Fault::KillSim => lab.restart_sim()?,
+            Fault::PauseSim => lab.resume_sim()?,
             Fault::Link { class, .. } => lab.set_quality(*class, LinkFaults::default())?,
             Fault::BadPeer { .. } => {
                 if let Targets::BadPeer(i) = targets {
@@ -647,9 +662,7 @@ impl Ctx {
     async fn sim_intervals(&self, run_end_us: u64) -> Result<Vec<checkers::Interval>, RunError> {
         let lab = self.lab.lock().await;
         let Some(sim) = &lab.sim else { return Ok(Vec::new()) };
-        let (_, intervals) = crate::simagents::read_intervals(&sim.out, self.epoch_ns, run_end_us)
-            .map_err(|e| RunError::Harness(e.to_string()))?;
-        Ok(intervals)
+        sim.intervals(self.epoch_ns, run_end_us).map_err(|e| RunError::Harness(e.to_string()))
     }
 
     /// The simulated stage's parallelism (its own limit) and convergence, added to `report`.
@@ -718,6 +731,7 @@ impl Ctx {
             rec: self.rec.clone(),
             spec: self.scenario.workload.clone(),
             hosts: self.hosts.clone(),
+            max_parallel: self.scenario.max_parallel,
         };
         let operator =
             tokio::spawn(operator.run(sub_seed(seed, "operator", 1), stop_driver.clone()));
@@ -850,8 +864,9 @@ impl Ctx {
         let acts = checkers::host_actions(ops);
         let intervals = match s.parallelism {
             Observation::Spans => checkers::deploy_spans_with(&hooks, &acts),
-            Observation::Steps => hooks,
+            Observation::Steps => checkers::steps_in_runs(&hooks, &acts),
         };
+        let limits = checkers::Limits::from_history(s.max_parallel as usize, ops);
         let intervals = checkers::without_paused(&intervals, &acts);
         let exempt: BTreeSet<String> = [first.to_string()].into();
         let bound_us = (s.convergence_bound_s * 1e6) as u64;
@@ -859,7 +874,7 @@ impl Ctx {
             checkers::convergence(&w.progress, &w.goal, &self.hosts, w.faults_end_us, bound_us);
         let log = self.driver.log.lock().unwrap().clone();
         let verdicts: Vec<Verdict> = vec![
-            checkers::parallelism(&intervals, s.max_parallel as usize, &exempt),
+            checkers::parallelism_over(&intervals, &limits, &exempt),
             conv,
             checkers::integrity(host_builds, &log.published),
             checkers::durability(ops, &finals.values, &finals.builds, &finals.deploys),
@@ -956,6 +971,7 @@ async fn run_schedule(
             Targets::Nodes(n) => n.iter().map(|n| format!("node {n}")).collect(),
             Targets::Agents(a) => a.iter().map(|a| format!("host-{}", a + 1)).collect(),
             Targets::BadPeer(i) => vec![format!("bad-peer-{}", i + 1)],
+            Targets::Sim(_) => vec!["simagents".to_string()],
             Targets::None => Vec::new(),
         };
         let hits_leader =
@@ -969,6 +985,10 @@ async fn run_schedule(
             leader_before: leader,
             hits_leader,
             failpoint_fired: None,
+            sim_hit: match &tg {
+                Targets::Sim(hit) => Some(*hit),
+                _ => None,
+            },
         });
         targets.insert(i, (tg, events.len() - 1));
     }

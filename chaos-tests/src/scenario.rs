@@ -154,7 +154,7 @@ fn default_hold() -> f64 {
 /// ```toml
 /// [workload]
 /// next_deploy = { build = 2, rollback = 1, promote = 1 }  # what follows a settled deploy
-/// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1 }
+/// actions = { pause-stage = 1, pause-host = 1, reset-host = 1, config = 1, max-parallel = 1 }
 /// action_every_s = 2.0   # one action per 0.5x..1.5x this; kinds by weight, in rounds
 /// hold_s = 1.0           # how long a stage or host stays paused before it is resumed
 /// ```
@@ -217,11 +217,15 @@ pub struct ActionMix {
     /// Change the deploy stage's settings (`chatroom`, `emailRecipients`).
     #[serde(default)]
     pub config: u32,
+    /// Set the deploy stage's `maxParallel` to another value, back to the scenario's
+    /// `max_parallel` `hold_s` later.
+    #[serde(default)]
+    pub max_parallel: u32,
 }
 
 impl ActionMix {
     pub fn total(&self) -> u32 {
-        self.pause_stage + self.pause_host + self.reset_host + self.config
+        self.pause_stage + self.pause_host + self.reset_host + self.config + self.max_parallel
     }
 }
 
@@ -345,6 +349,12 @@ pub enum Fault {
         #[serde(default)]
         wipe: bool,
     },
+    /// `kill -9` the simulated-agent process (`sim_hosts`); restarted when undone (at the
+    /// window's end without `for_s`): its hosts ping again under the same names with no local
+    /// state.
+    KillSim,
+    /// SIGSTOP the simulated-agent process; SIGCONT when undone.
+    PauseSim,
     /// Make the agents' deploy hooks fail (exit 1) or hang (until the agent's
     /// `process_timeout`, `hook_timeout_s`, stops them) from their next run on; they work again
     /// when undone. The agents report the failure; the hosts stop on it.
@@ -388,6 +398,8 @@ impl Fault {
             Fault::KillAgentsAtEveryStep { agents: a } => {
                 format!("kill -9 {} at every step", agents(a))
             }
+            Fault::KillSim => "kill -9 the simulated agents".into(),
+            Fault::PauseSim => "SIGSTOP the simulated agents".into(),
             Fault::HookFault { agents: a, mode } => {
                 format!("hooks {} on {}", mode.switch_word(), agents(a))
             }
@@ -473,6 +485,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         }
         if matches!(f.fault, Fault::BadPeer { .. }) && !s.swarm {
             return Err(invalid("a bad-peer fault needs swarm = true".into()));
+        }
+        if matches!(f.fault, Fault::KillSim | Fault::PauseSim) && s.sim_hosts == 0 {
+            return Err(invalid(format!("{:?} needs sim_hosts above 0", f.fault.label())));
+        }
+        // A simulated host whose lease expired while the process was stopped waits to be
+        // admitted again with its run of steps still open in the file, so the parallelism
+        // checker would count it while it holds no slot: keep the pause within the lease.
+        if let (Fault::PauseSim, Some(ttl)) = (&f.fault, s.lease_ttl_ms)
+            && f.for_s.is_none_or(|d| d * 1000.0 >= ttl as f64)
+        {
+            return Err(invalid(format!(
+                "pause-sim must be undone (for_s) within lease_ttl_ms ({ttl} ms)"
+            )));
         }
         if let Fault::DiskFault { failpoints, .. } = &f.fault {
             coordinator::failpoints::parse(failpoints).map_err(|e| invalid(e.to_string()))?;
@@ -644,5 +669,11 @@ mod tests {
         assert!(parse(Path::new("x.toml"), &typo).is_err());
         let lease = format!("lease_ttl_ms = 1000\nagent_lease_ms = 2000\n{text}");
         assert!(parse(Path::new("x.toml"), &lease).is_err());
+        let sim = "name = \"x\"\ndescription = \"d\"\nseed = 1\nduration_s = 9.0\n[[faults]]\nat_s = 1.0\nfor_s = 2.0\nfault = \"kill-sim\"\n[[faults]]\nat_s = 5.0\nfor_s = 2.0\nfault = \"pause-sim\"\n";
+        assert!(parse(Path::new("x.toml"), sim).is_err(), "sim faults need simulated hosts");
+        let s = parse(Path::new("x.toml"), &format!("sim_hosts = 5\n{sim}")).unwrap();
+        assert_eq!((&s.faults[0].fault, &s.faults[1].fault), (&Fault::KillSim, &Fault::PauseSim));
+        let short_lease = format!("sim_hosts = 5\nlease_ttl_ms = 1500\n{sim}");
+        assert!(parse(Path::new("x.toml"), &short_lease).is_err(), "a pause past the lease");
     }
 }

@@ -5,7 +5,11 @@
 //! parallelism checker judges them as it judges the real agents' hooks.
 //!
 //! The file ([`SimFile`], JSON) is rewritten every [`FLUSH_EVERY`] and once more on SIGTERM;
-//! times are wall-clock nanoseconds, like the real hooks' journals.
+//! times are wall-clock nanoseconds, like the real hooks' journals. Each start of the process
+//! (a restart after a `kill-sim` fault) writes a file of its own (`intervals-<run>.json`), so a
+//! restarted process, whose hosts ping again under the same names with no local state, neither
+//! loses nor overwrites the runs before it; when the lab kills the process it closes the
+//! killed run's open intervals at the kill ([`SimAgents::kill`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,6 +142,39 @@ pub async fn serve(args: SimArgs) -> Result<(), SimError> {
     Ok(())
 }
 
+impl SimFile {
+    /// Runs of steps still open (hosts mid-deploy at the last flush).
+    pub fn open_runs(&self) -> u64 {
+        self.intervals.iter().filter(|i| i.end_ns.is_none()).count() as u64
+    }
+}
+
+/// The intervals file at `path`, `None` if there is none yet.
+fn read_file(path: &Path) -> Result<Option<SimFile>, SimError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SimError::Io { what: "reading", path: path.to_path_buf(), source });
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| SimError::Parse { path: path.to_path_buf(), source })
+}
+
+/// Ends every run the file at `path` shows open at `at_ns` (the process was killed then);
+/// answers how many there were. A run begun after the last flush is not in the file at all.
+fn close_open_intervals(path: &Path, at_ns: u128) -> Result<u64, SimError> {
+    let Some(mut file) = read_file(path)? else { return Ok(0) };
+    let open = file.open_runs();
+    for i in file.intervals.iter_mut().filter(|i| i.end_ns.is_none()) {
+        i.end_ns = Some(at_ns.max(i.start_ns));
+    }
+    write_file(path, &file)?;
+    Ok(open)
+}
+
 fn write_file(path: &Path, file: &SimFile) -> Result<(), SimError> {
     let tmp = path.with_extension("tmp");
     let io = |what, source| SimError::Io { what, path: tmp.clone(), source };
@@ -153,13 +190,11 @@ pub fn read_intervals(
     start_epoch_ns: u128,
     run_end_us: u64,
 ) -> Result<(SimFile, Vec<Interval>), SimError> {
-    let bytes = std::fs::read(path).map_err(|source| SimError::Io {
+    let file = read_file(path)?.ok_or_else(|| SimError::Io {
         what: "reading",
         path: path.to_path_buf(),
-        source,
+        source: std::io::ErrorKind::NotFound.into(),
     })?;
-    let file: SimFile = serde_json::from_slice(&bytes)
-        .map_err(|source| SimError::Parse { path: path.to_path_buf(), source })?;
     let us = |ns: u128| (ns.saturating_sub(start_epoch_ns) / 1000) as u64;
     let intervals = file
         .intervals
@@ -169,9 +204,27 @@ pub fn read_intervals(
             deploy: i.deploy.clone(),
             start_us: us(i.start_ns),
             end_us: i.end_ns.map_or(run_end_us, us),
+            run_start_us: None,
         })
         .collect();
     Ok((file, intervals))
+}
+
+/// The runs of steps of every start's file (`outs`, oldest first), appended; a start killed
+/// before its first flush left no file, the running one must have one.
+pub fn read_runs(
+    outs: &[PathBuf],
+    start_epoch_ns: u128,
+    run_end_us: u64,
+) -> Result<Vec<Interval>, SimError> {
+    let mut all = Vec::new();
+    for (i, out) in outs.iter().enumerate() {
+        if i + 1 < outs.len() && !out.exists() {
+            continue;
+        }
+        all.extend(read_intervals(out, start_epoch_ns, run_end_us)?.1);
+    }
+    Ok(all)
 }
 
 /// The `chaos` binary: the running one, or one beside it (an integration test runs from
@@ -191,9 +244,14 @@ pub struct SimAgents {
     pub hosts: usize,
     pub prefix: String,
     pub proxies: Vec<Proxy>,
-    pub out: PathBuf,
+    /// Every start's intervals file, oldest first (the last is the running process's).
+    pub outs: Vec<PathBuf>,
+    /// Every start's output, appended.
     pub log: PathBuf,
+    spec: SimSpec,
+    bin: PathBuf,
     child: Option<Child>,
+    paused: bool,
 }
 
 /// What the lab starts.
@@ -221,11 +279,35 @@ impl SimAgents {
         let io =
             |what, path: &Path, source| SimError::Io { what, path: path.to_path_buf(), source };
         std::fs::create_dir_all(&spec.dir).map_err(|e| io("creating", &spec.dir, e))?;
-        let out = spec.dir.join("intervals.json");
         let log = spec.dir.join("simagents.log");
-        let log_file = std::fs::File::create(&log).map_err(|e| io("creating", &log, e))?;
-        let err_file = log_file.try_clone().map_err(|e| io("opening", &log, e))?;
-        let mut cmd = Command::new(&bin);
+        let mut sim = SimAgents {
+            hosts: spec.hosts,
+            prefix: spec.prefix.clone(),
+            proxies,
+            outs: Vec::new(),
+            log,
+            spec,
+            bin,
+            child: None,
+            paused: false,
+        };
+        sim.spawn()?;
+        Ok(sim)
+    }
+
+    /// Starts the process, writing to a new intervals file.
+    fn spawn(&mut self) -> Result<(), SimError> {
+        let io =
+            |what, path: &Path, source| SimError::Io { what, path: path.to_path_buf(), source };
+        let spec = &self.spec;
+        let out = spec.dir.join(format!("intervals-{}.json", self.outs.len()));
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| io("opening", &self.log, e))?;
+        let err_file = log_file.try_clone().map_err(|e| io("opening", &self.log, e))?;
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("simagents")
             .args(["--hosts", &spec.hosts.to_string(), "--prefix", &spec.prefix])
             .args(["--group", &spec.group, "--step-ms", &spec.step.as_millis().to_string()])
@@ -233,7 +315,7 @@ impl SimAgents {
             .arg(&spec.ca_dir)
             .arg("--out")
             .arg(&out);
-        for p in &proxies {
+        for p in &self.proxies {
             cmd.args(["--agent-addr", &p.addr().to_string()]);
         }
         let child = cmd
@@ -241,15 +323,73 @@ impl SimAgents {
             .stdout(log_file)
             .stderr(err_file)
             .spawn()
-            .map_err(|e| io("starting", &bin, e))?;
-        Ok(SimAgents {
-            hosts: spec.hosts,
-            prefix: spec.prefix,
-            proxies,
-            out,
-            log,
-            child: Some(child),
-        })
+            .map_err(|e| io("starting", &self.bin, e))?;
+        self.child = Some(child);
+        self.paused = false;
+        self.outs.push(out);
+        Ok(())
+    }
+
+    /// `kill -9` the process. Its hosts stop deploying there and then: the runs of steps its
+    /// last file shows open end at the kill. Answers how many were open (hosts mid-deploy), or
+    /// `None` if the process was not running (the fault hit nothing).
+    pub fn kill(&mut self) -> Result<Option<u64>, SimError> {
+        if !self.is_running() {
+            return Ok(None);
+        }
+        let Some(mut c) = self.child.take() else { return Ok(None) };
+        let _ = c.kill();
+        let _ = c.wait();
+        self.paused = false;
+        let out = self.outs.last().expect("a started process has a file");
+        close_open_intervals(out, wall_ns()).map(Some)
+    }
+
+    /// Starts the process again (killing it first if it runs): its hosts ping again under
+    /// the same names, with no local state, and its runs go to a new file.
+    pub fn restart(&mut self) -> Result<(), SimError> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    /// SIGSTOP the process; answers how many hosts its last file shows mid-deploy, or `None`
+    /// if it was not running.
+    pub fn pause(&mut self) -> Result<Option<u64>, SimError> {
+        let Some(pid) = self.pid() else { return Ok(None) };
+        let _ = kill(pid, Signal::SIGSTOP);
+        self.paused = true;
+        let out = self.outs.last().expect("a started process has a file");
+        let open = read_file(out)?.map_or(0, |f| f.open_runs());
+        Ok(Some(open))
+    }
+
+    /// SIGCONT the process, if it was paused.
+    pub fn resume(&mut self) {
+        if std::mem::take(&mut self.paused)
+            && let Some(pid) = self.pid()
+        {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    fn pid(&mut self) -> Option<Pid> {
+        self.is_running()
+            .then(|| self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32)))
+            .flatten()
+    }
+
+    /// Every start's runs of steps as the checkers' intervals, on the run's clock
+    /// ([`read_intervals`]); a start killed before its first flush left no file.
+    pub fn intervals(
+        &self,
+        start_epoch_ns: u128,
+        run_end_us: u64,
+    ) -> Result<Vec<Interval>, SimError> {
+        read_runs(&self.outs, start_epoch_ns, run_end_us)
     }
 
     /// The simulated hosts' names.
@@ -279,6 +419,8 @@ impl SimAgents {
 
     /// SIGTERM (the fleet writes its file a last time), then SIGKILL after [`STOP_GRACE`].
     pub fn stop(&mut self) {
+        // A stopped process ignores SIGTERM until continued.
+        self.resume();
         let Some(mut c) = self.child.take() else { return };
         let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
@@ -333,5 +475,42 @@ mod tests {
         assert_eq!(spans, [("sim-0", 5, 9), ("sim-1", 7, 100)], "an open run lasts to the end");
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(read_intervals(&path, start, 100), Err(SimError::Parse { .. })));
+    }
+
+    #[test]
+    fn a_killed_run_ends_at_the_kill_and_a_restart_appends_a_run_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_000_000_000_000u128;
+        let run = |host: &str, from_us: u128, to_us: Option<u128>| SimInterval {
+            host: host.into(),
+            deploy: "d".into(),
+            start_ns: start + from_us * 1000,
+            end_ns: to_us.map(|t| start + t * 1000),
+        };
+        let outs: Vec<PathBuf> =
+            (0..3).map(|i| dir.path().join(format!("intervals-{i}.json"))).collect();
+        // The first process: sim-0 done, sim-1 mid-deploy when it is killed at 50 µs.
+        let first = SimFile {
+            intervals: vec![run("sim-0", 5, Some(9)), run("sim-1", 7, None)],
+            ping_errors: 0,
+        };
+        write_file(&outs[0], &first).unwrap();
+        assert_eq!(close_open_intervals(&outs[0], start + 50_000).unwrap(), 1);
+        assert_eq!(close_open_intervals(&outs[0], start + 60_000).unwrap(), 0, "closed once");
+        // The second was killed before its first flush (no file); the third runs: sim-1
+        // deploys again under the same name.
+        assert_eq!(close_open_intervals(&outs[1], start).unwrap(), 0);
+        let third = SimFile { intervals: vec![run("sim-1", 80, None)], ping_errors: 0 };
+        write_file(&outs[2], &third).unwrap();
+        let spans: Vec<(String, u64, u64)> = read_runs(&outs, start, 100)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.host, i.start_us, i.end_us))
+            .collect();
+        let want = [("sim-0", 5, 9), ("sim-1", 7, 50), ("sim-1", 80, 100)];
+        assert_eq!(spans, want.map(|(h, a, b)| (h.to_string(), a, b)));
+        // The running process's file must be there.
+        std::fs::remove_file(&outs[2]).unwrap();
+        assert!(read_runs(&outs, start, 100).is_err());
     }
 }

@@ -239,6 +239,7 @@ mod tests {
             leader_before: Some(1),
             hits_leader: true,
             failpoint_fired: None,
+            sim_hit: None,
         }];
         let svg = svg("t", &progress, &status, &faults, 0, &["d1".into()]);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

@@ -14,16 +14,24 @@ use common::run_scenario;
 async fn the_quick_subset_holds_every_invariant() {
     let (r, recorded) = run_scenario("leader-kill-mid-deploy").await;
     assert!(r.recovery.iter().all(|x| x.leader_ms.is_some() && x.writes_ms.is_some()), "{r:?}");
-    // The journals really show the rollout using its parallelism: one slot fewer and the
-    // checker objects (so a slot too many would not go unseen).
-    // The operator paused and reset hosts: spans are judged as the run judged them (a
-    // user-paused host holds no slot, a reset host starts a new span).
+    // The journals really show the rollout using its parallelism: one host at a time
+    // throughout and the checker objects (so a slot too many would not go unseen).
+    // The operator paused and reset hosts and changed maxParallel: spans are judged as the run
+    // judged them (a user-paused host holds no slot, a reset host starts a new span, a start
+    // is judged against the limit in effect).
     let acts = checkers::host_actions(&recorded.ops);
     let hooks = checkers::hook_intervals(&recorded.journal, r.timing.run_end_us);
     let spans = checkers::without_paused(&checkers::deploy_spans_with(&hooks, &acts), &acts);
     let exempt: BTreeSet<String> = [r.first_deploy.clone()].into();
-    assert!(checkers::parallelism(&spans, 2, &exempt).passed());
+    let limits = checkers::Limits::from_history(2, &recorded.ops);
+    assert!(checkers::parallelism_over(&spans, &limits, &exempt).passed());
     assert_eq!(checkers::parallelism(&spans, 1, &exempt).status, Status::Fail);
+    // maxParallel was set to another value than the scenario's 2, and acknowledged.
+    assert!(
+        limits.writes.iter().any(|w| w.value != 2 && w.complete_us != u64::MAX),
+        "no acknowledged maxParallel change: {:?}",
+        limits.writes
+    );
     // The operator's actions happened, through the fault, and were acknowledged.
     let ok = &r.operations.ok_by_kind;
     for kind in [
@@ -33,6 +41,7 @@ async fn the_quick_subset_holds_every_invariant() {
         "host-normal",
         "host-reset",
         "config",
+        "max-parallel",
     ] {
         assert!(ok.get(kind).is_some_and(|&n| n > 0), "no acknowledged {kind}: {ok:?}");
     }
@@ -50,6 +59,17 @@ async fn the_quick_subset_holds_every_invariant() {
     // A storage fault really exercised: the follower's failpoint fired (ENOSPC on its log).
     let (r, _) = run_scenario("disk-full").await;
     assert!(r.faults.iter().all(|f| f.failpoint_fired > Some(0)), "{:?}", r.faults);
+
+    // Scale: 200 simulated hosts in their own stage through a leader kill; every one of them
+    // settled on the simulated stage's last deploy (run_scenario: zero violations).
+    let (r, recorded) = run_scenario("scale-leader-kill").await;
+    assert!(r.faults.iter().any(|f| f.hits_leader), "the leader was killed: {:?}", r.faults);
+    assert!(r.recovery.iter().all(|x| x.leader_ms.is_some()), "a new leader was elected");
+    let sim = |name: &str| r.verdicts.iter().find(|v| v.invariant == name).cloned();
+    let converged = sim("convergence-sim").expect("the simulated stage is judged");
+    assert_eq!(converged.checked, 200, "{converged:?}");
+    assert!(sim("parallelism-sim").is_some_and(|v| v.checked > 0), "{:?}", r.verdicts);
+    assert!(r.sim_deploys > 0 && !recorded.sim_intervals.is_empty());
 
     let (r, _) = run_scenario("agent-kill-every-step").await;
     for step in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"] {

@@ -184,7 +184,13 @@ fn durability_needs_every_acknowledged_creation() {
 // --- parallelism ------------------------------------------------------------------------------
 
 fn iv(host: &str, deploy: &str, start: u64, end: u64) -> Interval {
-    Interval { host: host.into(), deploy: deploy.into(), start_us: start, end_us: end }
+    Interval {
+        host: host.into(),
+        deploy: deploy.into(),
+        start_us: start,
+        end_us: end,
+        run_start_us: None,
+    }
 }
 
 #[test]
@@ -314,6 +320,112 @@ fn a_reset_host_starts_a_new_span() {
     // A refused reset does not split.
     let refused = host_actions(&[host_op("a", "RESET", 50, 52, Failed)]);
     assert_eq!(parallelism(&deploy_spans_with(&hooks, &refused), 2, &none).status, Status::Fail);
+}
+
+/// Seconds, in the checkers' microseconds.
+const S: u64 = 1_000_000;
+
+fn limit_op(value: u32, invoke: u64, complete: u64, outcome: Outcome) -> Op {
+    Op { invoke_us: invoke, complete_us: complete, ..op(OpKind::SetMaxParallel { value }, outcome) }
+}
+
+#[test]
+fn the_limit_timeline_allows_every_limit_that_may_be_in_effect() {
+    // 2 from the start; 1 acknowledged during [10 s, 11 s]; 3 of unknown outcome from 20 s;
+    // 2 again acknowledged during [30 s, 31 s]; a refused 5 changes nothing.
+    let l = Limits::from_history(
+        2,
+        &[
+            limit_op(1, 10 * S, 11 * S, Acked),
+            limit_op(3, 20 * S, 20 * S + 1, Unknown),
+            limit_op(2, 30 * S, 31 * S, Acked),
+            limit_op(5, 40 * S, 41 * S, Failed),
+        ],
+    );
+    assert_eq!(l.max_in(0, 9 * S), 2);
+    assert_eq!(l.max_in(10 * S, 10 * S), 2, "during the write either limit may hold");
+    assert_eq!(l.max_in(12 * S, 19 * S), 1, "after it completed only the new one");
+    assert_eq!(l.max_in(12 * S, 20 * S), 3, "an unknown write may land from its invocation");
+    assert_eq!(l.max_in(35 * S, 50 * S), 3, "or at any later time (or never)");
+    assert_eq!(Limits::fixed(4).max_in(0, u64::MAX), 4);
+}
+
+#[test]
+fn no_host_starts_above_the_limit_in_effect() {
+    // maxParallel 2, lowered to 1 (acknowledged during [1 s, 1.01 s]); a deploys throughout.
+    let lowered = [limit_op(1, S, S + 10_000, Acked)];
+    let none = BTreeSet::new();
+    let judge = |ops: &[Op], starts_at: u64| {
+        let spans = vec![iv("a", "d", 0, 3 * S), iv("b", "d", starts_at, starts_at + S / 2)];
+        parallelism_over(&spans, &Limits::from_history(2, ops), &none)
+    };
+    // b starts at 2 s, with a deploying: two hosts under a limit of one.
+    let v = judge(&lowered, 2 * S);
+    assert_eq!(v.status, Status::Fail, "{v:?}");
+    assert!(v.violations[0].contains("b started with 2 hosts deploying (limit 1)"), "{v:?}");
+    // The same start before the decrease: two of two, and both may finish after it.
+    assert!(judge(&lowered, S / 2).passed());
+    let v = parallelism_over(
+        &[iv("a", "d", 0, 3 * S), iv("b", "d", S / 2, 3 * S)],
+        &Limits::from_history(2, &lowered),
+        &none,
+    );
+    assert!(v.passed(), "hosts admitted under 2 finish after the decrease to 1: {v:?}");
+    // While the write is in flight either limit may hold.
+    assert!(judge(&lowered, S + 5_000).passed());
+    // A start within the admission slack after the decrease may have been admitted before it.
+    assert!(judge(&lowered, S + 10_000 + ADMISSION_SLACK_US - 1).passed());
+    assert_eq!(judge(&lowered, S + 10_000 + ADMISSION_SLACK_US + 1).status, Status::Fail);
+    // Unknown outcome: the old limit may still hold (the write may never land) ...
+    assert!(judge(&[limit_op(1, S, S + 10_000, Unknown)], 2 * S).passed());
+    // ... and a refused write changed nothing.
+    assert!(judge(&[limit_op(1, S, S + 10_000, Failed)], 2 * S).passed());
+    // Set back to 2 (acknowledged by 2.01 s): b may start again after that.
+    let restored = [lowered[0].clone(), limit_op(2, 2 * S, 2 * S + 10_000, Acked)];
+    assert!(judge(&restored, 2 * S + S / 10).passed());
+    assert_eq!(judge(&restored, 18 * S / 10).status, Status::Fail, "before it, 1 held");
+}
+
+#[test]
+fn a_raised_limit_counts_only_once_it_may_be_in_effect() {
+    // Three hosts at once at 5 s; 3 is set during [6 s, 6.01 s]: too late for them.
+    let spans =
+        vec![iv("a", "d", 5 * S, 9 * S), iv("b", "d", 5 * S, 9 * S), iv("c", "d", 5 * S, 9 * S)];
+    let none = BTreeSet::new();
+    for outcome in [Acked, Unknown] {
+        let raised = Limits::from_history(2, &[limit_op(3, 6 * S, 6 * S + 10_000, outcome)]);
+        assert_eq!(parallelism_over(&spans, &raised, &none).status, Status::Fail, "{outcome:?}");
+        let early = Limits::from_history(2, &[limit_op(3, 4 * S, 4 * S + 10_000, outcome)]);
+        assert!(parallelism_over(&spans, &early, &none).passed(), "{outcome:?}");
+    }
+    let refused = Limits::from_history(2, &[limit_op(3, 4 * S, 4 * S + 10_000, Failed)]);
+    assert_eq!(parallelism_over(&spans, &refused, &none).status, Status::Fail);
+}
+
+#[test]
+fn a_later_step_of_a_host_admitted_before_a_decrease_is_no_new_start() {
+    // Steps: a runs two hooks of d (0-0.3 s, 2-2.3 s), b one long one; the limit goes from 2
+    // to 1 at 1 s. a's second hook is the same run, admitted under 2.
+    let hooks = vec![
+        iv("a", "d", 0, 3 * S / 10),
+        iv("a", "d", 2 * S, 23 * S / 10),
+        iv("b", "d", S / 10, 3 * S),
+    ];
+    let limits = Limits::from_history(2, &[limit_op(1, S, S + 10_000, Acked)]);
+    let none = BTreeSet::new();
+    let steps = steps_in_runs(&hooks, &HostActions::default());
+    assert_eq!(steps[1].run_start_us, Some(0));
+    assert!(parallelism_over(&steps, &limits, &none).passed());
+    assert_eq!(
+        parallelism_over(&hooks, &limits, &none).status,
+        Status::Fail,
+        "judged as a new start it would be one"
+    );
+    // A reset begins a new run: a's hook after it is a start under the new limit.
+    let reset = host_actions(&[host_op("a", "RESET", 19 * S / 10, 19 * S / 10 + 1, Acked)]);
+    let steps = steps_in_runs(&hooks, &reset);
+    assert_eq!(steps[1].run_start_us, None);
+    assert_eq!(parallelism_over(&steps, &limits, &none).status, Status::Fail);
 }
 
 #[test]
