@@ -20,17 +20,34 @@ pub enum ProcNetError {
 /// Local UDP ports (IPv4 and IPv6) of the sockets process `pid` holds.
 pub fn udp_ports(pid: u32) -> Result<BTreeSet<u16>, ProcNetError> {
     let inodes = socket_inodes(pid)?;
-    let mut table = BTreeMap::new();
-    for file in ["/proc/net/udp", "/proc/net/udp6"] {
+    let table: BTreeMap<u64, u16> = read_tables(&["/proc/net/udp", "/proc/net/udp6"])?
+        .into_iter()
+        .map(|s| (s.inode, s.local_port))
+        .collect();
+    Ok(inodes.iter().filter_map(|i| table.get(i).copied()).collect())
+}
+
+/// One row of a kernel socket table (`/proc/net/{udp,tcp}{,6}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketRow {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub inode: u64,
+}
+
+/// The rows of every table in `files` (one missing, such as IPv6 on a kernel without it, adds
+/// nothing).
+fn read_tables(files: &[&str]) -> Result<Vec<SocketRow>, ProcNetError> {
+    let mut rows = Vec::new();
+    for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
-            // No IPv6 on this kernel: nothing to add.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ProcNetError::Read { path: file.into(), source }),
+            Err(source) => return Err(ProcNetError::Read { path: file.to_string(), source }),
         };
-        table.extend(parse_udp_table(&text));
+        rows.extend(parse_socket_table(&text));
     }
-    Ok(inodes.iter().filter_map(|i| table.get(i).copied()).collect())
+    Ok(rows)
 }
 
 /// Inodes of the sockets among process `pid`'s file descriptors.
@@ -54,16 +71,19 @@ fn socket_inode(link: &Path) -> Option<u64> {
     link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Parses `/proc/net/udp` (or `udp6`) into inode → local port.
-pub fn parse_udp_table(text: &str) -> BTreeMap<u64, u16> {
+/// Parses a kernel socket table (`/proc/net/udp`, `tcp`, or their `6` forms: the same columns)
+/// into its rows.
+pub fn parse_socket_table(text: &str) -> Vec<SocketRow> {
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let port = f.get(1)?.rsplit_once(':')?.1;
-            let port = u16::from_str_radix(port, 16).ok()?;
-            let inode = f.get(9)?.parse().ok()?;
-            Some((inode, port))
+            Some(SocketRow {
+                local_port: port(f.get(1)?)?,
+                remote_port: port(f.get(2)?)?,
+                inode: f.get(9)?.parse().ok()?,
+            })
         })
         .collect()
 }
@@ -77,10 +97,14 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
              1022: 00000000:88C5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 475443 2 00000000bbc8bb58 0\n\
              2107: 0100007F:CD02 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 475060 2 0000000029e826c8 0\n";
-        let t = parse_udp_table(text);
-        assert_eq!(t.get(&475443), Some(&0x88C5));
-        assert_eq!(t.get(&475060), Some(&0xCD02));
-        assert_eq!(t.len(), 2);
+        let t = parse_socket_table(text);
+        assert_eq!(
+            t,
+            [
+                SocketRow { local_port: 0x88C5, remote_port: 0, inode: 475443 },
+                SocketRow { local_port: 0xCD02, remote_port: 0, inode: 475060 },
+            ]
+        );
         assert_eq!(socket_inode(Path::new("socket:[42]")), Some(42));
         assert_eq!(socket_inode(Path::new("pipe:[42]")), None);
     }
