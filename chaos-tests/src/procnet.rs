@@ -1,10 +1,15 @@
-//! The UDP ports a process has open, from `/proc` (Linux only).
+//! The UDP ports a process has open, and which process holds a TCP connection, from `/proc`
+//! (Linux only).
 //!
 //! A coordinator dials its peers from an ephemeral client port, and a `deploy-agent` dials the
 //! coordinators from one too; the proxies in front of the other side see those ports as the
 //! datagrams' source. Cutting a process's outgoing links therefore means dropping datagrams from
 //! its ports, which this module finds: `/proc/<pid>/fd/*` links name `socket:[inode]`, and
 //! `/proc/net/udp{,6}` map each inode to its local port.
+//!
+//! TCP connections get a new ephemeral port each, so the TCP proxy asks the other way round,
+//! once per accepted connection: which of the processes it watches holds the socket with that
+//! client port ([`tcp_owner`], from `/proc/net/tcp{,6}` and the same descriptor links).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -25,6 +30,32 @@ pub fn udp_ports(pid: u32) -> Result<BTreeSet<u16>, ProcNetError> {
         .map(|s| (s.inode, s.local_port))
         .collect();
     Ok(inodes.iter().filter_map(|i| table.get(i).copied()).collect())
+}
+
+/// Which of `pids` holds the TCP socket (IPv4 or IPv6) with local port `local_port` connected
+/// to remote port `remote_port`: for a connection a proxy accepted on its port `remote_port`
+/// from loopback port `local_port`, the process that dialled. `None` if none of them does (the
+/// connection may be gone already). A process that exited meanwhile is skipped.
+pub fn tcp_owner(
+    pids: &BTreeSet<u32>,
+    local_port: u16,
+    remote_port: u16,
+) -> Result<Option<u32>, ProcNetError> {
+    let inodes: BTreeSet<u64> = read_tables(&["/proc/net/tcp", "/proc/net/tcp6"])?
+        .into_iter()
+        // Inode 0: a socket no descriptor holds any more (TIME_WAIT).
+        .filter(|r| r.local_port == local_port && r.remote_port == remote_port && r.inode != 0)
+        .map(|r| r.inode)
+        .collect();
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    for &pid in pids {
+        if socket_inodes(pid).is_ok_and(|held| !held.is_disjoint(&inodes)) {
+            return Ok(Some(pid));
+        }
+    }
+    Ok(None)
 }
 
 /// One row of a kernel socket table (`/proc/net/{udp,tcp}{,6}`).
@@ -122,5 +153,27 @@ mod tests {
         drop(a);
         assert!(!udp_ports(std::process::id()).unwrap().contains(&port));
         assert!(udp_ports(u32::MAX).is_err(), "no such process");
+    }
+
+    #[test]
+    fn finds_which_process_holds_a_tcp_connection() {
+        let me = std::process::id();
+        let gone = u32::MAX;
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            // No IPv6 on this machine: nothing to check there.
+            let Ok(listener) = std::net::TcpListener::bind(bind) else { continue };
+            let server_port = listener.local_addr().unwrap().port();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().unwrap();
+            let client_port = client.local_addr().unwrap().port();
+            let watched: BTreeSet<u32> = [gone, me].into();
+            assert_eq!(tcp_owner(&watched, client_port, server_port).unwrap(), Some(me), "{bind}");
+            // The accepted end is the one with the ports the other way round.
+            assert_eq!(tcp_owner(&watched, server_port, client_port).unwrap(), Some(me));
+            assert_eq!(tcp_owner(&[gone].into(), client_port, server_port).unwrap(), None);
+            assert_eq!(tcp_owner(&watched, client_port, server_port ^ 1).unwrap(), None);
+            drop((client, accepted));
+            assert_eq!(tcp_owner(&watched, client_port, server_port).unwrap(), None, "closed");
+        }
     }
 }
