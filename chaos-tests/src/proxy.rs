@@ -675,4 +675,4 @@ async fn delay_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Scheduled>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
