@@ -261,7 +261,7 @@ impl Lab {
             .iter()
             .zip(&agent_proxies)
             .zip(origins)
-            .map(|((r, a), swarm)| Advertise { raft: r.addr(), agent: a.addr(), swarm })
+            .map(|((r, a), swarm)| Advertise { http: None, raft: r.addr(), agent: a.addr(), swarm })
             .collect();
         let mut cluster = DevCluster::start(Spec {
             nodes: NODES as usize,

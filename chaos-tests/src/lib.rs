@@ -1,7 +1,8 @@
 //! The chaos suite: real coordinator and agent processes, faults injected on schedule, and
 //! checkers that judge the recorded history.
 //!
-//! - [`proxy`]: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one.
+//! - [`proxy`]: a UDP datagram fault proxy (QUIC is UDP); every link under test goes through one,
+//!   or through a [`tcp_proxy`], its TCP counterpart (the coordinators' HTTP between each other).
 //! - [`lab`]: the cluster and the agents behind their proxies, and the faults done to them
 //!   ([`procnet`] finds a process's UDP ports).
 //! - [`scenario`]: the TOML scenario files; [`workload`]: the recorded operator traffic;
@@ -24,5 +25,6 @@ pub mod run;
 pub mod scenario;
 pub mod simagents;
 pub mod swarm_lab;
+pub mod tcp_proxy;
 pub mod timeline;
 pub mod workload;

@@ -166,14 +166,15 @@ pub enum Fate {
 /// A token bucket per direction: `rate` bytes per second, a burst of [`BANDWIDTH_BURST`] at that
 /// rate; datagrams that find it empty wait for tokens (at most [`MAX_SHAPING_DELAY`]).
 #[derive(Debug, Default)]
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// Bytes available; negative while datagrams queue.
     tokens: f64,
     last: Option<Instant>,
 }
 
 impl TokenBucket {
-    fn admit(&mut self, rate: u64, len: usize, now: Instant) -> Option<Duration> {
+    /// Takes `len` bytes' tokens at `rate` and says how long they wait for them (however long).
+    pub(crate) fn reserve(&mut self, rate: u64, len: usize, now: Instant) -> Duration {
         let rate = rate as f64;
         let burst = (rate * BANDWIDTH_BURST.as_secs_f64()).max(MIN_BURST_BYTES as f64);
         self.tokens = match self.last {
@@ -183,15 +184,32 @@ impl TokenBucket {
         self.last = Some(now);
         self.tokens -= len as f64;
         if self.tokens >= 0.0 {
-            return Some(Duration::ZERO);
+            return Duration::ZERO;
         }
-        let wait = Duration::from_secs_f64(-self.tokens / rate);
+        Duration::from_secs_f64(-self.tokens / rate)
+    }
+
+    /// As [`TokenBucket::reserve`], but a datagram that would wait more than
+    /// [`MAX_SHAPING_DELAY`] is refused (`None`) and takes no tokens.
+    fn admit(&mut self, rate: u64, len: usize, now: Instant) -> Option<Duration> {
+        let wait = self.reserve(rate, len, now);
         if wait > MAX_SHAPING_DELAY {
             self.tokens += len as f64;
             return None;
         }
         Some(wait)
     }
+}
+
+/// `delay_ms`, varied uniformly by up to `jitter_ms` either way (never below 0).
+pub(crate) fn jittered_delay(rng: &mut StdRng, delay_ms: u64, jitter_ms: u64) -> Duration {
+    let ms = if jitter_ms > 0 {
+        let j = jitter_ms as i64;
+        (delay_ms as i64 + rng.random_range(-j..=j)).max(0) as u64
+    } else {
+        delay_ms
+    };
+    Duration::from_millis(ms)
 }
 
 /// The deterministic decision core of a proxy.
@@ -243,13 +261,7 @@ impl Shaper {
                 None => return Fate::Dropped(DropReason::Bandwidth),
             }
         }
-        let delay_ms = if faults.jitter_ms > 0 {
-            let j = faults.jitter_ms as i64;
-            (faults.delay_ms as i64 + self.rng.random_range(-j..=j)).max(0) as u64
-        } else {
-            faults.delay_ms
-        };
-        after += Duration::from_millis(delay_ms);
+        after += jittered_delay(&mut self.rng, faults.delay_ms, faults.jitter_ms);
         let reordered = faults.reorder_rate > 0.0 && self.rng.random_bool(faults.reorder_rate);
         if reordered {
             after += REORDER_HOLD;
@@ -663,4 +675,4 @@ async fn delay_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Scheduled>) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

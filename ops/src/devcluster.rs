@@ -31,13 +31,17 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// What the founding membership says node i (element i - 1) is reached at, instead of its
     /// own addresses: e.g. fault proxies in front of it (the chaos suite). Peers dial the Raft
-    /// address; followers redirect agents to the leader's agent address. `None`: the nodes' own.
+    /// address and send HTTP (forwarded writes, read indexes, blob copies) to the HTTP address;
+    /// followers redirect agents to the leader's agent address. `None`: the nodes' own.
     pub advertise: Option<Vec<Advertise>>,
 }
 
 /// Where peers and agents reach a node, when not at its own addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advertise {
+    /// Where the other nodes send this node HTTP requests. `None`: its own HTTP address (which
+    /// operators and tools always use).
+    pub http: Option<SocketAddr>,
     pub raft: SocketAddr,
     pub agent: SocketAddr,
     /// The node's blob origin: where it listens (`--swarm-addr`) and what the tracker hands
@@ -194,6 +198,15 @@ fn prepare_node(spec: &Spec, ca_dir: &Path, i: u64) -> anyhow::Result<NodeEntry>
     })
 }
 
+/// Node `n`'s `--initial-member` entry (`id=http,raft,agent`): where the other nodes reach it.
+fn member(n: &NodeEntry, advertise: Option<&Advertise>) -> String {
+    let (http, raft, agent) = match advertise {
+        Some(adv) => (adv.http.unwrap_or(n.http_addr), adv.raft, adv.agent),
+        None => (n.http_addr, n.raft_addr, n.agent_addr),
+    };
+    format!("{}={http},{raft},{agent}", n.id)
+}
+
 impl DevCluster {
     /// Starts one more node with the cluster's CA but outside its membership: it waits to be
     /// added (`POST /v1/cluster/nodes`). Returns its entry.
@@ -240,13 +253,7 @@ impl DevCluster {
         let members = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                let (raft, agent) = match &spec.advertise {
-                    Some(adv) => (adv[i].raft, adv[i].agent),
-                    None => (n.raft_addr, n.agent_addr),
-                };
-                format!("{}={},{raft},{agent}", n.id, n.http_addr)
-            })
+            .map(|(i, n)| member(n, spec.advertise.as_ref().map(|adv| &adv[i])))
             .collect();
         let children = nodes.iter().map(|_| None).collect();
         let mut cluster = DevCluster {
@@ -471,5 +478,30 @@ impl Drop for DevCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_membership_names_the_advertised_addresses() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let n = NodeEntry {
+            id: 2,
+            pid: None,
+            http_addr: addr(1),
+            raft_addr: addr(2),
+            agent_addr: addr(3),
+            data_dir: PathBuf::new(),
+            tls_dir: PathBuf::new(),
+            log: PathBuf::new(),
+        };
+        assert_eq!(member(&n, None), "2=127.0.0.1:1,127.0.0.1:2,127.0.0.1:3");
+        let mut adv = Advertise { http: None, raft: addr(12), agent: addr(13), swarm: None };
+        assert_eq!(member(&n, Some(&adv)), "2=127.0.0.1:1,127.0.0.1:12,127.0.0.1:13");
+        adv.http = Some(addr(11));
+        assert_eq!(member(&n, Some(&adv)), "2=127.0.0.1:11,127.0.0.1:12,127.0.0.1:13");
     }
 }

@@ -135,11 +135,12 @@ fn bad_settings_are_refused() {
     );
 }
 
-/// An upstream that answers every datagram with the same bytes and counts what it got.
-struct Echo {
-    addr: SocketAddr,
-    received: Arc<AtomicU64>,
-    task: JoinHandle<()>,
+/// An upstream that answers what it gets with the same bytes and counts what it got (the TCP
+/// proxy's tests use it too).
+pub(crate) struct Echo {
+    pub(crate) addr: SocketAddr,
+    pub(crate) received: Arc<AtomicU64>,
+    pub(crate) task: JoinHandle<()>,
 }
 
 impl Drop for Echo {
