@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use chaos_tests::checkers::{self, Status};
 use chaos_tests::lab::LinkClass;
+use chaos_tests::report::SimHit;
 
 mod common;
 use common::run_scenario;
@@ -70,6 +71,20 @@ async fn the_quick_subset_holds_every_invariant() {
     assert_eq!(converged.checked, 200, "{converged:?}");
     assert!(sim("parallelism-sim").is_some_and(|v| v.checked > 0), "{:?}", r.verdicts);
     assert!(r.sim_deploys > 0 && !recorded.sim_intervals.is_empty());
+
+    // The simulated-agent process killed and paused mid-deploy, restarted within its hosts'
+    // long-poll hold: its dead incarnation's held pings must not rewrite the new one's rows
+    // (they did, and the stage over-admitted; run_scenario: zero violations).
+    let (r, _) = run_scenario("scale-sim-kill").await;
+    let hits: Vec<_> = r.faults.iter().filter_map(|f| f.sim_hit).collect();
+    assert!(
+        hits.len() >= 2
+            && hits.iter().all(
+                |h| matches!(h, SimHit::Process { hosts_mid_deploy } if *hosts_mid_deploy > 0)
+            ),
+        "both faults hit the process mid-deploy: {:?}",
+        r.faults
+    );
 
     let (r, _) = run_scenario("agent-kill-every-step").await;
     for step in ["PRE_DOWNLOAD", "POST_DOWNLOAD", "PRE_RESTART", "RESTARTING", "POST_RESTART"] {
