@@ -606,7 +606,7 @@ impl Driver {
     fn dial(&mut self, peer: PeerId, delay: Option<Duration>) {
         if delay.is_none()
             && self.wanted.get(&peer) == Some(&PeerRole::Peer)
-            && self.active_peers() >= self.peer_budget
+            && self.active_peers(now()) >= self.peer_budget
         {
             if !self.reserve.contains(&peer) {
                 self.reserve.push_back(peer);
@@ -617,8 +617,7 @@ impl Driver {
     }
 
     /// Non-origin peers linked or being dialed, banned ones not counted.
-    fn active_peers(&self) -> usize {
-        let now = now();
+    fn active_peers(&self, now: Instant) -> usize {
         self.links
             .keys()
             .chain(self.dialing.iter().filter(|p| !self.links.contains_key(*p)))
@@ -639,7 +638,7 @@ impl Driver {
             if self.links.contains_key(&peer) || !self.wanted.contains_key(&peer) {
                 continue;
             }
-            if self.active_peers() >= self.peer_budget && !stuck {
+            if self.active_peers(now) >= self.peer_budget && !stuck {
                 self.reserve.push_front(peer);
                 return;
             }
