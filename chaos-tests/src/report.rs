@@ -332,8 +332,9 @@ impl Report {
         let h = &self.http_links;
         let _ = writeln!(
             s,
-            "Http links: {} connections, {} bytes forwarded, {} held by cuts ({} of a cut node's own connections), {} chunks delayed, {} retransmitted, {} corrupted",
+            "Http links: {} connections ({} held opening), {} bytes forwarded, {} held by cuts ({} on a cut node's own connections), {} chunks delayed, {} retransmitted, {} corrupted",
             h.connections,
+            h.held_connections,
             h.to_upstream + h.to_client,
             h.held(),
             h.held_process,
