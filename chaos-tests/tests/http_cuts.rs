@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use chaos_tests::lab::{Cuts, Lab, LabSpec};
+use coordinator::api::FORWARD_TIMEOUT;
 use ops::client::ClientError;
 use ops::devcluster::find_coordinator_bin;
 use ops::devfleet::find_agent_bin;
@@ -22,6 +23,8 @@ const ELECTION_TIMEOUT_MAX_MS: &str = "90000";
 const ELECTION_WAIT: Duration = Duration::from_secs(60);
 /// How long a client waits for a write sent to a cut follower (the workload's op timeout).
 const CUT_WRITE_WAIT: Duration = Duration::from_secs(3);
+/// How much longer than the follower's forward timeout a client waits for its answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(3);
 /// Hang guard for a write to take effect once its bytes may flow.
 const APPLY_WAIT: Duration = Duration::from_secs(20);
 /// Pause between reads while waiting for a write to take effect.
@@ -97,15 +100,22 @@ async fn an_isolated_follower_forwards_no_write_until_the_heal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deaf_follower_forwards_writes_but_never_hears_the_answers() {
+async fn a_deaf_follower_forwards_writes_but_never_hears_the_answers_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lab = lab(tmp.path()).await;
     let (leader, follower) = roles(&lab).await;
     create(&lab, follower, "before", CUT_WRITE_WAIT).await.unwrap();
 
     lab.set_cuts(Cuts { deaf: [follower].into(), ..Cuts::default() }).unwrap();
-    let cut = create(&lab, follower, "deaf", CUT_WRITE_WAIT).await;
-    assert!(cut.is_err(), "the deaf follower heard the leader's answer: {cut:?}");
+    // The client waits out the follower's forward: the follower must not claim that nothing
+    // was written, since the leader got the request.
+    let cut = create(&lab, follower, "deaf", FORWARD_TIMEOUT + ANSWER_MARGIN).await;
+    match &cut {
+        Err(ClientError::Api { status: 503, message }) => {
+            assert!(message.contains("outcome is unknown"), "{message}")
+        }
+        other => panic!("the deaf follower heard the leader's answer: {other:?}"),
+    }
     // The request went through one way: the leader applied it while the cut lasts.
     wait_applied(&lab, leader, "deaf").await;
     let http = lab.http_stats();
