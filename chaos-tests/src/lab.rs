@@ -6,6 +6,13 @@
 //!   membership names the proxies, so every peer's dial goes through them. A node's outgoing
 //!   datagrams reach the other nodes' proxies from its client endpoint's ephemeral port, which
 //!   `procnet` finds; cutting a node therefore also drops datagrams from and to its ports there.
+//! - coordinator → coordinator HTTP (forwarded writes, read indexes, blob copies and pulls):
+//!   one TCP proxy (`tcp_proxy`) in front of each node's HTTP port, which the founding
+//!   membership names as the node's HTTP address, so every node's requests to another go
+//!   through it. Cuts of a node hold bytes there as they drop datagrams on the Raft proxies:
+//!   its own proxy in the cut direction(s), and on the other nodes' proxies the connections it
+//!   owns (the proxy asks `procnet` which node process holds each accepted connection). The
+//!   workload and the lab's status checks talk to each node's own HTTP address directly.
 //! - agent → coordinator: each agent dials its own proxy per node (so one agent can be cut
 //!   alone), and followers redirect agents to the leader's *advertised* agent address, one
 //!   shared proxy per node, where a cut agent's ports are dropped the same way.
@@ -36,6 +43,7 @@ use crate::proxy::{LinkFaults, Proxy, ProxyError, ProxyStats};
 use crate::scenario::HookMode;
 use crate::simagents::{SimAgents, SimSpec};
 use crate::swarm_lab::{self, SwarmLabError, SwarmReport};
+use crate::tcp_proxy::{TcpFaults, TcpProxy, TcpProxyStats};
 use crate::workload::HOOK_FAULT_ENV;
 
 /// Names the `chaos` binary bad peers run (else it is looked for beside this executable).
@@ -130,6 +138,10 @@ pub struct LabSpec {
 pub enum LinkClass {
     /// Coordinator ↔ coordinator (Raft).
     Raft,
+    /// Coordinator → coordinator HTTP (TCP: forwarded writes, read indexes, blob copies). Set
+    /// apart from `raft` because the faults mean other things on a stream (`tcp_proxy`):
+    /// loss is a retransmission delay, corruption reaches the coordinators.
+    Http,
     /// Agent → coordinator (`tt-agent/1`, blob fetches too).
     Agent,
     /// Agent ↔ agent and agent → bad peer (`tt-blob/1`).
@@ -139,11 +151,13 @@ pub enum LinkClass {
 /// Which links are cut.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cuts {
-    /// Nodes cut from their peers both ways.
+    /// Nodes cut from their peers both ways (Raft and HTTP).
     pub isolated: BTreeSet<u64>,
-    /// Nodes that receive nothing from their peers (their own datagrams still arrive).
+    /// Nodes that receive nothing from their peers (their own datagrams and requests still
+    /// arrive; the answers to them do not).
     pub deaf: BTreeSet<u64>,
-    /// Nodes whose datagrams their peers never receive (they still hear the peers).
+    /// Nodes whose datagrams and requests their peers never receive, nor their answers (they
+    /// still hear the peers).
     pub mute: BTreeSet<u64>,
     /// Agents (by index) cut from every coordinator.
     pub agents: BTreeSet<usize>,
@@ -178,6 +192,8 @@ pub struct Lab {
     pub cluster: DevCluster,
     /// In front of node i + 1's Raft port.
     raft_proxies: Vec<Proxy>,
+    /// In front of node i + 1's HTTP port: where the other nodes send it HTTP requests.
+    http_proxies: Vec<TcpProxy>,
     /// In front of node i + 1's agent port: what followers redirect agents to.
     agent_proxies: Vec<Proxy>,
     /// In front of each node's blob origin (with the swarm on): agents reach it only here.
@@ -238,9 +254,11 @@ impl Lab {
     async fn start_once(spec: LabSpec) -> Result<Lab, LabError> {
         const NODES: u64 = 3;
         let mut raft_proxies = Vec::new();
+        let mut http_proxies = Vec::new();
         let mut agent_proxies = Vec::new();
         for i in 0..NODES {
             raft_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "raft", i)).await?);
+            http_proxies.push(TcpProxy::bind(loopback(), sub_seed(spec.seed, "http", i)).await?);
             agent_proxies.push(Proxy::bind(loopback(), sub_seed(spec.seed, "agent", i)).await?);
         }
         // With the swarm on, each node's blob origin listens behind a proxy too, and the
@@ -259,9 +277,15 @@ impl Lab {
         }
         let advertise = raft_proxies
             .iter()
+            .zip(&http_proxies)
             .zip(&agent_proxies)
             .zip(origins)
-            .map(|((r, a), swarm)| Advertise { http: None, raft: r.addr(), agent: a.addr(), swarm })
+            .map(|(((r, h), a), swarm)| Advertise {
+                http: Some(h.addr()),
+                raft: r.addr(),
+                agent: a.addr(),
+                swarm,
+            })
             .collect();
         let mut cluster = DevCluster::start(Spec {
             nodes: NODES as usize,
@@ -275,6 +299,7 @@ impl Lab {
         .map_err(process_err("starting the cluster"))?;
         for (i, n) in cluster.nodes.iter().enumerate() {
             raft_proxies[i].set_upstream(n.raft_addr)?;
+            http_proxies[i].set_upstream(n.http_addr)?;
             agent_proxies[i].set_upstream(n.agent_addr)?;
         }
         if let Err(e) = cluster.wait_leader(&cluster.ids(), FIRST_LEADER_WAIT).await {
@@ -299,6 +324,7 @@ impl Lab {
             spec,
             cluster,
             raft_proxies,
+            http_proxies,
             agent_proxies,
             origin_proxies,
             agents: Vec::new(),
@@ -437,18 +463,39 @@ impl Lab {
                 .copied()
                 .collect()
         };
+        let c = &self.cuts;
+        // Nodes whose requests their peers never get, and nodes that never hear the answers.
+        let silenced: BTreeSet<u64> = c.isolated.union(&c.mute).copied().collect();
+        let deafened: BTreeSet<u64> = c.isolated.union(&c.deaf).copied().collect();
+        // Node n's own link: cut both ways, towards it, or from it.
+        let own_cuts = |n: u64, quality: &LinkFaults| LinkFaults {
+            blackhole: c.isolated.contains(&n),
+            drop_to_upstream: c.deaf.contains(&n),
+            drop_to_client: c.mute.contains(&n),
+            ..quality.clone()
+        };
         for (i, proxy) in self.raft_proxies.iter().enumerate() {
             let n = i as u64 + 1;
-            let c = &self.cuts;
-            let mut f = raft_quality.clone();
-            f.blackhole = c.isolated.contains(&n);
-            f.drop_to_upstream = c.deaf.contains(&n);
-            f.drop_to_client = c.mute.contains(&n);
-            let silenced: BTreeSet<u64> = c.isolated.union(&c.mute).copied().collect();
-            let deafened: BTreeSet<u64> = c.isolated.union(&c.deaf).copied().collect();
+            let mut f = own_cuts(n, &raft_quality);
             f.drop_from_ports = ports_of(&silenced, n);
             f.drop_to_ports = ports_of(&deafened, n);
             proxy.set_faults(f)?;
+        }
+        // HTTP connections are told apart by the node process that holds them.
+        let http_quality = self.quality.get(&LinkClass::Http).cloned().unwrap_or_default();
+        let pids: BTreeMap<u64, u32> =
+            self.ids().into_iter().filter_map(|n| Some((n, self.pid(n)?))).collect();
+        let pids_of = |set: &BTreeSet<u64>, except: u64| -> BTreeSet<u32> {
+            set.iter().filter(|&&m| m != except).filter_map(|m| pids.get(m)).copied().collect()
+        };
+        for (i, proxy) in self.http_proxies.iter().enumerate() {
+            let n = i as u64 + 1;
+            proxy.set_owners(pids.values().copied().collect());
+            proxy.set_faults(TcpFaults {
+                link: own_cuts(n, &http_quality),
+                hold_from_pids: pids_of(&silenced, n),
+                hold_to_pids: pids_of(&deafened, n),
+            })?;
         }
         let agent_ports: BTreeSet<u16> = self.agent_ports.values().flatten().copied().collect();
         for proxy in self.agent_proxies.iter().chain(&self.origin_proxies) {
@@ -771,7 +818,17 @@ impl Lab {
         out
     }
 
-    /// Counters of every proxy, summed per link class.
+    /// Counters of the HTTP proxies in front of the nodes, summed.
+    pub fn http_stats(&self) -> TcpProxyStats {
+        let mut out = TcpProxyStats::default();
+        for p in &self.http_proxies {
+            out.add(&p.stats());
+        }
+        out
+    }
+
+    /// Counters of every datagram proxy, summed per link class (the HTTP proxies':
+    /// [`Lab::http_stats`]).
     pub fn proxy_stats(&self) -> BTreeMap<LinkClass, ProxyStats> {
         let mut out: BTreeMap<LinkClass, ProxyStats> = BTreeMap::new();
         for p in &self.raft_proxies {

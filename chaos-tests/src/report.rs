@@ -13,6 +13,7 @@ use crate::lab::LinkClass;
 use crate::proxy::ProxyStats;
 use crate::run::Timing;
 use crate::scenario::Scenario;
+use crate::tcp_proxy::TcpProxyStats;
 
 /// One injected fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +127,10 @@ pub struct Report {
     pub convergence_ms: BTreeMap<String, Option<u64>>,
     /// Datagram counters per link class.
     pub links: BTreeMap<LinkClass, ProxyStats>,
+    /// What the TCP proxies in front of the nodes' HTTP ports did (coordinator → coordinator
+    /// HTTP): connections, bytes, bytes held by cuts.
+    #[serde(default)]
+    pub http_links: TcpProxyStats,
     /// Hosts the coordinators marked UNREACHABLE at some point (their lease expired).
     pub unreachable_hosts: Vec<String>,
     /// Where the every-step killer struck (`host:STEP`).
@@ -185,6 +190,7 @@ impl Report {
                 .map(|(h, t)| (h, t.map(|us| us / 1000)))
                 .collect(),
             links,
+            http_links: TcpProxyStats::default(),
             unreachable_hosts,
             agent_kills_at_steps,
             sim_deploys: 0,
@@ -323,6 +329,19 @@ impl Report {
             )
             .map(|_| ());
         }
+        let h = &self.http_links;
+        let _ = writeln!(
+            s,
+            "Http links: {} connections ({} held opening), {} bytes forwarded, {} held by cuts ({} on a cut node's own connections), {} chunks delayed, {} retransmitted, {} corrupted",
+            h.connections,
+            h.held_connections,
+            h.to_upstream + h.to_client,
+            h.held(),
+            h.held_process,
+            h.delayed_chunks,
+            h.retransmitted_chunks,
+            h.corrupted_chunks
+        );
         if let Some(swarm) = &self.swarm {
             s.push_str(&swarm.summary());
         }

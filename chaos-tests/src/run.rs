@@ -882,13 +882,13 @@ impl Ctx {
             checkers::one_leader_per_term(&w.status),
             checkers::replicas_agree(&finals.by_node),
         ];
-        let (links, swarm): (BTreeMap<LinkClass, ProxyStats>, _) = {
+        let (links, http_links, swarm): (BTreeMap<LinkClass, ProxyStats>, _, _) = {
             let lab = self.lab.lock().await;
             let slowest = crate::swarm_lab::slowest_download(&w.progress);
             let swarm = lab
                 .swarm_report()
                 .map(|r| crate::swarm_lab::SwarmReport { slowest_download: slowest, ..r });
-            (lab.proxy_stats(), swarm)
+            (lab.proxy_stats(), lab.http_stats(), swarm)
         };
         let unreachable: BTreeSet<String> = w
             .progress
@@ -916,6 +916,7 @@ impl Ctx {
             opts.work_dir.clone(),
         );
         report.swarm = swarm;
+        report.http_links = http_links;
         report
     }
 }

@@ -214,6 +214,9 @@ pub struct TcpProxyStats {
     pub connections: u64,
     /// Connections closed because the upstream refused them or did not answer.
     pub refused: u64,
+    /// Connections whose opening waited for a cut towards the upstream to lift (their first
+    /// bytes wait in the kernel meanwhile, not counted below).
+    pub held_connections: u64,
     pub to_upstream: u64,
     pub to_client: u64,
     /// Bytes that waited for a cut to lift (or still wait), by reason; each chunk counts once.
@@ -237,6 +240,7 @@ impl TcpProxyStats {
     pub fn add(&mut self, o: &TcpProxyStats) {
         self.connections += o.connections;
         self.refused += o.refused;
+        self.held_connections += o.held_connections;
         self.to_upstream += o.to_upstream;
         self.to_client += o.to_client;
         self.held_process += o.held_process;
@@ -253,6 +257,7 @@ impl TcpProxyStats {
 struct Counters {
     connections: AtomicU64,
     refused: AtomicU64,
+    held_connections: AtomicU64,
     /// By [`Direction`].
     bytes: [AtomicU64; 2],
     /// By [`HoldReason`].
@@ -268,6 +273,7 @@ impl Counters {
         TcpProxyStats {
             connections: get(&self.connections),
             refused: get(&self.refused),
+            held_connections: get(&self.held_connections),
             to_upstream: get(&self.bytes[Direction::ToUpstream as usize]),
             to_client: get(&self.bytes[Direction::ToClient as usize]),
             held_process: get(&self.held[HoldReason::Process as usize]),
@@ -468,6 +474,11 @@ impl Shared {
             .ok()?
     }
 
+    /// Why the faults in force hold `dir` on `conn`, if they do.
+    fn holds(&self, conn: &Conn, dir: Direction) -> Option<HoldReason> {
+        hold_reason(&self.decider.lock().unwrap().faults, dir, conn.peer())
+    }
+
     /// Waits while a cut holds `dir` on `conn`; counts `len` bytes as held (unless `counted`)
     /// and says whether it held them.
     async fn wait_passable(&self, conn: &Conn, dir: Direction, len: usize, counted: bool) -> bool {
@@ -475,11 +486,7 @@ impl Shared {
         let mut held = counted;
         loop {
             changes.mark_unchanged();
-            let reason = {
-                let d = self.decider.lock().unwrap();
-                hold_reason(&d.faults, dir, conn.peer())
-            };
-            let Some(reason) = reason else { return held };
+            let Some(reason) = self.holds(conn, dir) else { return held };
             if !held {
                 bump(&self.counters.held[reason as usize], len as u64);
                 held = true;
@@ -534,6 +541,9 @@ async fn serve(shared: Arc<Shared>, client: TcpStream, from: SocketAddr) {
         Err(_) => return,
     };
     // The connection attempt crosses the link too: a cut towards the upstream holds it.
+    if shared.holds(&conn, Direction::ToUpstream).is_some() {
+        bump(&shared.counters.held_connections, 1);
+    }
     shared.wait_passable(&conn, Direction::ToUpstream, 0, false).await;
     let up = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(up)) => up,

@@ -39,6 +39,10 @@ async fn an_isolated_leader_is_replaced_and_rejoins_after_the_heal() {
             !lab.cluster.nodes.iter().any(|n| n.raft_addr.to_string() == m["raftAddr"]),
             "the membership names the proxies, not the nodes: {m}"
         );
+        assert!(
+            !lab.cluster.nodes.iter().any(|n| n.http_addr.to_string() == m["httpAddr"]),
+            "the other nodes send HTTP through the proxies too: {m}"
+        );
     }
 
     lab.set_cuts(Cuts { isolated: [old].into(), ..Cuts::default() }).unwrap();

@@ -51,6 +51,10 @@ async fn the_quick_subset_holds_every_invariant() {
 
     let (r, _) = run_scenario("leader-isolated").await;
     assert!(r.links[&LinkClass::Raft].dropped_blocked_port > 0, "the leader's own dials were cut");
+    // The followers forward writes and ask for read indexes over HTTP, to the leader they know
+    // until they elect another: those requests were held, not carried around the cut.
+    let http = &r.http_links;
+    assert!(http.held_blackhole > 0 || http.held_connections > 0, "{http:?}");
     assert!(r.recovery.iter().all(|x| x.leader_ms.is_some()), "a new leader was elected");
 
     let (r, _) = run_scenario("agents-partitioned").await;

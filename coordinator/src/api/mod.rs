@@ -34,6 +34,7 @@ use serde::Deserialize;
 use telemetry::health::{self, Check};
 
 pub use self::error::ApiError;
+use self::error::error_chain;
 use crate::metrics::{Metrics, RouteLabels};
 use crate::proposer::{ProposeError, Proposer};
 use crate::raft::{NodeId, NodeInfo, Raft};
@@ -224,12 +225,10 @@ async fn forward(
         }
     }
     out = out.header(FORWARDED_HEADER, app.node_id.to_string());
-    let resp = out.send().await.map_err(|e| {
-        ApiError::unavailable(format!(
-            "forwarding to leader {leader} at {} failed: {e}",
-            node.http_addr
-        ))
-    })?;
+    let resp = out
+        .send()
+        .await
+        .map_err(|e| forward_failure(leader, &node.http_addr, !e.is_connect(), &error_chain(&e)))?;
     let status = resp.status();
     let mut headers = HeaderMap::new();
     for name in [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER] {
@@ -240,12 +239,26 @@ async fn forward(
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| ApiError::unavailable(format!("reading the leader's answer failed: {e}")))?;
+        .map_err(|e| forward_failure(leader, &node.http_addr, true, &error_chain(&e)))?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response.headers_mut().insert("x-tt-served-by", HeaderValue::from(leader));
     Ok(response)
+}
+
+/// The answer to a write whose forwarding to the leader failed. Once connected, the request
+/// may have reached the leader and been applied (the answer timed out, the connection broke):
+/// the outcome is unknown. Only a connection never made means nothing was written.
+pub fn forward_failure(leader: NodeId, addr: &str, connected: bool, error: &str) -> ApiError {
+    let outcome = if connected {
+        "the write's outcome is unknown; read before retrying"
+    } else {
+        "nothing was written, retry"
+    };
+    ApiError::unavailable(format!(
+        "forwarding to leader {leader} at {addr} failed ({error}); {outcome}"
+    ))
 }
 
 /// `?stale=true` selects a local read; the default is linearizable.
@@ -326,4 +339,20 @@ pub(crate) fn env_id_of(
         .env_id(env, stage)
         .cloned()
         .ok_or_else(|| ApiError::not_found(format!("stage {env}/{stage} not found")))
+}
+
+#[cfg(test)]
+mod forward_tests {
+    use super::*;
+
+    #[test]
+    fn a_forward_that_reached_the_leader_has_an_unknown_outcome() {
+        let sent = forward_failure(1, "10.0.0.1:8080", true, "operation timed out");
+        assert_eq!(sent.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(sent.message.contains("outcome is unknown"), "{}", sent.message);
+        assert!(!sent.message.contains("nothing was written"), "{}", sent.message);
+        assert!(sent.message.contains("operation timed out"), "{}", sent.message);
+        let never = forward_failure(1, "10.0.0.1:8080", false, "connection refused");
+        assert!(never.message.contains("nothing was written"), "{}", never.message);
+    }
 }
