@@ -597,8 +597,10 @@ impl Scheduler {
             // Every usable peer's pipeline is full: the common case after an event.
             return None;
         }
-        let (origins, peers): (Vec<PeerId>, Vec<PeerId>) =
-            order.iter().partition(|p| self.peers[p].role == PeerRole::Origin);
+        // Non-origin peers sort before origins (see `peer_order`).
+        let split = order.iter().position(|&(origin, _)| origin).unwrap_or(order.len());
+        let peers: Vec<PeerId> = order[..split].iter().map(|&(_, id)| id).collect();
+        let origins: Vec<PeerId> = order[split..].iter().map(|&(_, id)| id).collect();
         let (late, late_requests) = self.late_pieces(now);
         let live = self.n_inflight - self.n_origin_inflight - late_requests;
         let peers_full = live >= self.config.max_inflight;
@@ -642,7 +644,7 @@ impl Scheduler {
             }
         }
         if wanted.is_empty() {
-            for &peer in &order {
+            for peer in order.iter().map(|&(_, id)| id) {
                 if let Some(piece) = self.pick_duplicate(peer, now) {
                     return Some(self.request(peer, piece, now));
                 }
@@ -651,16 +653,17 @@ impl Scheduler {
         None
     }
 
-    /// Usable peers with pipeline room, in preference order.
-    fn peer_order(&self, now: Instant) -> Vec<PeerId> {
+    /// Usable peers with pipeline room, in preference order (non-origin peers first), each
+    /// with whether it is an origin.
+    fn peer_order(&self, now: Instant) -> Vec<(bool, PeerId)> {
         let mut order: Vec<(bool, f64, PeerId)> = self
             .peers
             .iter()
             .filter(|&(&id, peer)| {
-                !self.is_banned(id, now)
-                    && peer.backoff_until.is_none_or(|until| until <= now)
+                peer.have.count() > 0
                     && peer.inflight < self.depth(peer)
-                    && peer.have.count() > 0
+                    && peer.backoff_until.is_none_or(|until| until <= now)
+                    && !self.is_banned(id, now)
             })
             // Unmeasured peers sort first (as infinitely fast) so that they get tried.
             .map(|(&id, peer)| {
@@ -668,7 +671,7 @@ impl Scheduler {
             })
             .collect();
         order.sort_by(|a, b| a.partial_cmp(b).expect("rates are not NaN"));
-        order.into_iter().map(|(_, _, id)| id).collect()
+        order.into_iter().map(|(origin, _, id)| (origin, id)).collect()
     }
 
     fn depth(&self, peer: &Peer) -> u32 {
@@ -686,7 +689,10 @@ impl Scheduler {
     fn pick_new(&mut self, peer: PeerId, wanted: &[u32], now: Instant) -> Option<u32> {
         let state = &self.peers[&peer];
         let origin = state.role == PeerRole::Origin;
+        // Computed once, not per piece: which peers' pieces keep a piece from an origin.
+        let suppliers = if origin { self.suppliers(now) } else { Vec::new() };
         let random = self.done.count() < u64::from(self.config.random_first_pieces);
+        let mut rng = self.rng;
         let mut best: Option<(u32, u32)> = None; // (availability, piece)
         let mut ties = 0u64;
         for &piece in wanted {
@@ -696,7 +702,7 @@ impl Scheduler {
             let availability = self.availability[piece as usize];
             if origin
                 && (self.seeded.get(&piece).is_some_and(|&until| until > now)
-                    || self.supplied_by_peers(piece, now))
+                    || self.supplied_by(&suppliers, piece))
             {
                 continue;
             }
@@ -706,7 +712,7 @@ impl Scheduler {
                 Some((best_key, _)) if key == best_key => {
                     // Reservoir sampling among equals.
                     ties += 1;
-                    if next_random(&mut self.rng).is_multiple_of(ties) {
+                    if next_random(&mut rng).is_multiple_of(ties) {
                         best = Some((key, piece));
                     }
                 }
@@ -716,6 +722,7 @@ impl Scheduler {
                 }
             }
         }
+        self.rng = rng;
         best.map(|(_, piece)| piece)
     }
 
@@ -723,32 +730,39 @@ impl Scheduler {
     fn pick_duplicate(&self, peer: PeerId, now: Instant) -> Option<u32> {
         let state = &self.peers[&peer];
         let origin = state.role == PeerRole::Origin;
+        let suppliers = if origin { self.suppliers(now) } else { Vec::new() };
         self.inflight
             .iter()
             .filter(|&(&piece, list)| {
                 state.have.get(piece.into())
                     && list.len() < self.config.endgame_duplicates as usize
                     && list.iter().all(|r| r.peer != peer)
-                    && (!origin || !self.supplied_by_peers(piece, now))
+                    && (!origin || !self.supplied_by(&suppliers, piece))
             })
             .min_by_key(|(_, list)| list.iter().map(|r| r.since).min())
             .map(|(&piece, _)| piece)
     }
 
-    /// Whether a non-origin peer holding `piece` can be expected to serve it soon: not
-    /// banned, not answering "busy" again and again, not slow. A piece only slow or
-    /// saturated peers hold is stranded there, and an origin may be asked for it.
-    fn supplied_by_peers(&self, piece: u32, now: Instant) -> bool {
-        if self.availability[piece as usize] == 0 {
-            return false;
-        }
-        self.peers.iter().any(|(&id, p)| {
-            p.role == PeerRole::Peer
-                && p.have.get(piece.into())
-                && !self.is_banned(id, now)
-                && p.busy_streak < self.config.busy_streak_limit
-                && !self.is_slow(p)
-        })
+    /// The pieces of the non-origin peers that can be expected to serve soon: not banned,
+    /// not answering "busy" again and again, not slow. A piece only slow or saturated peers
+    /// hold is stranded there, and an origin may be asked for it.
+    fn suppliers(&self, now: Instant) -> Vec<&Bitfield> {
+        self.peers
+            .iter()
+            .filter(|&(&id, p)| {
+                p.role == PeerRole::Peer
+                    && p.busy_streak < self.config.busy_streak_limit
+                    && !self.is_slow(p)
+                    && !self.is_banned(id, now)
+            })
+            .map(|(_, p)| &p.have)
+            .collect()
+    }
+
+    /// Whether one of `suppliers` (see [`Scheduler::suppliers`]) holds `piece`.
+    fn supplied_by(&self, suppliers: &[&Bitfield], piece: u32) -> bool {
+        self.availability[piece as usize] > 0
+            && suppliers.iter().any(|have| have.get(piece.into()))
     }
 
     fn is_slow(&self, peer: &Peer) -> bool {
