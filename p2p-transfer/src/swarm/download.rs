@@ -54,6 +54,8 @@ pub const PIECES_PER_PEER_LINK: u32 = 2;
 /// How long a new link's first answer (its bitfield, or "holds nothing") is waited for before
 /// the download counts it as of no use when deciding whether to dial the reserve.
 pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// Most queued events the driver takes in one go before it decides again, in events.
+pub const EVENT_BATCH_MAX: usize = 64;
 /// The driver wakes at least this often to check for a stall.
 const DRIVER_TICK: Duration = Duration::from_millis(250);
 
@@ -419,7 +421,15 @@ impl Driver {
             }
             tokio::select! {
                 event = self.rx.recv() => match event {
-                    Some(event) => self.handle_event(event)?,
+                    Some(event) => {
+                        self.handle_event(event)?;
+                        // Under load events queue up (every linked peer's "have"s): take
+                        // what is waiting before deciding again.
+                        for _ in 1..EVENT_BATCH_MAX {
+                            let Ok(event) = self.rx.try_recv() else { break };
+                            self.handle_event(event)?;
+                        }
+                    }
                     None => return Err(DownloadError::Cancelled),
                 },
                 Some(done) = self.fetches.join_next(), if !self.fetches.is_empty() => {
