@@ -415,7 +415,7 @@ impl Driver {
                 }
             }
             let mut wake =
-                self.core.poll_timeout().map_or(now + DRIVER_TICK, |t| t.min(now + DRIVER_TICK));
+                self.core.poll_timeout(now).map_or(now + DRIVER_TICK, |t| t.min(now + DRIVER_TICK));
             if let Some((until, _)) = &self.held_back {
                 wake = wake.min(*until);
             }

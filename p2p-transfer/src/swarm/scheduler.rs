@@ -7,7 +7,7 @@
 //!                 [ Scheduler ]  ── no IO, no clock, no OS randomness
 //!                      │
 //!   poll_action(now) -> Request { peer, piece } | Cancel { peer, piece }
-//!   poll_timeout()   -> when to call handle_timeout next
+//!   poll_timeout(now) -> when to call handle_timeout next
 //! ```
 //!
 //! Policy:
@@ -528,13 +528,22 @@ impl Scheduler {
         }
     }
 
-    /// The earliest time [`Scheduler::handle_timeout`] has something to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The earliest time after `now` at which something changes by itself: a request times
+    /// out or turns late, a ban, backoff or "seeded" answer expires. A request that is late
+    /// already stays late until it ends, so it wakes nobody again (a driver that slept until
+    /// a past instant would spin for as long as the request lasts).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        // `handle_timeout` cancels timed-out requests and clears expired bans and backoffs,
+        // so those deadlines are past only until it runs.
         let requests =
             self.inflight.values().flatten().map(|r| r.since + self.config.request_timeout);
-        let late = self.inflight.iter().flat_map(|(&piece, list)| {
-            list.iter().filter_map(move |r| Some(r.since + self.late_after(r, piece)?))
-        });
+        let late = self
+            .inflight
+            .iter()
+            .flat_map(|(&piece, list)| {
+                list.iter().filter_map(move |r| Some(r.since + self.late_after(r, piece)?))
+            })
+            .filter(|&at| at > now);
         let bans = self.bans.values().copied();
         let backoffs = self.peers.values().filter_map(|p| p.backoff_until);
         let seeded = self.seeded.values().copied();

@@ -149,7 +149,7 @@ fn a_piece_the_origin_declined_as_seeded_is_left_to_the_swarm_for_a_while() {
     assert_eq!(asked, others);
     assert!(!s.is_complete());
     // Nobody brought it; after the retry delay the origin is asked again.
-    assert!(s.poll_timeout().is_some_and(|t| t <= start + retry));
+    assert!(s.poll_timeout(start).is_some_and(|t| t <= start + retry));
     s.handle_timeout(start + retry);
     assert_eq!(
         s.poll_action(start + retry),
@@ -228,7 +228,7 @@ fn one_bad_response_bans_the_peer_until_expiry_and_its_pieces_go_elsewhere() {
     assert!(bad_pieces.iter().all(|p| served.contains(p)));
 
     let later = now + BAN_DURATION;
-    assert_eq!(s.poll_timeout(), Some(later));
+    assert_eq!(s.poll_timeout(now), Some(later));
     s.handle_timeout(later);
     assert!(!s.is_banned(bad, later));
     assert_eq!(s.peer_stats(bad, later).unwrap().bad_responses, 1);
@@ -262,7 +262,7 @@ fn busy_peers_back_off_and_stale_requests_time_out() {
     s.handle_piece_failed(a, piece, Failure::Busy, now);
     assert!(drain(&mut s, now).is_empty(), "backing off");
     let later = now + BUSY_BACKOFF;
-    assert_eq!(s.poll_timeout(), Some(later));
+    assert_eq!(s.poll_timeout(now), Some(later));
     s.handle_timeout(later);
     let [Action::Request { piece, .. }] = drain(&mut s, later)[..] else { panic!() };
 
@@ -301,6 +301,24 @@ fn one_request_at_a_time(n_pieces: u32) -> Scheduler {
 }
 
 #[test]
+fn a_request_already_late_wakes_the_driver_no_more() {
+    let start = Instant::now();
+    let mut s = one_request_at_a_time(4);
+    let a = peer(1);
+    join(&mut s, a, PeerRole::Peer, bits(4, 0..4), start);
+    let [Action::Request { .. }] = drain(&mut s, start)[..] else { panic!() };
+    // Unmeasured peer: late after LATE_UNMEASURED; nobody else can take the piece.
+    let late = start + LATE_UNMEASURED;
+    assert_eq!(s.poll_timeout(start), Some(late));
+    s.handle_timeout(late);
+    assert!(drain(&mut s, late).is_empty(), "no other peer holds the piece");
+    // Until it ends, the late request changes nothing: the next wake is its timeout (a past
+    // instant here would make the driver spin).
+    let after = late + Duration::from_millis(1);
+    assert_eq!(s.poll_timeout(after), Some(start + REQUEST_TIMEOUT));
+}
+
+#[test]
 fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
     let start = Instant::now();
     let mut s = one_request_at_a_time(4);
@@ -316,7 +334,7 @@ fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
     assert!(drain(&mut s, t1).is_empty(), "the one-piece pipeline is full");
     // Expected 100 ms, late after 4 × 100 ms = 400 ms, floored at LATE_FLOOR.
     let late = t1 + LATE_FLOOR.max(Duration::from_millis(400));
-    assert_eq!(s.poll_timeout(), Some(late), "the scheduler wakes when the request turns late");
+    assert_eq!(s.poll_timeout(t1), Some(late), "the scheduler wakes when the request turns late");
     assert!(drain(&mut s, late - Duration::from_millis(1)).is_empty());
     s.handle_timeout(late);
     let actions = drain(&mut s, late);
@@ -334,7 +352,7 @@ fn a_late_request_is_asked_elsewhere_long_before_the_request_timeout() {
     join(&mut s, o, PeerRole::Origin, bits(2, 0..2), start);
     assert_eq!(requests_to(&drain(&mut s, start), o).len(), 2);
     let much_later = start + Duration::from_secs(10);
-    assert!(s.poll_timeout().unwrap() > much_later, "only the request timeout applies");
+    assert!(s.poll_timeout(start).unwrap() > much_later, "only the request timeout applies");
 }
 
 #[test]
@@ -528,7 +546,7 @@ fn simulate(seed: u64) {
             continue;
         }
         let next_event = events.first().map(|e| e.0);
-        let next = [next_event, s.poll_timeout()].into_iter().flatten().min();
+        let next = [next_event, s.poll_timeout(now)].into_iter().flatten().min();
         let Some(next) = next else { panic!("seed {seed}: stalled") };
         now = now.max(next);
         s.handle_timeout(now);
