@@ -12,7 +12,13 @@ use chaos_tests::scenario::{self, Scenario};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chaos", about = "Real processes, injected faults, checked invariants")]
+#[command(
+    name = "chaos",
+    about = "Real processes, injected faults, checked invariants",
+    after_help = "Exit codes: 0 every invariant held, 1 a violation, 2 the harness failed.\n\
+                  Examples:\n  chaos list\n  chaos run leader-kill-mid-deploy --seed 7\n  \
+                  chaos run --all --out /tmp/chaos"
+)]
 struct Cli {
     /// Directory of scenario files.
     #[arg(long, global = true, env = "CHAOS_SCENARIOS")]
@@ -27,7 +33,11 @@ enum Cmd {
     List,
     /// Run scenarios by name (or `--all`) and judge them.
     Run {
+        /// Scenario names, as `chaos list` prints them (a file `NAME.toml` in the scenarios
+        /// directory).
+        #[arg(required_unless_present = "all")]
         names: Vec<String>,
+        /// Run every scenario of the catalogue, in name order.
         #[arg(long, conflicts_with = "names")]
         all: bool,
         /// Replaces each scenario's seed.
@@ -47,10 +57,13 @@ enum Cmd {
     /// `--hosts` Teletraan agents long-polling `--agent-addr`s, their deploy steps written to
     /// `--out` until SIGTERM.
     Simagents {
+        /// How many simulated hosts.
         #[arg(long)]
         hosts: usize,
+        /// Their host names' prefix (then a number).
         #[arg(long, default_value = "sim-")]
         prefix: String,
+        /// The Teletraan group (stage) they report.
         #[arg(long)]
         group: String,
         /// How long each deploy step takes, in milliseconds.
@@ -62,12 +75,16 @@ enum Cmd {
         /// The cluster's CA directory (holding `ca.pem`).
         #[arg(long)]
         ca_dir: PathBuf,
+        /// The file their deploy-step intervals are written to.
         #[arg(long)]
         out: PathBuf,
     },
     /// Check a recorded history again (`<out>/<scenario>-seed<S>.history.json`): the
     /// linearizability of its register operations and one leader per term.
-    Check { history: PathBuf },
+    Check {
+        /// A `….history.json` file a run wrote.
+        history: PathBuf,
+    },
     /// Run a bad blob peer (the lab starts these; see `chaos_tests::badpeer`).
     #[command(hide = true)]
     BadPeer(chaos_tests::badpeer::Args),
