@@ -770,8 +770,7 @@ impl Scheduler {
 
     /// Whether one of `suppliers` (see [`Scheduler::suppliers`]) holds `piece`.
     fn supplied_by(&self, suppliers: &[&Bitfield], piece: u32) -> bool {
-        self.availability[piece as usize] > 0
-            && suppliers.iter().any(|have| have.get(piece.into()))
+        self.availability[piece as usize] > 0 && suppliers.iter().any(|have| have.get(piece.into()))
     }
 
     fn is_slow(&self, peer: &Peer) -> bool {
