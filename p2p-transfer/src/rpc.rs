@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use quinn::{ConnectionError, ReadError, ReadExactError, VarInt, WriteError};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
 
@@ -59,6 +59,11 @@ pub const STREAM_CODE_MALFORMED: VarInt = VarInt::from_u32(2);
 /// Connection close code sent by [`RpcServer::close`].
 pub const CONNECTION_CODE_SHUTDOWN: VarInt = VarInt::from_u32(0);
 
+/// How long one connection attempt may take. It runs in a task of its own, not in the call
+/// that started it: a call whose timeout is shorter than the handshake (a Raft heartbeat's
+/// 50 ms over a link with 20 ms of one-way delay and some loss) gives up, and the calls after
+/// it wait for the same handshake instead of aborting and restarting it forever.
+pub const RPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FRAME_HEADER_BYTES: usize = 4;
 const STATUS_OK: u8 = 0;
 const STATUS_ERROR: u8 = 1;
@@ -138,7 +143,7 @@ impl RpcError {
 }
 
 /// The transport-level cause of [`RpcError::Unreachable`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
     /// quinn refused to start connecting (for example, the endpoint is closed or the address
     /// family does not match the endpoint's socket).
@@ -147,7 +152,8 @@ pub enum LinkError {
     /// The handshake failed or the connection was lost.
     #[error("connection failed: {0}")]
     Connection(#[from] ConnectionError),
-    /// The handshake had not finished when the call's timeout expired.
+    /// The handshake had not finished when the call's timeout expired (it goes on, up to
+    /// [`RPC_CONNECT_TIMEOUT`], for the calls after it), or within [`RPC_CONNECT_TIMEOUT`].
     #[error("connecting timed out after {0:?}")]
     ConnectTimedOut(Duration),
 }
@@ -410,9 +416,19 @@ pub fn make_client_endpoint_for(
 pub struct RpcClient {
     endpoint: quinn::Endpoint,
     peer: SocketAddr,
-    /// The cached connection. A tokio mutex so that only one caller connects at a time while
-    /// the others wait for its result instead of racing to open their own.
-    connection: Mutex<Option<quinn::Connection>>,
+    /// The connection, or the attempt in progress that every caller waits for.
+    slot: std::sync::Mutex<Slot>,
+}
+
+/// The outcome of one connection attempt, once known.
+type Attempt = watch::Receiver<Option<Result<quinn::Connection, LinkError>>>;
+
+#[derive(Debug)]
+enum Slot {
+    Idle,
+    /// A handshake in progress in its own task (see [`RPC_CONNECT_TIMEOUT`]).
+    Connecting(Attempt),
+    Connected(quinn::Connection),
 }
 
 impl RpcClient {
@@ -420,7 +436,7 @@ impl RpcClient {
     /// default client config, as from [`make_client_endpoint`]) with server name
     /// [`tls::CLUSTER_SERVER_NAME`]. Does not connect until the first call.
     pub fn new(endpoint: quinn::Endpoint, peer: SocketAddr) -> RpcClient {
-        RpcClient { endpoint, peer, connection: Mutex::new(None) }
+        RpcClient { endpoint, peer, slot: std::sync::Mutex::new(Slot::Idle) }
     }
 
     /// The peer this client calls.
@@ -428,7 +444,8 @@ impl RpcClient {
         self.peer
     }
 
-    /// Sends `req` and waits for the response, all within `timeout` (connecting included).
+    /// Sends `req` and waits for the response, all within `timeout` (connecting included;
+    /// a connection attempt outlives a call that gives up on it).
     pub async fn call(&self, req: Bytes, timeout: Duration) -> Result<Bytes, RpcError> {
         if req.len() > MAX_RPC_FRAME_BYTES {
             return Err(RpcError::RequestTooLarge { len: req.len(), len_max: MAX_RPC_FRAME_BYTES });
@@ -446,35 +463,85 @@ impl RpcClient {
         .await
     }
 
-    /// The cached connection if it is still open, else a new one.
+    /// The open connection, or the outcome of the attempt in progress (started here if there
+    /// is none), waited for until `deadline`.
     async fn connection(
         &self,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<quinn::Connection, RpcError> {
-        let timed_out = || RpcError::Unreachable(LinkError::ConnectTimedOut(timeout));
-        let mut slot = tokio::time::timeout_at(deadline, self.connection.lock())
-            .await
-            .map_err(|_| timed_out())?;
-        if let Some(connection) = slot.as_ref()
-            && connection.close_reason().is_none()
-        {
-            return Ok(connection.clone());
+        let mut attempt = {
+            let mut slot = self.slot.lock().expect("rpc client lock");
+            match &*slot {
+                Slot::Connected(connection) if connection.close_reason().is_none() => {
+                    return Ok(connection.clone());
+                }
+                Slot::Connecting(attempt)
+                    if !attempt.borrow().as_ref().is_some_and(|outcome| outcome.is_err()) =>
+                {
+                    attempt.clone()
+                }
+                stale => {
+                    if matches!(stale, Slot::Connected(_)) {
+                        debug!("cached connection closed; reconnecting");
+                    }
+                    let attempt = self.start_connecting()?;
+                    *slot = Slot::Connecting(attempt.clone());
+                    attempt
+                }
+            }
+        };
+        let outcome =
+            match tokio::time::timeout_at(deadline, attempt.wait_for(Option::is_some)).await {
+                Err(_elapsed) => {
+                    return Err(RpcError::Unreachable(LinkError::ConnectTimedOut(timeout)));
+                }
+                Ok(Ok(outcome)) => outcome.clone().expect("waited for an outcome"),
+                // The attempt's task ended without an outcome: the runtime is shutting down.
+                Ok(Err(_closed)) => Err(LinkError::ConnectTimedOut(RPC_CONNECT_TIMEOUT)),
+            };
+        let mut slot = self.slot.lock().expect("rpc client lock");
+        let current = matches!(&*slot, Slot::Connecting(a) if a.same_channel(&attempt));
+        match outcome {
+            Ok(connection) => {
+                if current {
+                    debug!("connected");
+                    *slot = Slot::Connected(connection.clone());
+                }
+                Ok(connection)
+            }
+            Err(error) => {
+                if current {
+                    *slot = Slot::Idle;
+                }
+                Err(RpcError::Unreachable(error))
+            }
         }
-        if slot.take().is_some() {
-            debug!("cached connection closed; reconnecting");
-        }
+    }
+
+    /// Starts a handshake in a task of its own, bounded by [`RPC_CONNECT_TIMEOUT`].
+    fn start_connecting(&self) -> Result<Attempt, RpcError> {
         let connecting = self
             .endpoint
             .connect(self.peer, tls::CLUSTER_SERVER_NAME)
             .map_err(|e| RpcError::Unreachable(e.into()))?;
-        let connection = tokio::time::timeout_at(deadline, connecting)
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|e| RpcError::Unreachable(e.into()))?;
-        debug!("connected");
-        *slot = Some(connection.clone());
-        Ok(connection)
+        let (outcome, attempt) = watch::channel(None);
+        let span = debug_span!("rpc_connect", peer = %self.peer);
+        tokio::spawn(
+            async move {
+                let result = match tokio::time::timeout(RPC_CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(connection)) => Ok(connection),
+                    Ok(Err(error)) => Err(LinkError::Connection(error)),
+                    Err(_elapsed) => Err(LinkError::ConnectTimedOut(RPC_CONNECT_TIMEOUT)),
+                };
+                if let Err(error) = &result {
+                    debug!(%error, "connection attempt failed");
+                }
+                let _ = outcome.send(Some(result));
+            }
+            .instrument(span),
+        );
+        Ok(attempt)
     }
 
     async fn exchange(

@@ -424,3 +424,81 @@ fn a_restarted_server_with_a_stable_reset_key_ends_old_connections_at_once() {
         other => panic!("expected a timeout without a stable reset key, got {other:?}"),
     }
 }
+
+/// One-way delay of [`slow_link`]: a handshake (at least one round trip) takes twice this.
+const SLOW_LINK_DELAY: Duration = Duration::from_millis(100);
+
+/// A UDP forwarder to `server` that delays every datagram by [`SLOW_LINK_DELAY`] both ways
+/// (one client). Returns its address and the source connection IDs of the client's Initial
+/// packets it forwarded: one per connection attempt (the destination ID changes once the
+/// server answers).
+async fn slow_link(server: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    back.connect(server).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let attempts = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let (f, b, c, a) = (front.clone(), back.clone(), client.clone(), attempts.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let datagram = buf[..n].to_vec();
+            // A long-header Initial packet: form and fixed bits set, type 0; then the
+            // version (4 bytes) and the destination and source connection IDs, each
+            // length-prefixed.
+            if n > 6 && datagram[0] & 0xf0 == 0xc0 {
+                let scid_at = 6 + usize::from(datagram[5]);
+                if let Some(&len) = datagram.get(scid_at) {
+                    let scid =
+                        datagram[scid_at + 1..(scid_at + 1 + usize::from(len)).min(n)].to_vec();
+                    let mut seen = a.lock().unwrap();
+                    if !seen.contains(&scid) {
+                        seen.push(scid);
+                    }
+                }
+            }
+            let b = b.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SLOW_LINK_DELAY).await;
+                let _ = b.send(&datagram).await;
+            });
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let Some(to) = *client.lock().unwrap() else { continue };
+            let datagram = buf[..n].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(SLOW_LINK_DELAY).await;
+                let _ = front.send_to(&datagram, to).await;
+            });
+        }
+    });
+    (addr, attempts)
+}
+
+#[tokio::test]
+async fn a_call_that_gives_up_on_the_handshake_leaves_it_to_the_next_call() {
+    let pki = pki();
+    let (server, calls) = start_server(&pki, ClientAuth::Required, loopback_any_port());
+    let (link, attempts) = slow_link(server.local_addr().unwrap()).await;
+    let client_cert = tls::issue_node_cert(&pki.ca, "node-2", &[]).unwrap();
+    let client = client_for(Some(&client_cert), pki.ca.cert_der(), link);
+
+    // Shorter than the handshake's round trip over the slow link (a Raft heartbeat's timeout
+    // against a distant peer): this call cannot connect in time.
+    let short = SLOW_LINK_DELAY;
+    let err = client.call(Bytes::from_static(b"early"), short).await.unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable(_)), "{err:?}");
+    // The next call waits for the same handshake instead of starting over.
+    let resp = client.call(Bytes::from_static(b"later"), CALL_TIMEOUT).await.unwrap();
+    assert_eq!(resp.as_ref(), b"later");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the first call never reached the server");
+    let attempts = attempts.lock().unwrap().len();
+    assert_eq!(attempts, 1, "one connection attempt, not one per call ({attempts})");
+}
