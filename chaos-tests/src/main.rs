@@ -164,10 +164,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
             let scenarios: Vec<Scenario> = if all {
                 scenario::load_all(&dir)?
             } else {
-                anyhow::ensure!(
-                    !names.is_empty(),
-                    "name scenarios to run, or --all (see `chaos list`)"
-                );
+                // clap requires names unless `--all`.
                 names.iter().map(|n| scenario::load(&dir, n)).collect::<Result<_, _>>()?
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
