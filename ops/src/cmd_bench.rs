@@ -117,6 +117,9 @@ pub enum BenchCmd {
         /// Skip the origin-only and BitTorrent baselines.
         #[arg(long)]
         no_baselines: bool,
+        /// Hosts forward pieces only once whole (store-and-forward), for comparison.
+        #[arg(long)]
+        no_cut_through: bool,
         /// Seed of the build bytes, peer lists and fault placement.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -415,8 +418,8 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_dir_all(&dir);
         }
-        BenchCmd::Swarm { runs, no_baselines, seed, dir, json } => {
-            swarm(&runs, !no_baselines, seed, dir, json).await?;
+        BenchCmd::Swarm { runs, no_baselines, no_cut_through, seed, dir, json } => {
+            swarm(&runs, !no_baselines, !no_cut_through, seed, dir, json).await?;
         }
         BenchCmd::Failover { kills, dir, json, keep_dir } => {
             let dir = work_dir(dir, "failover")?;
@@ -442,6 +445,7 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 async fn swarm(
     runs: &[String],
     baselines: bool,
+    cut_through: bool,
     seed: u64,
     dir: Option<PathBuf>,
     json: Option<PathBuf>,
@@ -450,9 +454,10 @@ async fn swarm(
     let specs = runs
         .iter()
         .map(|name| {
-            swarm::standard_run(name).with_context(|| {
+            let spec = swarm::standard_run(name).with_context(|| {
                 format!("unknown run {name:?}; one of {}", swarm::STANDARD_RUNS.join(", "))
-            })
+            })?;
+            Ok(swarm::RunSpec { cut_through, ..spec })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dir = dir.unwrap_or_else(swarm::default_dir);

@@ -10,6 +10,8 @@
 //!   kind 3 Bitfield      hash[32] size:u64 bits     every piece you hold (LSB-first bits)
 //!   kind 4 Have          hash[32] piece:u32         one more piece, pushed as it completes
 //!   kind 5 DontHave      hash[32]                   you hold none of it (or dropped it)
+//!   kind 6 Incoming      hash[32] piece:u32         I am receiving this piece now and can
+//!                                                   relay it as it verifies (cut-through)
 //!
 //! piece request (one bidirectional stream per request, opened by the requester):
 //!   request  = len: u32 BE | kind 1 | hash[32] size:u64 piece:u32, then FIN
@@ -18,6 +20,9 @@
 //!   status   0 ok, 1 not held, 2 busy, 3 refused (leech-only), 4 seeded (an origin sent
 //!              this piece to another peer moments ago: fetch it from the swarm)
 //!   cancel   = the requester stops the stream (STOP_SENDING); the server stops writing
+//!   relay    = a piece announced Incoming is served as the server receives and verifies
+//!              it; if its own transfer fails, the server resets the stream with
+//!              STREAM_RELAY_LOST (the requester asks elsewhere and blames nobody)
 //! ```
 //!
 //! Goals:
@@ -53,6 +58,9 @@ pub const CLOSE_PROTOCOL_VIOLATION: VarInt = VarInt::from_u32(1);
 pub const CLOSE_DUPLICATE: VarInt = VarInt::from_u32(2);
 /// Stream code: the requester no longer wants the piece.
 pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(0);
+/// Stream code: the server was relaying a piece it was receiving, and that transfer failed
+/// before the piece was whole. Nobody's fault as far as the requester can tell.
+pub const STREAM_RELAY_LOST: VarInt = VarInt::from_u32(1);
 
 /// Bytes of the length prefix of every frame.
 pub(crate) const FRAME_HEADER_BYTES: usize = 4;
@@ -63,6 +71,7 @@ const KIND_NOT_INTERESTED: u8 = 2;
 const KIND_BITFIELD: u8 = 3;
 const KIND_HAVE: u8 = 4;
 const KIND_DONT_HAVE: u8 = 5;
+const KIND_INCOMING: u8 = 6;
 const KIND_GET_PIECE: u8 = 1;
 
 /// A control stream message.
@@ -73,6 +82,7 @@ pub enum ControlMsg {
     Bitfield { spec: BlobSpec, pieces: Bitfield },
     Have { hash: BlobHash, piece: u32 },
     DontHave { hash: BlobHash },
+    Incoming { hash: BlobHash, piece: u32 },
 }
 
 /// A piece request.
@@ -168,6 +178,11 @@ impl ControlMsg {
                 body.put_u8(KIND_DONT_HAVE);
                 body.put_slice(hash.as_bytes());
             }
+            ControlMsg::Incoming { hash, piece } => {
+                body.put_u8(KIND_INCOMING);
+                body.put_slice(hash.as_bytes());
+                body.put_u32(*piece);
+            }
         }
         frame(body)
     }
@@ -190,6 +205,7 @@ impl ControlMsg {
             }
             KIND_HAVE => ControlMsg::Have { hash: body.hash()?, piece: body.u32()? },
             KIND_DONT_HAVE => ControlMsg::DontHave { hash: body.hash()? },
+            KIND_INCOMING => ControlMsg::Incoming { hash: body.hash()?, piece: body.u32()? },
             other => return Err(WireError::UnknownKind(other)),
         };
         body.end()?;
@@ -294,6 +310,7 @@ mod tests {
             ControlMsg::Bitfield { spec: spec(), pieces },
             ControlMsg::Have { hash, piece: 3 },
             ControlMsg::DontHave { hash },
+            ControlMsg::Incoming { hash, piece: 2 },
         ] {
             let frame = msg.encode();
             let header: [u8; 4] = frame[..4].try_into().unwrap();

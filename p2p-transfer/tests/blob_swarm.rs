@@ -63,6 +63,7 @@ impl Cluster {
             max_concurrent_uploads: 16,
             max_queued_uploads: UPLOAD_QUEUE_MAX,
             origin_repeat_window: None,
+            cut_through: true,
             fault: None,
         };
         configure(&mut node, &mut store);
@@ -257,6 +258,80 @@ async fn corrupting_peers_are_banned_after_one_bad_response_and_no_bad_byte_land
                 report.bad_responses
             );
         }
+    })
+    .await;
+}
+
+/// Whether `host` holds any piece of `spec`.
+fn holds_any(host: &Host, spec: BlobSpec) -> bool {
+    host.node.store().pieces(&spec.hash, spec.size).is_some_and(|p| p.count() > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_piece_is_relayed_while_it_is_still_arriving() {
+    guarded(async {
+        let cluster = Cluster::new();
+        // 1 s per piece from the origin (two at a time at half its cap each).
+        let origin = cluster.host(|node, _| node.upload_bytes_per_sec = Some(MIB / 2));
+        let data = test_data(MIB, 11);
+        let spec = origin.import(&data);
+        let relay = cluster.host(|_, _| {});
+        let leaf = cluster.host(|_, _| {});
+        let relaying = relay.download(spec, vec![origin.peer(PeerRole::Origin)]).await;
+        // The leaf knows only the relay, which holds nothing yet.
+        let leafing = leaf.download(spec, vec![relay.peer(PeerRole::Peer)]).await;
+
+        // Pieces only grow: no piece held after the upload count was read means none held
+        // when it was read either.
+        let mut relayed_before_any_piece = false;
+        while !(relaying.progress().pieces_done == 4 && leafing.progress().pieces_done == 4) {
+            let uploaded = relay.node.stats().uploaded_bytes;
+            relayed_before_any_piece |= uploaded > 0 && !holds_any(&relay, spec);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        relaying.finish().await.unwrap();
+        let report = leafing.finish().await.unwrap();
+        assert_eq!(report.blob.read_to_vec().unwrap(), data);
+        assert!(relayed_before_any_piece, "the relay sent nothing before it held a piece");
+        let stats = relay.node.stats();
+        assert!(stats.pieces_relayed >= 1, "{stats:?}");
+        assert_eq!(origin.node.stats().pieces_served, 4, "the leaf never asked the origin");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_own_transfer_fails_resets_its_streams_and_nobody_blames_it() {
+    guarded(async {
+        let cluster = Cluster::new();
+        let data = test_data(MIB, 12);
+        // Slow enough that the corrupt peer is linked (after the origin's head start) before
+        // the origin could have sent every piece.
+        let origin = cluster.host(|node, _| node.upload_bytes_per_sec = Some(MIB / 2));
+        let spec = origin.import(&data);
+        // Flips a byte in the last chunk group of every piece, slowly: the relay has passed on
+        // most of a piece when it finds out.
+        let corrupt = cluster.host(|node, _| {
+            node.fault = Some(ServeFault::FlipByte);
+            node.upload_bytes_per_sec = Some(MIB / 2);
+        });
+        corrupt.import(&data);
+        let relay = cluster.host(|_, _| {});
+        let leaf = cluster.host(|_, _| {});
+        let relaying = relay
+            .download(spec, vec![corrupt.peer(PeerRole::Peer), origin.peer(PeerRole::Origin)])
+            .await;
+        let leafing = leaf.download(spec, vec![relay.peer(PeerRole::Peer)]).await;
+
+        let relayed = relaying.finish().await.unwrap();
+        assert_eq!(relayed.banned_peers, vec![(corrupt.node.peer_id(), 1)]);
+        let report = leafing.finish().await.unwrap();
+        assert_eq!(report.blob.read_to_vec().unwrap(), data, "a bad byte was staged");
+        assert!(report.banned_peers.is_empty(), "{:?}", report.banned_peers);
+        assert_eq!(report.bad_responses, 0);
+        let stats = relay.node.stats();
+        assert!(stats.relays_reset >= 1, "{stats:?}");
+        assert_eq!(leaf.node.stats().bad_responses, 0);
     })
     .await;
 }

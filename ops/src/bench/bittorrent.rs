@@ -311,6 +311,8 @@ pub async fn run(spec: &RunSpec, data: &[u8], dir: &Path) -> anyhow::Result<RunR
         other_load_cores: (machine_s - cpu_s) / wall_s,
         origin_declined: 0,
         origin_rescued: 0,
+        pieces_relayed: 0,
+        relays_reset: 0,
         faults: None,
         timeline: Vec::new(),
         note: Some(format!(

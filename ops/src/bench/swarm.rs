@@ -78,6 +78,8 @@ pub struct RunSpec {
     pub baselines: bool,
     /// The sender is an ordinary seeding host, not an origin (the pair run).
     pub seeder_not_origin: bool,
+    /// Hosts relay pieces while receiving them (`NodeConfig::cut_through`).
+    pub cut_through: bool,
 }
 
 impl RunSpec {
@@ -115,6 +117,7 @@ pub fn standard_run(name: &str) -> Option<RunSpec> {
         faults: FaultMix::default(),
         baselines: true,
         seeder_not_origin: false,
+        cut_through: true,
     };
     Some(match name {
         "n50" => run(50, 64 * MIB, Some(4 * MIB)),
@@ -183,6 +186,10 @@ pub struct RunReport {
     /// because the piece was stranded (`p2p_transfer::swarm::repeats`).
     pub origin_declined: u64,
     pub origin_rescued: u64,
+    /// Pieces hosts served while still receiving them (cut-through), and relayed responses
+    /// reset because the relaying host's own transfer failed.
+    pub pieces_relayed: u64,
+    pub relays_reset: u64,
     pub faults: Option<FaultReport>,
     /// Progress every [`TIMELINE_INTERVAL`] (ours and origin-only).
     pub timeline: Vec<TimelinePoint>,
@@ -447,6 +454,7 @@ async fn run_fleet_inner(
                 _ => rate,
             };
             c.download_bytes_per_sec = rate;
+            c.cut_through = spec.cut_through;
             if let Kind::Corrupt(fault) = kind {
                 c.fault = Some(*fault);
             }
@@ -538,7 +546,10 @@ async fn run_fleet_inner(
     let machine_s = machine_busy_secs() - machine_before;
     let wall_s = wall.elapsed().as_secs_f64();
     let origin_stats = origin.stats();
-    let host_uploads: u64 = hosts.iter().map(|h| h.node.stats().uploaded_bytes).sum();
+    let host_stats: Vec<_> = hosts.iter().map(|h| h.node.stats()).collect();
+    let host_uploads: u64 = host_stats.iter().map(|s| s.uploaded_bytes).sum();
+    let pieces_relayed = host_stats.iter().map(|s| s.pieces_relayed).sum();
+    let relays_reset = host_stats.iter().map(|s| s.relays_reset).sum();
     for host in &hosts {
         host.node.close();
     }
@@ -656,6 +667,8 @@ async fn run_fleet_inner(
         other_load_cores: (machine_s - cpu_s) / wall_s,
         origin_declined: origin_stats.repeats_declined,
         origin_rescued: origin_stats.repeats_rescued,
+        pieces_relayed,
+        relays_reset,
         faults: has_faults.then_some(faults),
         timeline,
         note: projected.then(|| {
@@ -962,6 +975,14 @@ pub fn format_scenario(s: &ScenarioReport) -> String {
             out,
             "  ours: the origin answered \"seeded\" {} times and sent {} stranded pieces again",
             ours.origin_declined, ours.origin_rescued
+        )
+        .unwrap();
+    }
+    if ours.pieces_relayed > 0 || ours.relays_reset > 0 {
+        writeln!(
+            out,
+            "  ours: hosts relayed {} pieces while receiving them ({} relays reset)",
+            ours.pieces_relayed, ours.relays_reset
         )
         .unwrap();
     }

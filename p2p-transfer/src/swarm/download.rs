@@ -4,12 +4,13 @@
 //! bitfields and haves routed from the peers' control streams, finished requests, time); it
 //! turns the scheduler's actions into piece requests, each its own task on its own QUIC
 //! stream. A request task verifies every chunk group with bao-tree's response decoder before
-//! writing it, so the first bad group ends the request and blames exactly that peer.
+//! writing it, so the first bad group ends the request and blames exactly that peer; what
+//! verified is passed on to the piece's relay ([`crate::swarm::relay`]) at the same time.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bao_tree::io::fsm::{ResponseDecoder, ResponseDecoderNext};
@@ -25,7 +26,7 @@ use crate::blob::{
 };
 use crate::swarm::node::{BlobNode, ConnectError, Link, Node};
 use crate::swarm::scheduler::{Action, Failure, PeerId, PeerRole, Scheduler, SchedulerConfig};
-use crate::wire::{ControlMsg, PieceRequest, ResponseStatus};
+use crate::wire::{ControlMsg, PieceRequest, ResponseStatus, STREAM_RELAY_LOST};
 
 /// Events queued for one download before the peers' control readers wait.
 pub const DOWNLOAD_EVENT_QUEUE: usize = 4096;
@@ -225,6 +226,11 @@ pub(crate) enum DownloadEvent {
     },
     DontHave {
         peer: PeerId,
+    },
+    /// The peer is receiving `piece` and relays it (cut-through).
+    Incoming {
+        peer: PeerId,
+        piece: u32,
     },
     Cancel,
 }
@@ -552,6 +558,11 @@ impl Driver {
                     self.core.handle_have(peer, piece, now);
                 }
             }
+            DownloadEvent::Incoming { peer, piece } => {
+                if self.links.contains_key(&peer) {
+                    self.core.handle_incoming(peer, piece, now);
+                }
+            }
             DownloadEvent::DontHave { peer } => {
                 self.unanswered.remove(&peer);
                 if self.links.contains_key(&peer) {
@@ -756,7 +767,8 @@ enum FetchFailure {
     Store(GroupWriteError),
 }
 
-/// Requests one piece and writes each chunk group as soon as it verifies. Returns the
+/// Requests one piece and writes each chunk group as soon as it verifies, passing each
+/// verified parent and group on to the piece's relay (if this node relays it). Returns the
 /// response bytes read.
 async fn fetch_piece(
     node: Arc<Node>,
@@ -787,8 +799,10 @@ async fn fetch_piece(
         Some(ResponseStatus::Seeded) => return Err(FetchFailure::Peer(Failure::Seeded, 1)),
         None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
     }
-    let received = Arc::new(AtomicU64::new(1));
-    let reader = StreamReader { recv, node, bytes: received.clone() };
+    let relay = node.start_relay(spec, piece);
+    let received =
+        Arc::new(ReadStats { bytes: AtomicU64::new(1), relay_lost: AtomicBool::new(false) });
+    let reader = StreamReader { recv, node, stats: received.clone() };
     let mut decoder = ResponseDecoder::new(
         spec.hash.to_blake3(),
         geometry.piece_chunks(piece),
@@ -798,16 +812,25 @@ async fn fetch_piece(
     loop {
         match decoder.next().await {
             ResponseDecoderNext::More((next, item)) => {
-                let bytes = received.load(Ordering::Relaxed);
+                let bytes = received.bytes.load(Ordering::Relaxed);
                 decoder = next;
                 match item {
                     Ok(BaoContentItem::Parent(parent)) => {
                         partial.write_verified_parent(&parent).map_err(FetchFailure::Store)?;
+                        if let Some(relay) = &relay {
+                            let mut pair = Vec::with_capacity(64);
+                            pair.extend_from_slice(parent.pair.0.as_bytes());
+                            pair.extend_from_slice(parent.pair.1.as_bytes());
+                            relay.push(Bytes::from(pair));
+                        }
                     }
                     Ok(BaoContentItem::Leaf(leaf)) => {
                         partial
                             .write_verified_group(leaf.offset, &leaf.data)
                             .map_err(FetchFailure::Store)?;
+                        if let Some(relay) = &relay {
+                            relay.push(leaf.data);
+                        }
                     }
                     Err(
                         error @ (DecodeError::LeafHashMismatch(_)
@@ -818,10 +841,18 @@ async fn fetch_piece(
                         debug!(?error, "bad response");
                         return Err(FetchFailure::Peer(Failure::Corrupt, bytes));
                     }
+                    Err(DecodeError::Io(_)) if received.relay_lost.load(Ordering::Relaxed) => {
+                        return Err(FetchFailure::Peer(Failure::RelayLost, bytes));
+                    }
                     Err(DecodeError::Io(_)) => return Err(transport(bytes)),
                 }
             }
-            ResponseDecoderNext::Done(_) => return Ok(received.load(Ordering::Relaxed)),
+            ResponseDecoderNext::Done(_) => {
+                if let Some(relay) = relay {
+                    relay.complete();
+                }
+                return Ok(received.bytes.load(Ordering::Relaxed));
+            }
         }
     }
 }
@@ -831,14 +862,29 @@ async fn fetch_piece(
 struct StreamReader {
     recv: quinn::RecvStream,
     node: Arc<Node>,
-    /// Response bytes read, shared with the request task (the decoder owns the reader).
-    bytes: Arc<AtomicU64>,
+    /// Shared with the request task (the decoder owns the reader).
+    stats: Arc<ReadStats>,
+}
+
+/// What a [`StreamReader`] saw.
+struct ReadStats {
+    /// Response bytes read.
+    bytes: AtomicU64,
+    /// The sender reset the stream with [`STREAM_RELAY_LOST`].
+    relay_lost: AtomicBool,
 }
 
 impl StreamReader {
     fn count(&mut self, n: usize) {
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.node.counters.downloaded_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn read_error(&self, error: quinn::ReadError) -> io::Error {
+        if error == quinn::ReadError::Reset(STREAM_RELAY_LOST) {
+            self.stats.relay_lost.store(true, Ordering::Relaxed);
+        }
+        io::Error::new(io::ErrorKind::ConnectionReset, error)
     }
 }
 
@@ -849,9 +895,7 @@ impl iroh_io::AsyncStreamReader for StreamReader {
         let n = match self.recv.read_exact(&mut buf).await {
             Ok(()) => len,
             Err(quinn::ReadExactError::FinishedEarly(n)) => n,
-            Err(quinn::ReadExactError::ReadError(error)) => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, error));
-            }
+            Err(quinn::ReadExactError::ReadError(error)) => return Err(self.read_error(error)),
         };
         buf.truncate(n);
         self.count(n);
@@ -870,9 +914,7 @@ impl iroh_io::AsyncStreamReader for StreamReader {
                 self.count(n);
                 Err(io::ErrorKind::UnexpectedEof.into())
             }
-            Err(quinn::ReadExactError::ReadError(error)) => {
-                Err(io::Error::new(io::ErrorKind::ConnectionReset, error))
-            }
+            Err(quinn::ReadExactError::ReadError(error)) => Err(self.read_error(error)),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod download;
 mod node;
+pub mod relay;
 pub mod repeats;
 pub mod scheduler;
 

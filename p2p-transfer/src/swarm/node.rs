@@ -25,13 +25,14 @@ use tracing::{Instrument, debug, debug_span, info_span, trace, warn};
 use crate::blob::{BlobHash, BlobSpec, BlobStore, EncodePieceError, Geometry, StoreEvent};
 use crate::ratelimit::{RateLimiter, ThrottleStats};
 use crate::swarm::download::DownloadEvent;
+use crate::swarm::relay::{RelayEnd, RelayState, RelayWriter, Relays};
 use crate::swarm::repeats::{RepeatDecision, RepeatGuard};
 use crate::swarm::scheduler::PeerId;
 use crate::tls::{self, ClientAuth, NodeCert, TlsConfigError};
 use crate::wire::{
     self, ALPN, CLOSE_DUPLICATE, CLOSE_PROTOCOL_VIOLATION, CLOSE_SHUTDOWN, ControlMsg,
     FRAME_HEADER_BYTES, MAX_CONTROL_FRAME_BYTES, MAX_REQUEST_FRAME_BYTES, PieceRequest,
-    ResponseStatus, WireError,
+    ResponseStatus, STREAM_RELAY_LOST, WireError,
 };
 
 /// UDP socket buffers a node asks for, each way. A burst of piece data from several peers at
@@ -93,6 +94,9 @@ pub struct NodeConfig {
     /// died before passing it on; a requester turned away twice for a piece is served inside
     /// the window (the piece is stranded: `repeats.rs`). `None` for ordinary hosts.
     pub origin_repeat_window: Option<Duration>,
+    /// Cut-through ([`crate::swarm::relay`]): announce each piece as it starts to arrive and
+    /// serve it to peers while receiving it. A node with a [`ServeFault`] never relays.
+    pub cut_through: bool,
     /// Misbehave on purpose; for tests and chaos experiments only.
     pub fault: Option<ServeFault>,
 }
@@ -108,6 +112,7 @@ impl NodeConfig {
             max_concurrent_uploads: RECOMMENDED_UPLOAD_SLOTS,
             max_queued_uploads: RECOMMENDED_QUEUED_UPLOADS,
             origin_repeat_window: None,
+            cut_through: true,
             fault: None,
         }
     }
@@ -202,6 +207,10 @@ pub struct NodeStats {
     pub downloaded_from_origin_bytes: u64,
     /// Piece requests answered with data.
     pub pieces_served: u64,
+    /// The part of `pieces_served` relayed while this node was still receiving the piece.
+    pub pieces_relayed: u64,
+    /// Relayed responses reset because this node's own transfer of the piece failed.
+    pub relays_reset: u64,
     /// Responses that failed verification.
     pub bad_responses: u64,
     /// Connections closed for a protocol violation.
@@ -224,6 +233,8 @@ pub(crate) struct Counters {
     pub downloaded_bytes: AtomicU64,
     pub downloaded_from_origin_bytes: AtomicU64,
     pub pieces_served: AtomicU64,
+    pub pieces_relayed: AtomicU64,
+    pub relays_reset: AtomicU64,
     pub bad_responses: AtomicU64,
     pub protocol_violations: AtomicU64,
     pub repeats_declined: AtomicU64,
@@ -246,6 +257,8 @@ pub(crate) struct Node {
     upload: RateLimiter,
     pub download: RateLimiter,
     uploads: Arc<UploadSlots>,
+    /// Pieces being received and relayed at once (cut-through).
+    pub relays: Arc<Relays>,
     /// For an origin ([`NodeConfig::origin_repeat_window`]): when each piece was handed out.
     repeats: Option<Mutex<RepeatGuard>>,
     links: Mutex<HashMap<PeerId, Arc<Link>>>,
@@ -327,6 +340,7 @@ impl BlobNode {
                 config.max_queued_uploads.min(UPLOAD_QUEUE_MAX),
             )),
             repeats: config.origin_repeat_window.map(|w| Mutex::new(RepeatGuard::new(w))),
+            relays: Arc::new(Relays::new()),
             config,
             store,
             links: Mutex::new(HashMap::new()),
@@ -356,6 +370,8 @@ impl BlobNode {
             downloaded_bytes: c.downloaded_bytes.load(Ordering::Relaxed),
             downloaded_from_origin_bytes: c.downloaded_from_origin_bytes.load(Ordering::Relaxed),
             pieces_served: c.pieces_served.load(Ordering::Relaxed),
+            pieces_relayed: c.pieces_relayed.load(Ordering::Relaxed),
+            relays_reset: c.relays_reset.load(Ordering::Relaxed),
             bad_responses: c.bad_responses.load(Ordering::Relaxed),
             protocol_violations: c.protocol_violations.load(Ordering::Relaxed),
             repeats_declined: c.repeats_declined.load(Ordering::Relaxed),
@@ -502,6 +518,20 @@ impl Node {
         }
     }
 
+    /// Whether this node relays pieces it is receiving (see [`NodeConfig::cut_through`]).
+    fn relays_enabled(&self) -> bool {
+        self.config.cut_through && self.config.fault.is_none() && !self.config.leech_only
+    }
+
+    /// Starts relaying a piece a request of ours began to receive, if this node relays and
+    /// no other request relays it already.
+    pub fn start_relay(&self, spec: BlobSpec, piece: u32) -> Option<RelayWriter> {
+        if !self.relays_enabled() {
+            return None;
+        }
+        self.relays.start(spec, piece)
+    }
+
     fn violation(&self, link: &Link, error: &WireError) {
         warn!(%error, "protocol violation; closing connection");
         self.counters.protocol_violations.fetch_add(1, Ordering::Relaxed);
@@ -601,7 +631,7 @@ async fn handle_control(node: &Arc<Node>, link: &Arc<Link>, msg: ControlMsg) {
         ControlMsg::Interested { spec } => {
             link.peer_wants.lock().expect("wants lock").insert(spec.hash);
             if !node.config.leech_only {
-                link.send(state_message(node, spec));
+                send_state(node, link, spec);
             } else {
                 link.send(ControlMsg::DontHave { hash: spec.hash });
             }
@@ -627,6 +657,20 @@ async fn handle_control(node: &Arc<Node>, link: &Arc<Link>, msg: ControlMsg) {
             link.holds().remove(&hash);
             route(&hash, DownloadEvent::DontHave { peer }).await
         }
+        ControlMsg::Incoming { hash, piece } => {
+            route(&hash, DownloadEvent::Incoming { peer, piece }).await
+        }
+    }
+}
+
+/// What we hold of `spec`, then the pieces of it we are relaying (a bitfield is the whole
+/// state, so it withdraws earlier announcements).
+fn send_state(node: &Node, link: &Link, spec: BlobSpec) {
+    link.send(state_message(node, spec));
+    if node.relays_enabled() {
+        for piece in node.relays.pieces_of(spec.hash) {
+            link.send(ControlMsg::Incoming { hash: spec.hash, piece });
+        }
     }
 }
 
@@ -646,15 +690,27 @@ fn state_message(node: &Node, spec: BlobSpec) -> ControlMsg {
     }
 }
 
-/// Pushes have-updates for the blobs the peer wants, as the store changes.
+/// Pushes have-updates for the blobs the peer wants, as the store changes, and announces the
+/// pieces this node starts to relay.
 async fn forward_store_events(node: Arc<Node>, link: Arc<Link>) {
     let mut events = node.store.subscribe();
+    let mut relays = node.relays.announcements();
+    let wants = |hash: &BlobHash| link.peer_wants.lock().expect("wants lock").contains(hash);
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
+            relayed = relays.recv() => {
+                // Lagging only skips hints: the piece's "have" follows when it is whole.
+                if let Ok((hash, piece)) = relayed
+                    && wants(&hash)
+                    && !link.holds().get(&hash).is_some_and(|p| p.get(piece.into()))
+                {
+                    link.send(ControlMsg::Incoming { hash, piece });
+                }
+                continue;
+            }
             _ = link.connection.closed() => return,
         };
-        let wants = |hash: &BlobHash| link.peer_wants.lock().expect("wants lock").contains(hash);
         match event {
             Ok(StoreEvent::PieceComplete { hash, piece }) if wants(&hash) => {
                 let held = link.holds().get(&hash).is_some_and(|p| p.get(piece.into()));
@@ -682,11 +738,10 @@ async fn forward_store_events(node: Arc<Node>, link: Arc<Link>) {
 /// Sends the full state of `hashes`; the size comes from what we hold.
 fn resend_state(node: &Node, link: &Link, hashes: &[BlobHash]) {
     for hash in hashes {
-        let msg = match node.store.size_of(hash) {
-            Some(size) => state_message(node, BlobSpec { hash: *hash, size }),
-            None => ControlMsg::DontHave { hash: *hash },
-        };
-        link.send(msg);
+        match node.store.size_of(hash) {
+            Some(size) => send_state(node, link, BlobSpec { hash: *hash, size }),
+            None => link.send(ControlMsg::DontHave { hash: *hash }),
+        }
     }
 }
 
@@ -731,6 +786,11 @@ async fn serve_piece(
             node.counters.busy_answers.fetch_add(1, Ordering::Relaxed);
             return respond_status(&mut send, ResponseStatus::Busy).await;
         };
+        if node.relays_enabled()
+            && let Some(relay) = node.relays.subscribe(spec, piece)
+        {
+            return serve_relayed(&node, &mut send, relay, spec, piece).await;
+        }
         let fault = node.config.fault;
         let source_piece = match fault {
             Some(ServeFault::WrongPiece) => {
@@ -766,19 +826,12 @@ async fn serve_piece(
         if send.write_all(&[ResponseStatus::Ok as u8]).await.is_err() {
             return;
         }
-        // Slices of one buffer handed to quinn as they are: no copy per slice.
         let encoded = Bytes::from(encoded);
-        for start in (0..encoded.len()).step_by(UPLOAD_SLICE_BYTES) {
-            let slice = encoded.slice(start..(start + UPLOAD_SLICE_BYTES).min(encoded.len()));
-            node.upload.acquire(slice.len() as u64).await;
-            let len = slice.len() as u64;
-            if let Err(error) = send.write_chunk(slice).await {
-                // Most often the requester cancelled (another copy arrived first).
-                trace!(%error, "upload stopped");
-                node.forget_repeat(spec.hash, piece);
-                return;
-            }
-            node.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+        if let Err(error) = upload(&node, &mut send, encoded.clone()).await {
+            // Most often the requester cancelled (another copy arrived first).
+            trace!(%error, "upload stopped");
+            node.forget_repeat(spec.hash, piece);
+            return;
         }
         let _ = send.finish();
         node.renew_repeat(spec.hash, piece);
@@ -787,6 +840,91 @@ async fn serve_piece(
     }
     .instrument(span)
     .await;
+}
+
+/// Writes `bytes` to the stream in [`UPLOAD_SLICE_BYTES`] slices, each paid for in the upload
+/// bucket first, and counts what was sent.
+async fn upload(
+    node: &Node,
+    send: &mut quinn::SendStream,
+    bytes: Bytes,
+) -> Result<(), quinn::WriteError> {
+    // Slices of one buffer handed to quinn as they are: no copy per slice.
+    for start in (0..bytes.len()).step_by(UPLOAD_SLICE_BYTES) {
+        let slice = bytes.slice(start..(start + UPLOAD_SLICE_BYTES).min(bytes.len()));
+        let len = slice.len() as u64;
+        node.upload.acquire(len).await;
+        send.write_chunk(slice).await?;
+        node.counters.uploaded_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Serves a piece this node is still receiving: what has verified so far, then each segment
+/// as it verifies. If the node's own transfer fails, the rest comes from the store when the
+/// piece arrived whole another way meanwhile (the encoding is deterministic, so the bytes
+/// sent are its prefix), and otherwise the stream is reset with [`STREAM_RELAY_LOST`].
+async fn serve_relayed(
+    node: &Arc<Node>,
+    send: &mut quinn::SendStream,
+    mut relay: tokio::sync::watch::Receiver<RelayState>,
+    spec: BlobSpec,
+    piece: u32,
+) {
+    if send.write_all(&[ResponseStatus::Ok as u8]).await.is_err() {
+        return;
+    }
+    let (mut segments_sent, mut bytes_sent) = (0, 0);
+    loop {
+        let (segments, end) = {
+            let state = relay.borrow_and_update();
+            (state.segments[segments_sent..].to_vec(), state.end)
+        };
+        segments_sent += segments.len();
+        let wrote_any = !segments.is_empty();
+        for segment in segments {
+            bytes_sent += segment.len();
+            if let Err(error) = upload(node, send, segment).await {
+                trace!(%error, "relayed upload stopped");
+                return;
+            }
+        }
+        match end {
+            RelayEnd::Open => {
+                if relay.changed().await.is_err() && relay.borrow().end == RelayEnd::Open {
+                    // Cannot happen: the writer marks the relay ended before it goes.
+                    break;
+                }
+            }
+            RelayEnd::Complete if wrote_any => {}
+            RelayEnd::Complete => {
+                let _ = send.finish();
+                node.counters.pieces_served.fetch_add(1, Ordering::Relaxed);
+                node.counters.pieces_relayed.fetch_add(1, Ordering::Relaxed);
+                trace!(bytes = bytes_sent, "relayed piece served");
+                return;
+            }
+            RelayEnd::Lost => break,
+        }
+    }
+    let store = node.store.clone();
+    let encoded = tokio::task::spawn_blocking(move || store.encode_piece(spec, piece)).await;
+    match encoded {
+        Ok(Ok(encoded)) if encoded.len() >= bytes_sent => {
+            debug!("relay lost; the rest of the piece comes from the store");
+            let rest = Bytes::from(encoded).slice(bytes_sent..);
+            if upload(node, send, rest).await.is_ok() {
+                let _ = send.finish();
+                node.counters.pieces_served.fetch_add(1, Ordering::Relaxed);
+                node.counters.pieces_relayed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {
+            debug!(bytes = bytes_sent, "relay lost; resetting the stream");
+            node.counters.relays_reset.fetch_add(1, Ordering::Relaxed);
+            let _ = send.reset(STREAM_RELAY_LOST);
+        }
+    }
 }
 
 async fn respond_status(send: &mut quinn::SendStream, status: ResponseStatus) {

@@ -41,6 +41,11 @@
 //!   origin when no other peer holds it (a crawling seeder must not stall the swarm). A crawling or
 //!   silently dead peer (a killed process sends no close) therefore costs a few piece-times,
 //!   not the [`SchedulerConfig::request_timeout`], which still cancels the request itself.
+//! - **Incoming pieces (cut-through):** a peer that announced it is receiving a piece offers
+//!   it as a holder does (it relays the piece as each chunk group verifies), in availability,
+//!   rarest-first and origin protection alike. A relay that fails ([`Failure::RelayLost`]),
+//!   or a refusal of a piece the peer only had incoming, withdraws the offer without counting
+//!   as a lie.
 //! - **Bans:** one response that fails verification bans the peer for this blob for
 //!   [`SchedulerConfig::ban_duration`]; its other requests are cancelled and go elsewhere. A
 //!   peer that refuses [`SchedulerConfig::max_refusals`] pieces it advertised (a lying
@@ -200,6 +205,8 @@ pub enum Failure {
     Transport,
     /// The origin sent this piece to another peer moments ago: get it from the swarm.
     Seeded,
+    /// The peer was relaying a piece it was receiving, and its own transfer failed.
+    RelayLost,
 }
 
 /// Per-peer figures, for reports and benchmarks.
@@ -219,6 +226,9 @@ pub struct PeerStats {
 struct Peer {
     role: PeerRole,
     have: Bitfield,
+    /// Pieces the peer announced it is receiving (and relays as they verify); never one it
+    /// has already (disjoint from `have`).
+    incoming: Bitfield,
     inflight: u32,
     rate: Option<f64>,
     last_delivery: Option<Instant>,
@@ -228,6 +238,23 @@ struct Peer {
     pieces_received: u64,
     /// "Busy" answers since the last piece it delivered.
     busy_streak: u32,
+}
+
+impl Peer {
+    /// Whether the peer holds `piece` or is receiving it.
+    fn offers(&self, piece: u32) -> bool {
+        self.have.get(piece.into()) || self.incoming.get(piece.into())
+    }
+
+    /// Whether the peer holds or is receiving anything.
+    fn offers_any(&self) -> bool {
+        self.have.count() > 0 || self.incoming.count() > 0
+    }
+
+    /// Pieces held or being received (disjoint sets).
+    fn offered(&self) -> impl Iterator<Item = u64> + '_ {
+        self.have.ones().chain(self.incoming.ones())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -258,7 +285,7 @@ pub struct Scheduler {
     bad_responses: BTreeMap<PeerId, u32>,
     /// How often each peer was banned (bans expire; this does not).
     ban_count: BTreeMap<PeerId, u32>,
-    /// Per piece: usable (connected, not banned) non-origin peers holding it.
+    /// Per piece: usable (connected, not banned) non-origin peers holding or receiving it.
     availability: Vec<u32>,
     /// The median measured rate of the non-origin peers, bytes per second: what a request
     /// is expected to get here (lateness, slow peers).
@@ -342,7 +369,7 @@ impl Scheduler {
             return true;
         }
         self.peers.iter().any(|(&id, peer)| {
-            !self.is_banned(id, now) && peer.have.ones().any(|piece| !self.done.get(piece))
+            !self.is_banned(id, now) && peer.offered().any(|piece| !self.done.get(piece))
         })
     }
 
@@ -362,6 +389,7 @@ impl Scheduler {
             Peer {
                 role,
                 have: Bitfield::new(self.done.len()),
+                incoming: Bitfield::new(self.done.len()),
                 inflight: 0,
                 rate: None,
                 last_delivery: None,
@@ -384,7 +412,10 @@ impl Scheduler {
             return;
         }
         self.count_availability(peer, now, false);
-        self.peers.get_mut(&peer).expect("present").have = pieces;
+        let state = self.peers.get_mut(&peer).expect("present");
+        // A bitfield is the peer's whole state: what it was receiving is in it or gone.
+        state.incoming = Bitfield::new(self.done.len());
+        state.have = pieces;
         self.count_availability(peer, now, true);
     }
 
@@ -396,7 +427,26 @@ impl Scheduler {
         }
         let banned = self.is_banned(peer, now);
         let Some(state) = self.peers.get_mut(&peer) else { return };
-        if state.have.set(piece.into()) && !banned && state.role == PeerRole::Peer {
+        let was_offered = state.incoming.clear(piece.into());
+        if state.have.set(piece.into()) && !was_offered && !banned && state.role == PeerRole::Peer {
+            self.availability[piece as usize] += 1;
+        }
+    }
+
+    /// The peer is receiving `piece` and relays it as it verifies. A piece outside the blob
+    /// is a lie: ban.
+    pub fn handle_incoming(&mut self, peer: PeerId, piece: u32, now: Instant) {
+        if piece >= self.geometry.n_pieces() {
+            self.ban(peer, now);
+            return;
+        }
+        let banned = self.is_banned(peer, now);
+        let Some(state) = self.peers.get_mut(&peer) else { return };
+        if !state.have.get(piece.into())
+            && state.incoming.set(piece.into())
+            && !banned
+            && state.role == PeerRole::Peer
+        {
             self.availability[piece as usize] += 1;
         }
     }
@@ -473,6 +523,10 @@ impl Scheduler {
                 self.ban(peer, now);
             }
             Failure::NotHeld => {
+                if self.withdraw_incoming(peer, piece, now) {
+                    // Its relay ended between the announcement and the request: no lie.
+                    return;
+                }
                 let banned = self.is_banned(peer, now);
                 let Some(state) = self.peers.get_mut(&peer) else { return };
                 if state.have.clear(piece.into()) && !banned && state.role == PeerRole::Peer {
@@ -482,6 +536,9 @@ impl Scheduler {
                 if state.refusals >= self.config.max_refusals {
                     self.ban(peer, now);
                 }
+            }
+            Failure::RelayLost => {
+                self.withdraw_incoming(peer, piece, now);
             }
             Failure::Busy => {
                 if let Some(state) = self.peers.get_mut(&peer) {
@@ -494,6 +551,19 @@ impl Scheduler {
                 self.seeded.insert(piece, now + self.config.seeded_retry);
             }
         }
+    }
+
+    /// Forgets that `peer` is receiving `piece`; returns whether it was.
+    fn withdraw_incoming(&mut self, peer: PeerId, piece: u32, now: Instant) -> bool {
+        let banned = self.is_banned(peer, now);
+        let Some(state) = self.peers.get_mut(&peer) else { return false };
+        if !state.incoming.clear(piece.into()) {
+            return false;
+        }
+        if !banned && state.role == PeerRole::Peer {
+            self.availability[piece as usize] -= 1;
+        }
+        true
     }
 
     /// Expires bans and backoffs, and cancels requests older than the request timeout.
@@ -634,9 +704,8 @@ impl Scheduler {
         // download for as long as it lives.
         for &piece in &late {
             let asked = &self.inflight[&piece];
-            let can_rescue = |p: &PeerId| {
-                self.peers[p].have.get(piece.into()) && asked.iter().all(|r| r.peer != *p)
-            };
+            let can_rescue =
+                |p: &PeerId| self.peers[p].offers(piece) && asked.iter().all(|r| r.peer != *p);
             let seeded = self.seeded.get(&piece).is_some_and(|&until| until > now);
             let rescuer = peers
                 .iter()
@@ -669,7 +738,7 @@ impl Scheduler {
             .peers
             .iter()
             .filter(|&(&id, peer)| {
-                peer.have.count() > 0
+                peer.offers_any()
                     && peer.inflight < self.depth(peer)
                     && peer.backoff_until.is_none_or(|until| until <= now)
                     && !self.is_banned(id, now)
@@ -705,7 +774,7 @@ impl Scheduler {
         let mut best: Option<(u32, u32)> = None; // (availability, piece)
         let mut ties = 0u64;
         for &piece in wanted {
-            if self.requested[piece as usize] > 0 || !state.have.get(piece.into()) {
+            if self.requested[piece as usize] > 0 || !state.offers(piece) {
                 continue;
             }
             let availability = self.availability[piece as usize];
@@ -743,7 +812,7 @@ impl Scheduler {
         self.inflight
             .iter()
             .filter(|&(&piece, list)| {
-                state.have.get(piece.into())
+                state.offers(piece)
                     && list.len() < self.config.endgame_duplicates as usize
                     && list.iter().all(|r| r.peer != peer)
                     && (!origin || !self.supplied_by(&suppliers, piece))
@@ -752,10 +821,10 @@ impl Scheduler {
             .map(|(&piece, _)| piece)
     }
 
-    /// The pieces of the non-origin peers that can be expected to serve soon: not banned,
-    /// not answering "busy" again and again, not slow. A piece only slow or saturated peers
-    /// hold is stranded there, and an origin may be asked for it.
-    fn suppliers(&self, now: Instant) -> Vec<&Bitfield> {
+    /// The non-origin peers that can be expected to serve soon: not banned, not answering
+    /// "busy" again and again, not slow. A piece only slow or saturated peers hold (or
+    /// receive) is stranded there, and an origin may be asked for it.
+    fn suppliers(&self, now: Instant) -> Vec<&Peer> {
         self.peers
             .iter()
             .filter(|&(&id, p)| {
@@ -764,13 +833,13 @@ impl Scheduler {
                     && !self.is_slow(p)
                     && !self.is_banned(id, now)
             })
-            .map(|(_, p)| &p.have)
+            .map(|(_, p)| p)
             .collect()
     }
 
-    /// Whether one of `suppliers` (see [`Scheduler::suppliers`]) holds `piece`.
-    fn supplied_by(&self, suppliers: &[&Bitfield], piece: u32) -> bool {
-        self.availability[piece as usize] > 0 && suppliers.iter().any(|have| have.get(piece.into()))
+    /// Whether one of `suppliers` (see [`Scheduler::suppliers`]) holds or receives `piece`.
+    fn supplied_by(&self, suppliers: &[&Peer], piece: u32) -> bool {
+        self.availability[piece as usize] > 0 && suppliers.iter().any(|p| p.offers(piece))
     }
 
     fn is_slow(&self, peer: &Peer) -> bool {
@@ -859,7 +928,7 @@ impl Scheduler {
         if state.role != PeerRole::Peer {
             return;
         }
-        for piece in state.have.ones() {
+        for piece in state.offered() {
             let count = &mut self.availability[piece as usize];
             if add {
                 *count += 1;

@@ -252,6 +252,63 @@ fn refusing_advertised_pieces_is_a_lying_bitfield_and_bans() {
 }
 
 #[test]
+fn a_piece_a_peer_is_receiving_is_asked_of_it_and_not_of_the_origin() {
+    let now = Instant::now();
+    let config = SchedulerConfig {
+        random_first_pieces: 0,
+        origin_max_inflight: 8,
+        ..SchedulerConfig::recommended(3)
+    };
+    let mut s = scheduler(4, config);
+    let (origin, relay) = (peer(1), peer(2));
+    join(&mut s, origin, PeerRole::Origin, bits(4, 0..4), now);
+    join(&mut s, relay, PeerRole::Peer, bits(4, []), now);
+    s.handle_incoming(relay, 2, now);
+    let actions = drain(&mut s, now);
+    assert_eq!(requests_to(&actions, relay), vec![2], "{actions:?}");
+    assert_eq!(requests_to(&actions, origin).len(), 3, "{actions:?}");
+    assert!(!requests_to(&actions, origin).contains(&2), "{actions:?}");
+
+    // Its relay failed: the offer is withdrawn without blame, and the origin may serve it.
+    s.handle_piece_failed(relay, 2, Failure::RelayLost, now);
+    assert!(!s.is_banned(relay, now));
+    let actions = drain(&mut s, now);
+    assert_eq!(actions, vec![Action::Request { peer: origin, piece: 2 }]);
+    // Announced again and then whole: a "have" turns the offer into a holding, counted once.
+    s.handle_incoming(relay, 3, now);
+    s.handle_have(relay, 3, now);
+    s.handle_incoming(relay, 3, now);
+    assert_eq!(s.peer_stats(relay, now).unwrap().pieces_held, 1);
+    assert_eq!(s.availability[3], 1);
+    assert_eq!(s.availability[2], 0);
+}
+
+#[test]
+fn refusing_pieces_only_announced_as_incoming_is_no_lie() {
+    let now = Instant::now();
+    let config = SchedulerConfig { pipeline_min: 1, ..SchedulerConfig::recommended(5) };
+    let mut s = scheduler(8, config);
+    let relay = peer(9);
+    join(&mut s, relay, PeerRole::Peer, bits(8, []), now);
+    for piece in 0..8 {
+        s.handle_incoming(relay, piece, now);
+    }
+    for _ in 0..2 * MAX_REFUSALS {
+        let [Action::Request { piece, .. }] = drain(&mut s, now)[..] else { panic!() };
+        // The relay ended before the request reached it.
+        s.handle_piece_failed(relay, piece, Failure::NotHeld, now);
+    }
+    assert!(!s.is_banned(relay, now));
+    assert_eq!(s.availability.iter().sum::<u32>(), 8 - 2 * MAX_REFUSALS);
+    // A bitfield is the peer's whole state: the remaining announcements go with it.
+    s.handle_bitfield(relay, bits(8, [7]), now);
+    assert_eq!(s.availability.iter().sum::<u32>(), 1);
+    // An announced piece outside the blob is a lie.
+    s.handle_incoming(relay, 8, now);
+    assert!(s.is_banned(relay, now));
+}
+
+#[test]
 fn busy_peers_back_off_and_stale_requests_time_out() {
     let now = Instant::now();
     let config = SchedulerConfig { pipeline_min: 1, ..SchedulerConfig::recommended(5) };
