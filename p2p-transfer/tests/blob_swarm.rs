@@ -301,7 +301,8 @@ async fn a_piece_is_relayed_while_it_is_still_arriving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_whose_own_transfer_fails_resets_its_streams_and_nobody_blames_it() {
+async fn what_an_unproven_peer_sends_is_not_relayed_so_a_corrupt_one_costs_the_relay_s_peers_nothing()
+ {
     guarded(async {
         let cluster = Cluster::new();
         let data = test_data(MIB, 12);
@@ -309,8 +310,8 @@ async fn a_relay_whose_own_transfer_fails_resets_its_streams_and_nobody_blames_i
         // the origin could have sent every piece.
         let origin = cluster.host(|node, _| node.upload_bytes_per_sec = Some(MIB / 2));
         let spec = origin.import(&data);
-        // Flips a byte in the last chunk group of every piece, slowly: the relay has passed on
-        // most of a piece when it finds out.
+        // Flips a byte in the last chunk group of every piece, slowly: relayed, most of a
+        // piece would have been passed on before the flip showed.
         let corrupt = cluster.host(|node, _| {
             node.fault = Some(ServeFault::FlipByte);
             node.upload_bytes_per_sec = Some(MIB / 2);
@@ -330,8 +331,49 @@ async fn a_relay_whose_own_transfer_fails_resets_its_streams_and_nobody_blames_i
         assert!(report.banned_peers.is_empty(), "{:?}", report.banned_peers);
         assert_eq!(report.bad_responses, 0);
         let stats = relay.node.stats();
+        assert_eq!(stats.relays_reset, 0, "a corrupt peer's response was relayed: {stats:?}");
+        assert!(stats.pieces_relayed >= 1, "the origin's pieces are relayed: {stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_whose_source_dies_resets_its_streams_and_nobody_blames_it() {
+    guarded(async {
+        let cluster = Cluster::new();
+        let data = test_data(MIB, 13);
+        // Two pieces at a time at a quarter MiB/s each: a second per pair of pieces.
+        let source = cluster.host(|node, _| node.upload_bytes_per_sec = Some(MIB / 2));
+        let spec = source.import(&data);
+        let origin = cluster.host(|_, _| {});
+        origin.import(&data);
+        let relay = cluster.host(|_, _| {});
+        let leaf = cluster.host(|_, _| {});
+        let relaying = relay.download(spec, vec![source.peer(PeerRole::Peer)]).await;
+        let leafing = leaf.download(spec, vec![relay.peer(PeerRole::Peer)]).await;
+
+        // Once the source has delivered pieces (it is proven) and the relay has passed on
+        // some of a piece it is still receiving, the source dies.
+        let piece_bytes = 256 * 1024 + 4096;
+        loop {
+            let uploaded = relay.node.stats().uploaded_bytes;
+            let held = relay.node.store().pieces(&spec.hash, spec.size).map_or(0, |p| p.count());
+            if held == 2 && uploaded > 2 * piece_bytes + 16 * 1024 {
+                break;
+            }
+            assert!(held < 4, "the relay finished before its source could die");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        source.node.close();
+        relaying.add_peers(vec![origin.peer(PeerRole::Origin)]);
+
+        relaying.finish().await.unwrap();
+        let report = leafing.finish().await.unwrap();
+        assert_eq!(report.blob.read_to_vec().unwrap(), data);
+        assert!(report.banned_peers.is_empty(), "{:?}", report.banned_peers);
+        let stats = relay.node.stats();
         assert!(stats.relays_reset >= 1, "{stats:?}");
-        assert_eq!(leaf.node.stats().bad_responses, 0);
+        assert!(!leaf.node.connected_peers().is_empty(), "the leaf kept its link to the relay");
     })
     .await;
 }

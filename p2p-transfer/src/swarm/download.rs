@@ -466,12 +466,16 @@ impl Driver {
                 trace!(%peer, piece, "request");
                 let node = self.node.clone();
                 let partial = self.partial.clone();
+                let relay = self.proven(peer);
                 let span =
                     debug_span!("fetch", blob = %self.spec.hash.short(), peer = %peer, piece);
-                let handle = self.fetches.spawn(
-                    async move { (peer, piece, fetch_piece(node, link, partial, piece).await) }
+                let handle =
+                    self.fetches.spawn(
+                        async move {
+                            (peer, piece, fetch_piece(node, link, partial, piece, relay).await)
+                        }
                         .instrument(span),
-                );
+                    );
                 self.requests.insert((peer, piece), handle);
             }
             Action::Cancel { peer, piece } => {
@@ -481,6 +485,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Whether what `peer` sends may be relayed as it arrives: it is an origin, or it has
+    /// delivered a verified piece of this blob and its measured rate is not slow. A relay runs
+    /// at its source's pace, so relaying from a crawling peer throttles the relay's whole
+    /// subtree, and a peer whose first response is corrupt would have nearly a whole piece (a
+    /// flipped byte in the last chunk group) passed down the tree before the reset.
+    fn proven(&self, peer: PeerId) -> bool {
+        self.wanted.get(&peer) == Some(&PeerRole::Origin) || self.core.is_proven_fast(peer)
     }
 
     fn handle_fetch(
@@ -768,13 +781,14 @@ enum FetchFailure {
 }
 
 /// Requests one piece and writes each chunk group as soon as it verifies, passing each
-/// verified parent and group on to the piece's relay (if this node relays it). Returns the
-/// response bytes read.
+/// verified parent and group on to the piece's relay if `relay` (and this node relays).
+/// Returns the response bytes read.
 async fn fetch_piece(
     node: Arc<Node>,
     link: Arc<Link>,
     partial: Arc<PartialBlob>,
     piece: u32,
+    relay: bool,
 ) -> Result<u64, FetchFailure> {
     let transport = |bytes| FetchFailure::Peer(Failure::Transport, bytes);
     let spec = partial.spec();
@@ -799,7 +813,7 @@ async fn fetch_piece(
         Some(ResponseStatus::Seeded) => return Err(FetchFailure::Peer(Failure::Seeded, 1)),
         None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
     }
-    let relay = node.start_relay(spec, piece);
+    let relay = if relay { node.start_relay(spec, piece) } else { None };
     let received =
         Arc::new(ReadStats { bytes: AtomicU64::new(1), relay_lost: AtomicBool::new(false) });
     let reader = StreamReader { recv, node, stats: received.clone() };

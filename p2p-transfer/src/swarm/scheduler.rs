@@ -43,7 +43,8 @@
 //!   not the [`SchedulerConfig::request_timeout`], which still cancels the request itself.
 //! - **Incoming pieces (cut-through):** a peer that announced it is receiving a piece offers
 //!   it as a holder does (it relays the piece as each chunk group verifies), in availability,
-//!   rarest-first and origin protection alike. A relay that fails ([`Failure::RelayLost`]),
+//!   rarest-first and origin protection alike, but late rescues and endgame duplicates go to
+//!   holders only (a relay may wait on the same slow source). A relay that fails ([`Failure::RelayLost`]),
 //!   or a refusal of a piece the peer only had incoming, withdraws the offer without counting
 //!   as a lie.
 //! - **Bans:** one response that fails verification bans the peer for this blob for
@@ -346,6 +347,12 @@ impl Scheduler {
     /// Connected peers.
     pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers.keys().copied()
+    }
+
+    /// Whether `peer` has delivered a piece and its measured rate is not slow (see
+    /// [`SchedulerConfig::slow_peer_ratio`]): a source worth relaying from as it arrives.
+    pub fn is_proven_fast(&self, peer: PeerId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.rate.is_some() && !self.is_slow(p))
     }
 
     /// Figures for `peer`, if connected.
@@ -704,8 +711,10 @@ impl Scheduler {
         // download for as long as it lives.
         for &piece in &late {
             let asked = &self.inflight[&piece];
-            let can_rescue =
-                |p: &PeerId| self.peers[p].offers(piece) && asked.iter().all(|r| r.peer != *p);
+            // Only a holder: a relay may be waiting on the same slow source.
+            let can_rescue = |p: &PeerId| {
+                self.peers[p].have.get(piece.into()) && asked.iter().all(|r| r.peer != *p)
+            };
             let seeded = self.seeded.get(&piece).is_some_and(|&until| until > now);
             let rescuer = peers
                 .iter()
@@ -812,7 +821,7 @@ impl Scheduler {
         self.inflight
             .iter()
             .filter(|&(&piece, list)| {
-                state.offers(piece)
+                state.have.get(piece.into())
                     && list.len() < self.config.endgame_duplicates as usize
                     && list.iter().all(|r| r.peer != peer)
                     && (!origin || !self.supplied_by(&suppliers, piece))
