@@ -814,6 +814,8 @@ async fn fetch_piece(
         None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
     }
     let relay = if relay { node.start_relay(spec, piece) } else { None };
+    // Verified parents not yet passed to the relay (a piece's encoding ends with a group).
+    let mut parents = Vec::new();
     let received =
         Arc::new(ReadStats { bytes: AtomicU64::new(1), relay_lost: AtomicBool::new(false) });
     let reader = StreamReader { recv, node, stats: received.clone() };
@@ -831,11 +833,9 @@ async fn fetch_piece(
                 match item {
                     Ok(BaoContentItem::Parent(parent)) => {
                         partial.write_verified_parent(&parent).map_err(FetchFailure::Store)?;
-                        if let Some(relay) = &relay {
-                            let mut pair = Vec::with_capacity(64);
-                            pair.extend_from_slice(parent.pair.0.as_bytes());
-                            pair.extend_from_slice(parent.pair.1.as_bytes());
-                            relay.push(Bytes::from(pair));
+                        if relay.is_some() {
+                            parents.extend_from_slice(parent.pair.0.as_bytes());
+                            parents.extend_from_slice(parent.pair.1.as_bytes());
                         }
                     }
                     Ok(BaoContentItem::Leaf(leaf)) => {
@@ -843,7 +843,13 @@ async fn fetch_piece(
                             .write_verified_group(leaf.offset, &leaf.data)
                             .map_err(FetchFailure::Store)?;
                         if let Some(relay) = &relay {
-                            relay.push(leaf.data);
+                            // One segment per group: the parents before it go with it.
+                            if parents.is_empty() {
+                                relay.push(leaf.data);
+                            } else {
+                                parents.extend_from_slice(&leaf.data);
+                                relay.push(Bytes::from(std::mem::take(&mut parents)));
+                            }
                         }
                     }
                     Err(
