@@ -378,6 +378,53 @@ async fn a_relay_whose_source_dies_resets_its_streams_and_nobody_blames_it() {
     .await;
 }
 
+/// Response bytes over elapsed time, as a share of `cap_bytes_per_sec`.
+fn share_of_cap(bytes: u64, started: std::time::Instant, cap_bytes_per_sec: u64) -> f64 {
+    bytes as f64 / started.elapsed().as_secs_f64() / cap_bytes_per_sec as f64
+}
+
+/// The caps are host-wide and hold over real connections: never more than 10% above the
+/// setting, however many peers share them. (A loaded machine can only make a transfer
+/// slower; that it gets the cap's rate is what `tt bench swarm`'s throttled runs measure.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_download_caps_hold_across_peers() {
+    guarded(async {
+        let cluster = Cluster::new();
+        let cap = 2 * MIB;
+        let data = test_data(2 * MIB, 14);
+        let seeder = cluster.host(|node, _| node.upload_bytes_per_sec = Some(cap));
+        let spec = seeder.import(&data);
+        let downloaders: Vec<Host> = (0..3).map(|_| cluster.host(|_, _| {})).collect();
+        let started = std::time::Instant::now();
+        let mut downloads = Vec::new();
+        for host in &downloaders {
+            downloads.push(host.download(spec, vec![seeder.peer(PeerRole::Peer)]).await);
+        }
+        for download in downloads {
+            assert_eq!(download.finish().await.unwrap().blob.read_to_vec().unwrap(), data);
+        }
+        let uploaded = seeder.node.stats().uploaded_bytes;
+        assert!(uploaded >= 3 * spec.size, "{uploaded}");
+        let share = share_of_cap(uploaded, started, cap);
+        assert!(share <= 1.10, "three peers drew {share:.2}× the seeder's upload cap");
+
+        // Two unthrottled seeders, one capped downloader.
+        let data = test_data(4 * MIB, 15);
+        let seeders = [cluster.host(|_, _| {}), cluster.host(|_, _| {})];
+        let spec = seeders[0].import(&data);
+        seeders[1].import(&data);
+        let leech = cluster.host(|node, _| node.download_bytes_per_sec = Some(cap));
+        let started = std::time::Instant::now();
+        let peers = seeders.iter().map(|h| h.peer(PeerRole::Peer)).collect();
+        let report = leech.download(spec, peers).await.finish().await.unwrap();
+        assert_eq!(report.blob.read_to_vec().unwrap(), data);
+        let share = share_of_cap(report.bytes_received, started, cap);
+        assert!(share <= 1.10, "two seeders delivered {share:.2}× the download cap");
+        assert!(leech.node.stats().download_throttle.waits > 0, "the cap never held back");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_mid_transfer_is_replaced_by_one_that_joins_later() {
     guarded(async {
