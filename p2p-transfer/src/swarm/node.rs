@@ -892,7 +892,7 @@ async fn serve_relayed(
         match end {
             RelayEnd::Open => {
                 if relay.changed().await.is_err() && relay.borrow().end == RelayEnd::Open {
-                    // Cannot happen: the writer marks the relay ended before it goes.
+                    debug_assert!(false, "a relay writer marks its relay ended before it goes");
                     break;
                 }
             }
