@@ -568,7 +568,9 @@ async fn malformed_and_oversized_frames_close_that_connection_only() {
         let connection = connect().await;
         let (mut send, _recv) = connection.open_bi().await.unwrap();
         send.write_all(&[0, 0, 4, 0]).await.unwrap();
-        send.write_all(&[0; 1024]).await.unwrap();
+        // The server refuses the frame from its length alone and may close the connection
+        // before the body is written.
+        let _ = send.write_all(&[0; 1024]).await;
         expect_violation(connection).await;
 
         // A request for a piece outside the blob.
