@@ -93,6 +93,7 @@ pub struct Metrics {
     pub proposed_ops: Counter,
     pub proposal_seconds: Histogram,
     pub log_fsync_seconds: Histogram,
+    pub apply_seconds: Histogram,
     pub requests: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub forwarded: Counter,
     pub apply_lag: Gauge,
@@ -122,6 +123,7 @@ impl Metrics {
             proposed_ops: Counter::default(),
             proposal_seconds: latency_histogram(),
             log_fsync_seconds: latency_histogram(),
+            apply_seconds: latency_histogram(),
             requests: Family::new_with_constructor(latency_histogram),
             forwarded: Counter::default(),
             apply_lag: Gauge::default(),
@@ -176,6 +178,11 @@ impl Metrics {
             "log_fsync_seconds",
             "Duration of synced Raft log appends",
             m.log_fsync_seconds.clone(),
+        );
+        registry.register(
+            "apply_seconds",
+            "Duration of state machine applies (committed entries to the state's write batch)",
+            m.apply_seconds.clone(),
         );
         registry.register("http_request_seconds", "HTTP request latency", m.requests.clone());
         registry.register(

@@ -74,8 +74,10 @@ pub async fn run(
         .with_fsync_observer(Arc::new(move |s| fsync_metrics.log_fsync_seconds.observe(s)));
     let committed = log_store.committed_index();
     let apply_metrics = metrics.clone();
-    let sm_store =
-        sm_store.with_apply_observer(Arc::new(move |changes| apply_metrics.applied(changes)));
+    let sm_store = sm_store.with_apply_observer(Arc::new(move |changes, seconds| {
+        apply_metrics.apply_seconds.observe(seconds);
+        apply_metrics.applied(changes);
+    }));
     let applied = sm_store.applied();
     let feed = sm_store.change_feed();
 

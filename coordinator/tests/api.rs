@@ -262,6 +262,7 @@ async fn stages_builds_and_bad_input() {
         "tt_coordinator_raft_commit_index",
         "tt_coordinator_proposals_total",
         "tt_coordinator_log_fsync_seconds",
+        "tt_coordinator_apply_seconds",
         "tt_coordinator_http_request_seconds",
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");

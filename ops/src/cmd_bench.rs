@@ -213,11 +213,13 @@ fn write_breakdown(
     };
     format!(
         "leader breakdown (all runs): {proposals:.0} batches, {:.1} ops per batch\n  \
-         batch proposed -> applied: {}\n  leader log fsync: {}\n  follower log fsync: {}\n",
+         batch proposed -> applied: {}\n  leader log fsync: {}\n  follower log fsync: {}\n  \
+         leader apply: {}\n",
         if proposals > 0.0 { ops / proposals } else { 0.0 },
         hist(l0, l1, "tt_coordinator_proposal_seconds"),
         hist(l0, l1, "tt_coordinator_log_fsync_seconds"),
         hist(f0, f1, "tt_coordinator_log_fsync_seconds"),
+        hist(l0, l1, "tt_coordinator_apply_seconds"),
     )
 }
 

@@ -44,8 +44,9 @@ pub struct StateMachineStore {
     apply_observer: Option<ApplyObserver>,
 }
 
-/// Told what each apply changed (see [`StateMachineStore::with_apply_observer`]).
-pub type ApplyObserver = Arc<dyn Fn(&crate::feed::Changes) + Send + Sync>;
+/// Told what each apply changed and how long it took, in seconds, from the first entry to
+/// the state's write batch (see [`StateMachineStore::with_apply_observer`]).
+pub type ApplyObserver = Arc<dyn Fn(&crate::feed::Changes, f64) + Send + Sync>;
 
 impl StateMachineStore {
     pub(crate) async fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, String> {
@@ -70,7 +71,8 @@ impl StateMachineStore {
         })
     }
 
-    /// Calls `f` after every apply with what it changed (metrics count admissions there).
+    /// Calls `f` after every apply with what it changed and how long it took (metrics count
+    /// admissions and time applies there).
     pub fn with_apply_observer(mut self, f: ApplyObserver) -> Self {
         self.apply_observer = Some(f);
         self
@@ -125,6 +127,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut responses = Vec::new();
         let mut batch = WriteBatch::default();
         let changes;
@@ -171,7 +174,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             changes = applied.state.take_changes();
         }
         if let Some(observe) = &self.apply_observer {
-            observe(&changes);
+            observe(&changes, started.elapsed().as_secs_f64());
         }
         self.feed.notify(changes);
         Ok(responses)
