@@ -466,16 +466,15 @@ impl Driver {
                 trace!(%peer, piece, "request");
                 let node = self.node.clone();
                 let partial = self.partial.clone();
-                let relay = self.proven(peer);
+                let may_relay = self.proven(peer);
                 let span =
                     debug_span!("fetch", blob = %self.spec.hash.short(), peer = %peer, piece);
-                let handle =
-                    self.fetches.spawn(
-                        async move {
-                            (peer, piece, fetch_piece(node, link, partial, piece, relay).await)
-                        }
-                        .instrument(span),
-                    );
+                let handle = self.fetches.spawn(
+                    async move {
+                        (peer, piece, fetch_piece(node, link, partial, piece, may_relay).await)
+                    }
+                    .instrument(span),
+                );
                 self.requests.insert((peer, piece), handle);
             }
             Action::Cancel { peer, piece } => {
@@ -781,14 +780,14 @@ enum FetchFailure {
 }
 
 /// Requests one piece and writes each chunk group as soon as it verifies, passing each
-/// verified parent and group on to the piece's relay if `relay` (and this node relays).
+/// verified parent and group on to the piece's relay if `may_relay` (and this node relays).
 /// Returns the response bytes read.
 async fn fetch_piece(
     node: Arc<Node>,
     link: Arc<Link>,
     partial: Arc<PartialBlob>,
     piece: u32,
-    relay: bool,
+    may_relay: bool,
 ) -> Result<u64, FetchFailure> {
     let transport = |bytes| FetchFailure::Peer(Failure::Transport, bytes);
     let spec = partial.spec();
@@ -813,7 +812,7 @@ async fn fetch_piece(
         Some(ResponseStatus::Seeded) => return Err(FetchFailure::Peer(Failure::Seeded, 1)),
         None => return Err(FetchFailure::Peer(Failure::Corrupt, 1)),
     }
-    let relay = if relay { node.start_relay(spec, piece) } else { None };
+    let relay = if may_relay { node.start_relay(spec, piece) } else { None };
     // Verified parents not yet passed to the relay (a piece's encoding ends with a group).
     let mut parents = Vec::new();
     let received =

@@ -44,9 +44,9 @@
 //! - **Incoming pieces (cut-through):** a peer that announced it is receiving a piece offers
 //!   it as a holder does (it relays the piece as each chunk group verifies), in availability,
 //!   rarest-first and origin protection alike, but late rescues and endgame duplicates go to
-//!   holders only (a relay may wait on the same slow source). A relay that fails ([`Failure::RelayLost`]),
-//!   or a refusal of a piece the peer only had incoming, withdraws the offer without counting
-//!   as a lie.
+//!   holders only (a relay may wait on the same slow source). A relay that fails
+//!   ([`Failure::RelayLost`]), or a refusal of a piece the peer only had incoming, withdraws
+//!   the offer without counting as a lie.
 //! - **Bans:** one response that fails verification bans the peer for this blob for
 //!   [`SchedulerConfig::ban_duration`]; its other requests are cancelled and go elsewhere. A
 //!   peer that refuses [`SchedulerConfig::max_refusals`] pieces it advertised (a lying
@@ -432,10 +432,10 @@ impl Scheduler {
             self.ban(peer, now);
             return;
         }
-        let banned = self.is_banned(peer, now);
+        let counts = self.counts(peer, now);
         let Some(state) = self.peers.get_mut(&peer) else { return };
         let was_offered = state.incoming.clear(piece.into());
-        if state.have.set(piece.into()) && !was_offered && !banned && state.role == PeerRole::Peer {
+        if state.have.set(piece.into()) && !was_offered && counts {
             self.availability[piece as usize] += 1;
         }
     }
@@ -447,13 +447,9 @@ impl Scheduler {
             self.ban(peer, now);
             return;
         }
-        let banned = self.is_banned(peer, now);
+        let counts = self.counts(peer, now);
         let Some(state) = self.peers.get_mut(&peer) else { return };
-        if !state.have.get(piece.into())
-            && state.incoming.set(piece.into())
-            && !banned
-            && state.role == PeerRole::Peer
-        {
+        if !state.have.get(piece.into()) && state.incoming.set(piece.into()) && counts {
             self.availability[piece as usize] += 1;
         }
     }
@@ -534,9 +530,9 @@ impl Scheduler {
                     // Its relay ended between the announcement and the request: no lie.
                     return;
                 }
-                let banned = self.is_banned(peer, now);
+                let counts = self.counts(peer, now);
                 let Some(state) = self.peers.get_mut(&peer) else { return };
-                if state.have.clear(piece.into()) && !banned && state.role == PeerRole::Peer {
+                if state.have.clear(piece.into()) && counts {
                     self.availability[piece as usize] -= 1;
                 }
                 state.refusals += 1;
@@ -562,12 +558,12 @@ impl Scheduler {
 
     /// Forgets that `peer` is receiving `piece`; returns whether it was.
     fn withdraw_incoming(&mut self, peer: PeerId, piece: u32, now: Instant) -> bool {
-        let banned = self.is_banned(peer, now);
+        let counts = self.counts(peer, now);
         let Some(state) = self.peers.get_mut(&peer) else { return false };
         if !state.incoming.clear(piece.into()) {
             return false;
         }
-        if !banned && state.role == PeerRole::Peer {
+        if counts {
             self.availability[piece as usize] -= 1;
         }
         true
@@ -928,15 +924,19 @@ impl Scheduler {
         }
     }
 
+    /// Whether `peer`'s offers count in the availability: connected, a non-origin peer, and
+    /// not banned.
+    fn counts(&self, peer: PeerId, now: Instant) -> bool {
+        !self.is_banned(peer, now)
+            && self.peers.get(&peer).is_some_and(|p| p.role == PeerRole::Peer)
+    }
+
     /// Adds (`add`) or removes the peer's pieces from the availability counts, if it counts.
     fn count_availability(&mut self, peer: PeerId, now: Instant, add: bool) {
-        if self.is_banned(peer, now) {
+        if !self.counts(peer, now) {
             return;
         }
-        let Some(state) = self.peers.get(&peer) else { return };
-        if state.role != PeerRole::Peer {
-            return;
-        }
+        let state = &self.peers[&peer];
         for piece in state.offered() {
             let count = &mut self.availability[piece as usize];
             if add {
