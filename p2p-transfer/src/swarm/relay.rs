@@ -8,7 +8,7 @@
 //! ```text
 //!   fetch_piece (download)           Relays                      serve_piece (upload)
 //!   status Ok ──── start(hash, piece) ─► announce ─► Incoming{hash, piece} to interested peers
-//!   each verified parent / group ─ push ─► segments ─► written to each relayed stream
+//!   each verified group (with the parents before it) ─ push ─► segment ─► each relayed stream
 //!   decoder done ─────── complete ─► Complete ─► stream finished
 //!   error / cancel / abort ── (drop) ─► Lost ─► the rest from the store if it holds the piece
 //!                                               now, else reset with STREAM_RELAY_LOST
